@@ -1,1 +1,42 @@
-//! placeholder
+//! tensor: f32 tensors with define-by-run reverse-mode autograd, and the
+//! layers, loss and optimiser needed to train a small CNN on CPU.
+//!
+//! How the files fit together:
+//!
+//! * [`tensor`]: the `Tensor` handle (contiguous row-major f32, NCHW images)
+//!   and its leaf gradient.
+//! * [`tape`]: the autograd tape. Every op pushes its backward closure; a
+//!   backward pass is a reverse walk of the tape. [`no_grad`] records nothing.
+//! * [`ops`]: the ops, one family per file, forward and backward side by side:
+//!   `elementwise` (add, mul, relu, sigmoid), `matmul` (matmul, linear),
+//!   `conv2d` (im2col + GEMM kernels and the naive oracle), `pool`
+//!   (max_pool2d), `reduce` (sum, mean), `shape` (reshape, flatten), `loss`
+//!   (log_softmax, cross_entropy).
+//! * [`gemm`]: the single matrix multiply everything calls, with transposes
+//!   as strides.
+//! * [`nn`]: Conv2d, Linear and MaxPool2d layers with PyTorch's default init.
+//! * [`optim`]: SGD with momentum.
+//! * [`rng`]: the seeded generator, whose state fits in a checkpoint.
+//! * [`npy`]: `.npy` read/write, to take tensors into numpy.
+//! * [`gradcheck`]: finite-difference checking of backward passes.
+//!
+//! Errors: an op given shapes that do not fit is a bug in the model, and
+//! panics with a message naming the op and the shapes (as PyTorch raises);
+//! anything read from outside (files) returns a `Result`.
+//!
+//! Determinism: every reduction runs in a fixed order that does not depend on
+//! the number of rayon threads, so a seed gives bitwise-identical results.
+pub mod gemm;
+pub mod gradcheck;
+pub mod nn;
+pub mod npy;
+pub mod ops;
+pub mod optim;
+pub mod rng;
+pub mod tape;
+pub mod tensor;
+
+pub use ops::conv2d::{Conv2dOptions, Conv2dShape};
+pub use rng::Rng;
+pub use tape::{no_grad, Grads};
+pub use tensor::Tensor;

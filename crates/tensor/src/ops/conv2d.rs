@@ -1,0 +1,650 @@
+//! conv2d: geometry, the fast im2col + GEMM kernels (forward, and backward as
+//! two GEMMs), the naive direct convolution kept as oracle, and the autograd op.
+//!
+//! Layouts: input x is (B, C, H, W); weight w is (O, C/groups, KH, KW);
+//! output y is (B, O, OH, OW). All contiguous, row-major.
+//!
+//! # How the fast kernels work
+//!
+//! For one image and one group g, im2col unrolls the input patches into a
+//! matrix `cols` of shape (Cg·KH·KW, OH·OW), so that the convolution becomes
+//! one GEMM with the group's weights viewed as a (O/g, Cg·KH·KW) matrix:
+//!
+//! ```text
+//! forward           y_b,g  = W_g · cols_b,g              (O/g, OH·OW)
+//! backward weight   dW_g   = Σ_b dY_b,g · cols_b,gᵀ      (O/g, Cg·KH·KW)
+//! backward input    dx_b,g = col2im(W_gᵀ · dY_b,g)       (Cg, H, W)
+//! ```
+//!
+//! The batch is cut into chunks of [`images_per_chunk`] images, a pure
+//! function of the shape. Chunks run in parallel on rayon when the whole op is
+//! big enough ([`PARALLEL_MIN_FLOPS`], again a function of the shape only).
+//! The weight gradient is the only reduction over the batch: each chunk
+//! writes a partial dW and the partials are summed sequentially in chunk
+//! order, so the result is bitwise the same for any number of threads.
+
+/// Per-axis options of a convolution; each pair is (y, x), i.e. (height, width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dOptions {
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub groups: usize,
+}
+
+impl Default for Conv2dOptions {
+    fn default() -> Self {
+        Conv2dOptions {
+            stride: (1, 1),
+            padding: (0, 0),
+            dilation: (1, 1),
+            groups: 1,
+        }
+    }
+}
+
+/// Everything a conv2d kernel needs to know about its operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dShape {
+    pub batch: usize,
+    pub in_channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_channels: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub opts: Conv2dOptions,
+}
+
+impl Conv2dShape {
+    /// Checks that an input of shape `input` (B, C, H, W) and a weight of shape
+    /// `weight` (O, C/groups, KH, KW) fit together under `opts`.
+    pub fn new(input: &[usize], weight: &[usize], opts: Conv2dOptions) -> Result<Self, String> {
+        if input.len() != 4 || weight.len() != 4 {
+            return Err(format!(
+                "conv2d: input must be (B, C, H, W) and weight (O, C/groups, KH, KW); got input {input:?}, weight {weight:?}"
+            ));
+        }
+        let g = opts.groups;
+        if g == 0
+            || opts.stride.0 == 0
+            || opts.stride.1 == 0
+            || opts.dilation.0 == 0
+            || opts.dilation.1 == 0
+        {
+            return Err(format!(
+                "conv2d: groups, stride and dilation must be positive; got {opts:?}"
+            ));
+        }
+        let s = Conv2dShape {
+            batch: input[0],
+            in_channels: input[1],
+            in_h: input[2],
+            in_w: input[3],
+            out_channels: weight[0],
+            kernel_h: weight[2],
+            kernel_w: weight[3],
+            opts,
+        };
+        if s.in_channels % g != 0 || s.out_channels % g != 0 || weight[1] * g != s.in_channels {
+            return Err(format!(
+                "conv2d: with groups={g}, input channels ({}) and output channels ({}) must divide by groups and weight dim 1 must be C/groups; got input {input:?}, weight {weight:?}",
+                s.in_channels, s.out_channels
+            ));
+        }
+        let eff_h = opts.dilation.0 * (s.kernel_h.max(1) - 1) + 1;
+        let eff_w = opts.dilation.1 * (s.kernel_w.max(1) - 1) + 1;
+        if s.kernel_h == 0
+            || s.kernel_w == 0
+            || s.in_h + 2 * opts.padding.0 < eff_h
+            || s.in_w + 2 * opts.padding.1 < eff_w
+        {
+            return Err(format!(
+                "conv2d: kernel {}x{} (dilated {eff_h}x{eff_w}) does not fit the padded input {}x{}; input {input:?}, weight {weight:?}, {opts:?}",
+                s.kernel_h, s.kernel_w, s.in_h + 2 * opts.padding.0, s.in_w + 2 * opts.padding.1
+            ));
+        }
+        Ok(s)
+    }
+
+    pub fn out_h(&self) -> usize {
+        (self.in_h + 2 * self.opts.padding.0 - self.opts.dilation.0 * (self.kernel_h - 1) - 1)
+            / self.opts.stride.0
+            + 1
+    }
+    pub fn out_w(&self) -> usize {
+        (self.in_w + 2 * self.opts.padding.1 - self.opts.dilation.1 * (self.kernel_w - 1) - 1)
+            / self.opts.stride.1
+            + 1
+    }
+    /// Input channels seen by one output channel (C / groups).
+    pub fn group_in(&self) -> usize {
+        self.in_channels / self.opts.groups
+    }
+    /// Output channels per group (O / groups).
+    pub fn group_out(&self) -> usize {
+        self.out_channels / self.opts.groups
+    }
+    pub fn input_shape(&self) -> [usize; 4] {
+        [self.batch, self.in_channels, self.in_h, self.in_w]
+    }
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [
+            self.out_channels,
+            self.group_in(),
+            self.kernel_h,
+            self.kernel_w,
+        ]
+    }
+    pub fn output_shape(&self) -> [usize; 4] {
+        [self.batch, self.out_channels, self.out_h(), self.out_w()]
+    }
+    /// Output pixels per channel of one image (OH·OW): the columns of one
+    /// image's im2col matrix.
+    pub fn out_pixels(&self) -> usize {
+        self.out_h() * self.out_w()
+    }
+    /// Rows of one group's im2col matrix (C/groups · KH · KW): the length of
+    /// one output channel's dot product.
+    pub fn col_rows(&self) -> usize {
+        self.group_in() * self.kernel_h * self.kernel_w
+    }
+    /// Floating-point operations of the forward pass (2 per multiply-add,
+    /// bias not counted). Each of the two backward GEMMs costs the same.
+    pub fn flops(&self) -> usize {
+        2 * self.batch * self.out_channels * self.col_rows() * self.out_pixels()
+    }
+}
+
+use crate::gemm::{gemm, Mat};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+// ---------------------------------------------------------------------------
+// Work splitting
+// ---------------------------------------------------------------------------
+
+/// A chunk holds enough images that its im2col matrix is about this many
+/// columns wide (one image if a single image already has more): wide enough
+/// that the GEMM amortises its packing, small enough to stay in L2 cache.
+pub const CHUNK_COLUMNS: usize = 256;
+
+/// Below this many forward flops an op runs on the calling thread: a rayon
+/// fork/join costs a few microseconds, more than splitting tiny work saves.
+pub const PARALLEL_MIN_FLOPS: usize = 1 << 20;
+
+/// Images per chunk of work. A pure function of the shape (never of the
+/// thread count), so chunked reductions are reproducible.
+pub fn images_per_chunk(s: &Conv2dShape) -> usize {
+    CHUNK_COLUMNS
+        .div_ceil(s.out_pixels().max(1))
+        .clamp(1, s.batch.max(1))
+}
+
+/// Whether to run the chunks in parallel; again only a function of the shape.
+fn run_parallel(s: &Conv2dShape) -> bool {
+    s.flops() >= PARALLEL_MIN_FLOPS && s.batch > images_per_chunk(s)
+}
+
+/// Calls `f(chunk_index, chunk)` for each `chunk_len`-sized piece of `data`,
+/// in parallel if `parallel`.
+fn for_each_chunk<F>(data: &mut [f32], chunk_len: usize, parallel: bool, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Send + Sync,
+{
+    if data.is_empty() || chunk_len == 0 {
+        return;
+    }
+    if parallel {
+        data.par_chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    } else {
+        data.chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch for im2col matrices, reused across calls.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch slice of `len` floats with unspecified contents.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+            f(&mut v[..len])
+        }
+        // Re-entered on this thread (cannot happen in this file): fall back.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+fn check_len(op: &str, what: &str, expected: usize, actual: usize) {
+    assert_eq!(
+        expected, actual,
+        "{op}: {what} should have {expected} elements, got {actual}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// im2col / col2im
+// ---------------------------------------------------------------------------
+
+/// The output positions `o` in `0..out` whose input coordinate
+/// `o·stride + k_off − pad` lies inside `0..len`, as a range.
+fn valid_range(out: usize, len: usize, stride: usize, k_off: usize, pad: usize) -> (usize, usize) {
+    // o·stride ≥ pad − k_off
+    let lo = pad.saturating_sub(k_off).div_ceil(stride);
+    // o·stride < len + pad − k_off
+    let hi = (len + pad).saturating_sub(k_off).div_ceil(stride);
+    let hi = hi.min(out);
+    (lo.min(hi), hi)
+}
+
+/// im2col for one image and one group.
+///
+/// `x` is the group's slice of one image, (C/groups, H, W); for image b and
+/// group g that is `x[(b·C + g·Cg)·H·W ..][.. Cg·H·W]`. `cols` is
+/// (Cg·KH·KW, OH·OW) row-major: row `(c·KH + ki)·KW + kj`, column `oy·OW + ox`
+/// holds `x[c, oy·sy + ki·dy − py, ox·sx + kj·dx − px]`, or 0 where that
+/// falls in the padding.
+pub fn im2col(s: &Conv2dShape, x: &[f32], cols: &mut [f32]) {
+    check_len(
+        "im2col",
+        "x (one image, one group)",
+        s.group_in() * s.in_h * s.in_w,
+        x.len(),
+    );
+    check_len("im2col", "cols", s.col_rows() * s.out_pixels(), cols.len());
+    im2col_strided(s, x, cols, s.out_pixels());
+}
+
+/// im2col writing row r of the matrix at `cols[r·ld ..][.. OH·OW]`, so that
+/// several images can sit side by side in one wide matrix.
+fn im2col_strided(s: &Conv2dShape, x: &[f32], cols: &mut [f32], ld: usize) {
+    let (h, w, oh, ow) = (s.in_h, s.in_w, s.out_h(), s.out_w());
+    let (sy, sx) = s.opts.stride;
+    let (py, px) = s.opts.padding;
+    let (dy, dx) = s.opts.dilation;
+    let p = oh * ow;
+    let mut r = 0;
+    for c in 0..s.group_in() {
+        let plane = &x[c * h * w..(c + 1) * h * w]; // (H, W)
+        for ki in 0..s.kernel_h {
+            let (oy0, oy1) = valid_range(oh, h, sy, ki * dy, py);
+            for kj in 0..s.kernel_w {
+                let (ox0, ox1) = valid_range(ow, w, sx, kj * dx, px);
+                let row = &mut cols[r * ld..r * ld + p]; // (OH, OW)
+                row[..oy0 * ow].fill(0.0);
+                row[oy1 * ow..].fill(0.0);
+                for oy in oy0..oy1 {
+                    let iy = oy * sy + ki * dy - py;
+                    let src = &plane[iy * w..(iy + 1) * w];
+                    let dst = &mut row[oy * ow..(oy + 1) * ow];
+                    dst[..ox0].fill(0.0);
+                    dst[ox1..].fill(0.0);
+                    if ox0 == ox1 {
+                        continue;
+                    }
+                    // Input column of output column ox0.
+                    let ix0 = ox0 * sx + kj * dx - px;
+                    if sx == 1 {
+                        dst[ox0..ox1].copy_from_slice(&src[ix0..ix0 + (ox1 - ox0)]);
+                    } else {
+                        for (d, s) in dst[ox0..ox1].iter_mut().zip(src[ix0..].iter().step_by(sx)) {
+                            *d = *s;
+                        }
+                    }
+                }
+                r += 1;
+            }
+        }
+    }
+}
+
+/// col2im for one image and one group: the adjoint of [`im2col`]. ADDS each
+/// entry of `cols` (Cg·KH·KW, OH·OW) into the input position it was read
+/// from; entries that came from padding are dropped. `dx` is the group's
+/// slice of one image, (C/groups, H, W).
+pub fn col2im(s: &Conv2dShape, cols: &[f32], dx: &mut [f32]) {
+    check_len("col2im", "cols", s.col_rows() * s.out_pixels(), cols.len());
+    check_len(
+        "col2im",
+        "dx (one image, one group)",
+        s.group_in() * s.in_h * s.in_w,
+        dx.len(),
+    );
+    let (h, w, oh, ow) = (s.in_h, s.in_w, s.out_h(), s.out_w());
+    let (sy, sx) = s.opts.stride;
+    let (py, px) = s.opts.padding;
+    let (dy, dxl) = s.opts.dilation;
+    let p = oh * ow;
+    let mut r = 0;
+    for c in 0..s.group_in() {
+        let plane = &mut dx[c * h * w..(c + 1) * h * w]; // (H, W)
+        for ki in 0..s.kernel_h {
+            let (oy0, oy1) = valid_range(oh, h, sy, ki * dy, py);
+            for kj in 0..s.kernel_w {
+                let (ox0, ox1) = valid_range(ow, w, sx, kj * dxl, px);
+                let row = &cols[r * p..(r + 1) * p]; // (OH, OW)
+                r += 1;
+                if ox0 == ox1 {
+                    continue;
+                }
+                for oy in oy0..oy1 {
+                    let iy = oy * sy + ki * dy - py;
+                    let dst = &mut plane[iy * w..(iy + 1) * w];
+                    let src = &row[oy * ow + ox0..oy * ow + ox1];
+                    let ix0 = ox0 * sx + kj * dxl - px;
+                    if sx == 1 {
+                        for (d, v) in dst[ix0..ix0 + src.len()].iter_mut().zip(src) {
+                            *d += *v;
+                        }
+                    } else {
+                        for (d, v) in dst[ix0..].iter_mut().step_by(sx).zip(src) {
+                            *d += *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------
+
+/// y = conv(x, w) + bias (PyTorch conv2d: cross-correlation). Overwrites y.
+/// x is (B, C, H, W), w is (O, C/groups, KH, KW), bias is (O), y is (B, O, OH, OW).
+pub fn conv2d_forward(s: &Conv2dShape, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let op = "conv2d_forward";
+    check_len(op, "x", s.input_shape().iter().product(), x.len());
+    check_len(op, "w", s.weight_shape().iter().product(), w.len());
+    check_len(op, "y", s.output_shape().iter().product(), y.len());
+    if let Some(b) = bias {
+        check_len(op, "bias", s.out_channels, b.len());
+    }
+    let (c, hw, o, p) = (
+        s.in_channels,
+        s.in_h * s.in_w,
+        s.out_channels,
+        s.out_pixels(),
+    );
+    let (cg, og, k) = (s.group_in(), s.group_out(), s.col_rows());
+    let ipc = images_per_chunk(s);
+    for_each_chunk(y, ipc * o * p, run_parallel(s), |chunk, y_chunk| {
+        // y_chunk is (nb, O, P), images chunk·ipc ..
+        with_scratch(k * p, |cols| {
+            for (i, y_b) in y_chunk.chunks_mut(o * p).enumerate() {
+                let b = chunk * ipc + i;
+                for g in 0..s.opts.groups {
+                    let x_bg = &x[(b * c + g * cg) * hw..][..cg * hw]; // (Cg, H, W)
+                    im2col_strided(s, x_bg, cols, p); // (K, P)
+                    let y_bg = &mut y_b[g * og * p..(g + 1) * og * p]; // (O/g, P)
+                    let beta = match bias {
+                        Some(bias) => {
+                            for (row, &bv) in y_bg.chunks_mut(p).zip(&bias[g * og..]) {
+                                row.fill(bv);
+                            }
+                            1.0
+                        }
+                        None => 0.0,
+                    };
+                    let w_g = Mat::row_major(&w[g * og * k..(g + 1) * og * k], og, k);
+                    gemm(1.0, w_g, Mat::row_major(cols, k, p), beta, y_bg, p);
+                }
+            }
+        });
+    });
+}
+
+/// The direct convolution, seven nested loops: documentation and test oracle.
+pub fn conv2d_forward_naive(
+    s: &Conv2dShape,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let op = "conv2d_forward_naive";
+    check_len(op, "x", s.input_shape().iter().product(), x.len());
+    check_len(op, "w", s.weight_shape().iter().product(), w.len());
+    check_len(op, "y", s.output_shape().iter().product(), y.len());
+    let (oh, ow) = (s.out_h(), s.out_w());
+    for b in 0..s.batch {
+        for o in 0..s.out_channels {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = bias.map_or(0.0, |bias| bias[o]);
+                    for_each_tap(s, o, oy, ox, |ci, iy, ix, wi| {
+                        acc += x[idx4(s.input_shape(), b, ci, iy, ix)] * w[wi];
+                    });
+                    y[idx4(s.output_shape(), b, o, oy, ox)] = acc;
+                }
+            }
+        }
+    }
+}
+
+/// Row-major index of (a, b, c, d) in a 4-d array of shape `dims`.
+fn idx4(dims: [usize; 4], a: usize, b: usize, c: usize, d: usize) -> usize {
+    ((a * dims[1] + b) * dims[2] + c) * dims[3] + d
+}
+
+/// For output channel o at output position (oy, ox), calls
+/// `f(input channel, iy, ix, weight index)` for every kernel tap that lands
+/// inside the input (taps in the padding contribute zero).
+fn for_each_tap(
+    s: &Conv2dShape,
+    o: usize,
+    oy: usize,
+    ox: usize,
+    mut f: impl FnMut(usize, usize, usize, usize),
+) {
+    let g = o / s.group_out();
+    for c in 0..s.group_in() {
+        for ki in 0..s.kernel_h {
+            for kj in 0..s.kernel_w {
+                let iy = (oy * s.opts.stride.0 + ki * s.opts.dilation.0) as isize
+                    - s.opts.padding.0 as isize;
+                let ix = (ox * s.opts.stride.1 + kj * s.opts.dilation.1) as isize
+                    - s.opts.padding.1 as isize;
+                if iy < 0 || ix < 0 || iy >= s.in_h as isize || ix >= s.in_w as isize {
+                    continue;
+                }
+                let wi = idx4(s.weight_shape(), o, c, ki, kj);
+                f(g * s.group_in() + c, iy as usize, ix as usize, wi);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Backward: weight
+// ---------------------------------------------------------------------------
+
+/// dw = Σ_b dY_b · cols_bᵀ, per group. OVERWRITES dw.
+/// x is (B, C, H, W), dy is (B, O, OH, OW), dw is (O, C/groups, KH, KW).
+///
+/// Each chunk of images puts its im2col matrices side by side in one wide
+/// (K, nb·P) matrix and copies its dY into (O/g, nb·P), so that one GEMM with
+/// inner dimension nb·P yields the chunk's partial dW. The partials are then
+/// added in chunk order: bitwise reproducible for any thread count.
+pub fn conv2d_backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let op = "conv2d_backward_weight";
+    check_len(op, "x", s.input_shape().iter().product(), x.len());
+    check_len(op, "dy", s.output_shape().iter().product(), dy.len());
+    check_len(op, "dw", s.weight_shape().iter().product(), dw.len());
+    let (c, hw, o, p) = (
+        s.in_channels,
+        s.in_h * s.in_w,
+        s.out_channels,
+        s.out_pixels(),
+    );
+    let (cg, og, k) = (s.group_in(), s.group_out(), s.col_rows());
+    let ipc = images_per_chunk(s);
+    let n_chunks = s.batch.div_ceil(ipc);
+    if n_chunks == 0 || p == 0 {
+        dw.fill(0.0);
+        return;
+    }
+    // The partial dW of chunk `chunk`, written into `part` (O, Cg·KH·KW).
+    let partial = |chunk: usize, part: &mut [f32]| {
+        let b0 = chunk * ipc;
+        let nb = ipc.min(s.batch - b0);
+        let n = nb * p; // columns of the wide matrices
+        with_scratch(k * n + og * n, |buf| {
+            let (cols, dy_g) = buf.split_at_mut(k * n); // (K, n) and (O/g, n)
+            for g in 0..s.opts.groups {
+                for i in 0..nb {
+                    let b = b0 + i;
+                    let x_bg = &x[(b * c + g * cg) * hw..][..cg * hw];
+                    im2col_strided(s, x_bg, &mut cols[i * p..], n);
+                    for oo in 0..og {
+                        let src = &dy[(b * o + g * og + oo) * p..][..p];
+                        dy_g[oo * n + i * p..][..p].copy_from_slice(src);
+                    }
+                }
+                let dw_g = &mut part[g * og * k..(g + 1) * og * k]; // (O/g, K)
+                let cols_t = Mat::row_major(cols, k, n).t(); // (n, K)
+                gemm(1.0, Mat::row_major(dy_g, og, n), cols_t, 0.0, dw_g, k);
+            }
+        });
+    };
+    if n_chunks == 1 {
+        partial(0, dw);
+        return;
+    }
+    let wlen = dw.len();
+    let mut partials = vec![0.0f32; n_chunks * wlen];
+    for_each_chunk(&mut partials, wlen, run_parallel(s), partial);
+    // Fixed-order reduction: chunk 0, then + chunk 1, + chunk 2, ...
+    dw.copy_from_slice(&partials[..wlen]);
+    for part in partials[wlen..].chunks(wlen) {
+        for (d, v) in dw.iter_mut().zip(part) {
+            *d += *v;
+        }
+    }
+}
+
+/// Direct dw[o, c, ki, kj] = Σ_{b, oy, ox} dy[b, o, oy, ox] · x[b, g·Cg + c, iy, ix].
+pub fn conv2d_backward_weight_naive(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let op = "conv2d_backward_weight_naive";
+    check_len(op, "x", s.input_shape().iter().product(), x.len());
+    check_len(op, "dy", s.output_shape().iter().product(), dy.len());
+    check_len(op, "dw", s.weight_shape().iter().product(), dw.len());
+    dw.fill(0.0);
+    for b in 0..s.batch {
+        for o in 0..s.out_channels {
+            for oy in 0..s.out_h() {
+                for ox in 0..s.out_w() {
+                    let d = dy[idx4(s.output_shape(), b, o, oy, ox)];
+                    for_each_tap(s, o, oy, ox, |ci, iy, ix, wi| {
+                        dw[wi] += d * x[idx4(s.input_shape(), b, ci, iy, ix)];
+                    });
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Backward: input
+// ---------------------------------------------------------------------------
+
+/// dx = col2im(W_gᵀ · dY_b,g) for every image b and group g. OVERWRITES dx.
+/// w is (O, C/groups, KH, KW), dy is (B, O, OH, OW), dx is (B, C, H, W).
+/// Images are independent, so there is no cross-chunk reduction.
+pub fn conv2d_backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let op = "conv2d_backward_input";
+    check_len(op, "w", s.weight_shape().iter().product(), w.len());
+    check_len(op, "dy", s.output_shape().iter().product(), dy.len());
+    check_len(op, "dx", s.input_shape().iter().product(), dx.len());
+    let (c, hw, o, p) = (
+        s.in_channels,
+        s.in_h * s.in_w,
+        s.out_channels,
+        s.out_pixels(),
+    );
+    let (cg, og, k) = (s.group_in(), s.group_out(), s.col_rows());
+    let ipc = images_per_chunk(s);
+    for_each_chunk(dx, ipc * c * hw, run_parallel(s), |chunk, dx_chunk| {
+        // dx_chunk is (nb, C, H, W), images chunk·ipc ..
+        dx_chunk.fill(0.0);
+        with_scratch(k * p, |dcols| {
+            for (i, dx_b) in dx_chunk.chunks_mut(c * hw).enumerate() {
+                let b = chunk * ipc + i;
+                for g in 0..s.opts.groups {
+                    let w_g = Mat::row_major(&w[g * og * k..(g + 1) * og * k], og, k);
+                    let dy_bg = Mat::row_major(&dy[(b * o + g * og) * p..][..og * p], og, p);
+                    gemm(1.0, w_g.t(), dy_bg, 0.0, dcols, p); // (K, P)
+                    col2im(s, dcols, &mut dx_b[g * cg * hw..(g + 1) * cg * hw]);
+                }
+            }
+        });
+    });
+}
+
+/// Direct dx[b, ci, iy, ix] = Σ w[o, c, ki, kj] · dy[b, o, oy, ox] over the
+/// taps that read (ci, iy, ix).
+pub fn conv2d_backward_input_naive(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let op = "conv2d_backward_input_naive";
+    check_len(op, "w", s.weight_shape().iter().product(), w.len());
+    check_len(op, "dy", s.output_shape().iter().product(), dy.len());
+    check_len(op, "dx", s.input_shape().iter().product(), dx.len());
+    dx.fill(0.0);
+    for b in 0..s.batch {
+        for o in 0..s.out_channels {
+            for oy in 0..s.out_h() {
+                for ox in 0..s.out_w() {
+                    let d = dy[idx4(s.output_shape(), b, o, oy, ox)];
+                    for_each_tap(s, o, oy, ox, |ci, iy, ix, wi| {
+                        dx[idx4(s.input_shape(), b, ci, iy, ix)] += w[wi] * d;
+                    });
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Backward: bias
+// ---------------------------------------------------------------------------
+
+/// db[o] = Σ_{b, oy, ox} dy[b, o, oy, ox]. OVERWRITES db.
+/// dy is (B, O, OH, OW), db is (O). Sequential, in a fixed order (b, then
+/// the pixels of each (b, o) plane in 8 interleaved lanes): it is a few
+/// microseconds of memory traffic, not worth a thread.
+pub fn conv2d_backward_bias(s: &Conv2dShape, dy: &[f32], db: &mut [f32]) {
+    let op = "conv2d_backward_bias";
+    check_len(op, "dy", s.output_shape().iter().product(), dy.len());
+    check_len(op, "db", s.out_channels, db.len());
+    let (o, p) = (s.out_channels, s.out_pixels());
+    db.fill(0.0);
+    for b in 0..s.batch {
+        for (oo, d) in db.iter_mut().enumerate() {
+            *d += sum_lanes(&dy[(b * o + oo) * p..][..p]);
+        }
+    }
+}
+
+/// Sum of `v` with 8 independent accumulators (so the compiler can
+/// vectorise), combined in a fixed order.
+fn sum_lanes(v: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut it = v.chunks_exact(8);
+    for c in &mut it {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += *x;
+        }
+    }
+    let tail: f32 = it.remainder().iter().sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}

@@ -1,0 +1,10 @@
+//! Operations. Each file holds one family of ops, with each op's forward and
+//! backward written side by side.
+pub mod conv2d;
+mod conv2d_autograd;
+pub mod elementwise;
+pub mod loss;
+pub mod matmul;
+pub mod pool;
+pub mod reduce;
+pub mod shape;

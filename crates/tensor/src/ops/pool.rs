@@ -1,0 +1,125 @@
+//! max_pool2d, which saves the argmax of every window in forward so that
+//! backward is a scatter (the approach burn takes).
+
+use rayon::prelude::*;
+
+use crate::tensor::Tensor;
+
+/// Below this many outputs, splitting across threads costs more than it saves.
+const PARALLEL_MIN_OUTPUTS: usize = 1 << 15;
+
+/// Max-pools each (H, W) plane of `x`, writing the maximum into `y` and its
+/// index within the plane into `arg`. x is (planes, H, W), y and arg are
+/// (planes, OH, OW). A NaN wins, as in PyTorch; among equal values the first.
+pub fn max_pool2d_forward(
+    x: &[f32],
+    (h, w): (usize, usize),
+    (kh, kw): (usize, usize),
+    (sh, sw): (usize, usize),
+    y: &mut [f32],
+    arg: &mut [u32],
+) {
+    let (oh, ow) = ((h - kh) / sh + 1, (w - kw) / sw + 1);
+    let planes = x.len() / (h * w);
+    assert_eq!(y.len(), planes * oh * ow, "max_pool2d: output length");
+    let pool_plane = |(xp, (yp, ap)): (&[f32], (&mut [f32], &mut [u32]))| {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut best = f32::NEG_INFINITY;
+                let mut best_i = (oy * sh) * w + ox * sw;
+                for ky in 0..kh {
+                    let row = (oy * sh + ky) * w + ox * sw;
+                    for (i, &v) in xp[row..row + kw].iter().enumerate() {
+                        if v > best || v.is_nan() {
+                            best = v;
+                            best_i = row + i;
+                            if v.is_nan() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                yp[oy * ow + ox] = best;
+                ap[oy * ow + ox] = best_i as u32;
+            }
+        }
+    };
+    if y.len() >= PARALLEL_MIN_OUTPUTS {
+        x.par_chunks(h * w)
+            .zip(y.par_chunks_mut(oh * ow).zip(arg.par_chunks_mut(oh * ow)))
+            .for_each(pool_plane);
+    } else {
+        x.chunks(h * w)
+            .zip(y.chunks_mut(oh * ow).zip(arg.chunks_mut(oh * ow)))
+            .for_each(pool_plane);
+    }
+}
+
+/// dx[argmax] += dy, plane by plane. dx is (planes, H, W).
+pub fn max_pool2d_backward(
+    dy: &[f32],
+    arg: &[u32],
+    plane_in: usize,
+    plane_out: usize,
+    dx: &mut [f32],
+) {
+    for ((dxp, dyp), ap) in dx
+        .chunks_mut(plane_in)
+        .zip(dy.chunks(plane_out))
+        .zip(arg.chunks(plane_out))
+    {
+        for (&d, &i) in dyp.iter().zip(ap) {
+            dxp[i as usize] += d;
+        }
+    }
+}
+
+/// The direct definition, as the test oracle: returns y only.
+pub fn max_pool2d_naive(
+    x: &[f32],
+    shape: [usize; 4],
+    k: (usize, usize),
+    s: (usize, usize),
+) -> Vec<f32> {
+    let [b, c, h, w] = shape;
+    let (oh, ow) = ((h - k.0) / s.0 + 1, (w - k.1) / s.1 + 1);
+    let mut y = Vec::with_capacity(b * c * oh * ow);
+    for p in 0..b * c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut m = f32::NEG_INFINITY;
+                for ky in 0..k.0 {
+                    for kx in 0..k.1 {
+                        m = m.max(x[p * h * w + (oy * s.0 + ky) * w + ox * s.1 + kx]);
+                    }
+                }
+                y.push(m);
+            }
+        }
+    }
+    y
+}
+
+impl Tensor {
+    /// Max pooling over (B, C, H, W) with a `kernel` window moved by `stride`,
+    /// no padding (PyTorch's MaxPool2d(kernel, stride)).
+    pub fn max_pool2d(&self, kernel: (usize, usize), stride: (usize, usize)) -> Tensor {
+        let s = self.shape();
+        assert!(
+            s.len() == 4 && kernel.0 >= 1 && kernel.1 >= 1 && stride.0 >= 1 && stride.1 >= 1
+                && s[2] >= kernel.0 && s[3] >= kernel.1,
+            "max_pool2d: input {s:?} does not fit kernel {kernel:?} with stride {stride:?} (want (B, C, H, W), H ≥ kh, W ≥ kw)"
+        );
+        let (h, w) = (s[2], s[3]);
+        let (oh, ow) = ((h - kernel.0) / stride.0 + 1, (w - kernel.1) / stride.1 + 1);
+        let out_shape = [s[0], s[1], oh, ow];
+        let n_out = s[0] * s[1] * oh * ow;
+        let mut y = vec![0.0; n_out];
+        let mut arg = vec![0u32; n_out];
+        max_pool2d_forward(&self.data(), (h, w), kernel, stride, &mut y, &mut arg);
+        let a = self.clone();
+        Tensor::from_op(y, &out_shape, &[self], move |dout, grads| {
+            grads.accumulate(&a, |dx| max_pool2d_backward(dout, &arg, h * w, oh * ow, dx));
+        })
+    }
+}

@@ -1,0 +1,278 @@
+//! Every op's backward against central finite differences, the checker's own
+//! ability to fail, the tape's bookkeeping, and known answers for the loss
+//! and the optimiser.
+
+use tensor::gradcheck::gradcheck;
+use tensor::optim::{Sgd, SgdConfig};
+use tensor::{no_grad, Conv2dOptions, Rng, Tensor};
+
+const EPS: f32 = 1e-2;
+const TOL: f32 = 1e-2;
+
+fn input(shape: &[usize], seed: u64) -> Tensor {
+    Tensor::uniform(shape, -1.0, 1.0, &mut Rng::seed(seed)).requires_grad()
+}
+
+/// Values at least 0.1 from zero, so ±EPS never crosses relu's kink.
+fn away_from_zero(shape: &[usize], seed: u64) -> Tensor {
+    let mut r = Rng::seed(seed);
+    let n: usize = shape.iter().product();
+    let v = (0..n).map(|_| {
+        let m = r.uniform(0.1, 1.0);
+        if r.below(2) == 0 {
+            m
+        } else {
+            -m
+        }
+    });
+    Tensor::from_vec(v.collect(), shape).requires_grad()
+}
+
+fn check(f: &dyn Fn(&[Tensor]) -> Tensor, inputs: &[Tensor]) {
+    if let Err(e) = gradcheck(f, inputs, EPS, TOL) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn gradcheck_catches_a_wrong_backward() {
+    // relu whose backward is off by 10%: the checker must reject it.
+    let wrong_relu = |x: &[Tensor]| {
+        let a = x[0].clone();
+        let out = a.data().iter().map(|v| v.max(0.0)).collect();
+        Tensor::from_op(out, a.shape(), &[&a], {
+            let a = a.clone();
+            move |dout, grads| {
+                let g = dout
+                    .iter()
+                    .zip(a.data().iter())
+                    .map(|(d, &x)| if x > 0.0 { 1.1 * d } else { 0.0 })
+                    .collect();
+                grads.add_owned(&a, g);
+            }
+        })
+    };
+    let x = away_from_zero(&[3, 4], 1);
+    let err = gradcheck(&wrong_relu, &[x.clone()], EPS, TOL).unwrap_err();
+    assert!(err.contains("gradcheck failed"), "{err}");
+    // And a backward that swaps two elements' gradients.
+    let swapped = |x: &[Tensor]| {
+        let a = x[0].clone();
+        let out = a.data().iter().map(|v| v * v).collect();
+        Tensor::from_op(out, a.shape(), &[&a], {
+            let a = a.clone();
+            move |dout, grads| {
+                let mut g: Vec<f32> = dout
+                    .iter()
+                    .zip(a.data().iter())
+                    .map(|(d, x)| 2.0 * x * d)
+                    .collect();
+                g.swap(0, 1);
+                grads.add_owned(&a, g);
+            }
+        })
+    };
+    assert!(gradcheck(&swapped, &[x], EPS, TOL).is_err());
+}
+
+#[test]
+fn elementwise_ops() {
+    let (a, b) = (input(&[2, 3, 4, 5], 1), input(&[2, 3, 4, 5], 2));
+    check(&|t| t[0].add(&t[1]), &[a.clone(), b.clone()]);
+    check(&|t| t[0].mul(&t[1]), &[a.clone(), b]);
+    // Broadcasts: a per-channel bias (C,1,1) and a row vector (W,).
+    let bias = input(&[3, 1, 1], 3);
+    check(&|t| t[0].add(&t[1]), &[a.clone(), bias.clone()]);
+    check(&|t| t[0].mul(&t[1]), &[a.clone(), bias]);
+    check(&|t| t[0].add(&t[1]), &[a.clone(), input(&[5], 4)]);
+    check(&|t| t[0].scale(-2.5), &[a.clone()]);
+    check(&|t| t[0].sigmoid(), &[a]);
+    check(&|t| t[0].relu(), &[away_from_zero(&[3, 5, 7], 5)]);
+}
+
+#[test]
+fn matmul_and_linear() {
+    check(
+        &|t| t[0].matmul(&t[1]),
+        &[input(&[3, 5], 1), input(&[5, 4], 2)],
+    );
+    check(
+        &|t| t[0].linear(&t[1], Some(&t[2])),
+        &[input(&[3, 7], 3), input(&[4, 7], 4), input(&[4], 5)],
+    );
+    check(
+        &|t| t[0].linear(&t[1], None),
+        &[input(&[2, 3], 6), input(&[5, 3], 7)],
+    );
+}
+
+#[test]
+fn reductions_reshape_and_losses() {
+    let x = input(&[3, 4, 5], 1);
+    check(&|t| t[0].sum(), &[x.clone()]);
+    check(&|t| t[0].mean(), &[x.clone()]);
+    check(&|t| t[0].reshape(&[5, 12]), &[x.clone()]);
+    check(&|t| t[0].flatten(), &[x]);
+    let logits = input(&[4, 7], 2);
+    check(&|t| t[0].log_softmax(), &[logits.clone()]);
+    check(&|t| t[0].cross_entropy(&[0, 6, 3, 3]), &[logits]);
+}
+
+/// Distinct values spaced 0.05 apart (more than 2·EPS), shuffled, so no
+/// window's maximum changes under the ±EPS nudge.
+fn distinct(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut v: Vec<f32> = (0..n).map(|i| i as f32 * 0.05 - 1.0).collect();
+    Rng::seed(seed).shuffle(&mut v);
+    Tensor::from_vec(v, shape).requires_grad()
+}
+
+#[test]
+fn max_pool2d_backward_and_forward_against_naive() {
+    for (shape, k, s) in [
+        ([2, 3, 8, 6], (2, 2), (2, 2)),
+        ([1, 2, 7, 5], (3, 2), (2, 1)),
+        ([2, 1, 5, 9], (2, 3), (1, 3)),
+    ] {
+        let x = distinct(&shape, 9);
+        check(&|t| t[0].max_pool2d(k, s), &[x.clone()]);
+        let want = tensor::ops::pool::max_pool2d_naive(&x.data(), shape, k, s);
+        assert_eq!(x.max_pool2d(k, s).to_vec(), want, "{shape:?} {k:?} {s:?}");
+    }
+}
+
+#[test]
+fn conv2d_backward_over_a_table_of_geometries() {
+    // (input B,C,H,W; out channels; kernel; stride; padding; dilation; groups; bias)
+    #[rustfmt::skip]
+    let cases: &[([usize; 4], usize, (usize, usize), (usize, usize), (usize, usize), (usize, usize), usize, bool)] = &[
+        ([2, 3, 7, 5], 4, (3, 3), (1, 1), (0, 0), (1, 1), 1, true),
+        ([1, 3, 9, 7], 2, (3, 2), (2, 1), (1, 0), (1, 1), 1, true),
+        ([2, 2, 7, 8], 3, (2, 3), (1, 2), (2, 1), (2, 1), 1, false),
+        ([1, 4, 6, 7], 6, (3, 3), (1, 1), (1, 1), (2, 2), 2, true),
+        ([2, 6, 5, 7], 3, (2, 2), (2, 2), (1, 1), (1, 1), 3, true),
+        ([1, 3, 8, 6], 6, (1, 3), (1, 1), (0, 2), (1, 1), 3, false),
+    ];
+    for (i, &(xs, o, k, stride, padding, dilation, groups, bias)) in cases.iter().enumerate() {
+        let opts = Conv2dOptions {
+            stride,
+            padding,
+            dilation,
+            groups,
+        };
+        let x = input(&xs, 10 + i as u64);
+        let w = input(&[o, xs[1] / groups, k.0, k.1], 20 + i as u64);
+        let mut inputs = vec![x, w];
+        if bias {
+            inputs.push(input(&[o], 30 + i as u64));
+        }
+        let f = |t: &[Tensor]| t[0].conv2d(&t[1], t.get(2), opts);
+        if let Err(e) = gradcheck(&f, &inputs, EPS, TOL) {
+            panic!("case {i} {:?}: {e}", cases[i]);
+        }
+    }
+}
+
+#[test]
+fn gradients_accumulate_until_zeroed_and_no_grad_records_nothing() {
+    let w = Tensor::from_vec(vec![2.0, -3.0], &[2]).requires_grad();
+    let x = Tensor::from_vec(vec![5.0, 7.0], &[2]);
+    // d(Σ w·x)/dw = x
+    w.mul(&x).sum().backward();
+    assert_eq!(w.grad().unwrap(), vec![5.0, 7.0]);
+    w.mul(&x).sum().backward();
+    assert_eq!(w.grad().unwrap(), vec![10.0, 14.0]);
+    assert!(
+        x.grad().is_none(),
+        "an input without requires_grad gets no gradient"
+    );
+    w.zero_grad();
+    assert!(w.grad().is_none());
+
+    tensor::tape::clear();
+    let y = no_grad(|| w.mul(&x).relu().sum());
+    assert_eq!(tensor::tape::len(), 0);
+    assert!(!y.needs_grad());
+    assert_eq!(y.item(), 10.0);
+
+    // A tensor used twice gets both contributions: d(w·w)/dw = 2w.
+    w.mul(&w).sum().backward();
+    assert_eq!(w.grad().unwrap(), vec![4.0, -6.0]);
+}
+
+#[test]
+fn cross_entropy_known_answer() {
+    // Row 0: logits (1, 2, 3), label 2: −log(e³ / (e + e² + e³)) = ln(1 + e⁻¹ + e⁻²)
+    //        = ln(1 + 0.367879 + 0.135335) = ln(1.503214) = 0.407606.
+    // Row 1: logits (0, 0, 0), label 0: ln 3 = 1.098612.
+    // Mean over the batch: (0.407606 + 1.098612) / 2 = 0.753109.
+    let logits = Tensor::from_vec(vec![1.0, 2.0, 3.0, 0.0, 0.0, 0.0], &[2, 3]).requires_grad();
+    let loss = logits.cross_entropy(&[2, 0]);
+    assert!((loss.item() - 0.753109).abs() < 1e-5, "{}", loss.item());
+    // Gradient = (softmax − onehot) / N. Row 1: softmax = 1/3 each, so
+    // (1/3 − 1)/2 = −1/3 for the label and (1/3)/2 = 1/6 elsewhere.
+    loss.backward();
+    let g = logits.grad().unwrap();
+    for (got, want) in g[3..].iter().zip([-1.0 / 3.0, 1.0 / 6.0, 1.0 / 6.0]) {
+        assert!((got - want).abs() < 1e-6, "{g:?}");
+    }
+}
+
+fn run_sgd(config: SgdConfig, steps: usize) -> f32 {
+    let w = Tensor::from_vec(vec![1.0], &[1]).requires_grad();
+    let mut opt = Sgd::new(vec![w.clone()], config);
+    for _ in 0..steps {
+        opt.zero_grad();
+        // L = w · 1, so the gradient is 1 at every step.
+        w.mul(&Tensor::from_vec(vec![1.0], &[1])).sum().backward();
+        opt.step();
+    }
+    let v = w.data()[0];
+    v
+}
+
+#[test]
+fn sgd_momentum_known_answers() {
+    // lr 0.1, μ 0.9, gradient 1 each step:
+    // step 1: buf = g = 1;              w = 1 − 0.1·1 = 0.9
+    // step 2: buf = 0.9·1 + 1 = 1.9;    w = 0.9 − 0.1·1.9 = 0.71
+    // step 3: buf = 0.9·1.9 + 1 = 2.71; w = 0.71 − 0.271 = 0.439
+    let plain = SgdConfig::new(0.1, 0.9);
+    assert!((run_sgd(plain, 2) - 0.71).abs() < 1e-6);
+    assert!((run_sgd(plain, 3) - 0.439).abs() < 1e-6);
+    // Nesterov: g' = g + μ·buf.
+    // step 1: buf = 1, g' = 1.9, w = 1 − 0.19 = 0.81
+    // step 2: buf = 1.9, g' = 1 + 1.71 = 2.71, w = 0.81 − 0.271 = 0.539
+    let nesterov = SgdConfig {
+        nesterov: true,
+        ..plain
+    };
+    assert!((run_sgd(nesterov, 2) - 0.539).abs() < 1e-6);
+    // Weight decay 0.5, no momentum: g = 1 + 0.5·w.
+    // step 1: g = 1.5, w = 1 − 0.15 = 0.85; step 2: g = 1.425, w = 0.7075
+    let decay = SgdConfig {
+        weight_decay: 0.5,
+        ..SgdConfig::new(0.1, 0.0)
+    };
+    assert!((run_sgd(decay, 2) - 0.7075).abs() < 1e-6);
+}
+
+#[test]
+#[should_panic(expected = "matmul: shapes [2, 3] and [2, 3]")]
+fn shape_mismatch_names_op_and_shapes() {
+    input(&[2, 3], 1).matmul(&input(&[2, 3], 2));
+}
+
+#[test]
+fn linear_forward_against_naive() {
+    // y[n][o] = b[o] + Σ_i x[n][i]·w[o][i], written out.
+    let (x, w, b) = (input(&[3, 7], 1), input(&[5, 7], 2), input(&[5], 3));
+    let y = x.linear(&w, Some(&b)).to_vec();
+    let (xd, wd, bd) = (x.data(), w.data(), b.data());
+    for n in 0..3 {
+        for o in 0..5 {
+            let want = bd[o] + (0..7).map(|i| xd[n * 7 + i] * wd[o * 7 + i]).sum::<f32>();
+            assert!((y[n * 5 + o] - want).abs() < 1e-5);
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The fast conv2d kernels (im2col + GEMM) against the direct 7-loop
+//! versions, over a table of awkward shapes; the direct backward against
+//! finite differences of the direct forward; and thread-count independence.
+
+use tensor::ops::conv2d::*;
+
+/// xorshift32, mapped to [-1, 1): reproducible data without dependencies.
+struct Rng(u32);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 17;
+        self.0 ^= self.0 << 5;
+        (self.0 >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+struct Case {
+    name: &'static str,
+    input: [usize; 4],  // (B, C, H, W)
+    weight: [usize; 4], // (O, C/groups, KH, KW)
+    stride: (usize, usize),
+    padding: (usize, usize),
+    dilation: (usize, usize),
+    groups: usize,
+    bias: bool,
+}
+
+const fn case(name: &'static str, input: [usize; 4], weight: [usize; 4]) -> Case {
+    Case {
+        name,
+        input,
+        weight,
+        stride: (1, 1),
+        padding: (0, 0),
+        dilation: (1, 1),
+        groups: 1,
+        bias: true,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        case("plain 3x7x5", [1, 3, 7, 5], [4, 3, 3, 3]),
+        Case {
+            bias: false,
+            ..case("no bias, batch 3", [3, 3, 7, 5], [2, 3, 3, 3])
+        },
+        case("non-square kernel 3x2", [2, 3, 7, 5], [5, 3, 3, 2]),
+        Case {
+            stride: (2, 1),
+            ..case("stride (2,1)", [3, 2, 9, 6], [3, 2, 3, 2])
+        },
+        Case {
+            stride: (1, 3),
+            ..case("stride (1,3)", [2, 2, 6, 11], [3, 2, 2, 3])
+        },
+        Case {
+            padding: (1, 2),
+            ..case("padding (1,2)", [2, 3, 7, 5], [4, 3, 3, 2])
+        },
+        Case {
+            dilation: (2, 1),
+            ..case("dilation (2,1)", [2, 3, 9, 5], [2, 3, 3, 2])
+        },
+        Case {
+            groups: 2,
+            ..case("groups 2", [3, 4, 6, 7], [6, 2, 3, 3])
+        },
+        Case {
+            groups: 3,
+            bias: false,
+            ..case("groups 3", [1, 6, 5, 5], [3, 2, 2, 2])
+        },
+        Case {
+            stride: (2, 3),
+            padding: (2, 1),
+            dilation: (1, 2),
+            groups: 3,
+            ..case("everything at once", [3, 6, 11, 9], [9, 2, 3, 2])
+        },
+        Case {
+            padding: (3, 3),
+            ..case(
+                "padding wider than kernel reach",
+                [1, 1, 2, 3],
+                [2, 1, 2, 2],
+            )
+        },
+        case("1x1 kernel", [2, 5, 4, 3], [3, 5, 1, 1]),
+        case("kernel covers input", [2, 2, 4, 3], [3, 2, 4, 3]),
+        case("LeNet conv1 (batch 2)", [2, 3, 32, 32], [6, 3, 5, 5]),
+        case(
+            "LeNet conv2 (batch 5, chunked)",
+            [5, 6, 14, 14],
+            [16, 6, 5, 5],
+        ),
+    ]
+}
+
+fn shape_of(c: &Case) -> Conv2dShape {
+    let opts = Conv2dOptions {
+        stride: c.stride,
+        padding: c.padding,
+        dilation: c.dilation,
+        groups: c.groups,
+    };
+    Conv2dShape::new(&c.input, &c.weight, opts).unwrap()
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = 1e-4 * (1.0 + w.abs());
+        assert!((g - w).abs() <= tol, "{what}[{i}]: got {g}, want {w}");
+    }
+}
+
+#[test]
+fn fast_kernels_match_naive_on_case_table() {
+    for (n, c) in cases().iter().enumerate() {
+        let s = shape_of(c);
+        let mut rng = Rng(0x9E37_79B9 ^ (n as u32 + 1));
+        let x = rng.vec(s.input_shape().iter().product());
+        let w = rng.vec(s.weight_shape().iter().product());
+        let bias = rng.vec(s.out_channels);
+        let bias = c.bias.then_some(&bias[..]);
+        let dy = rng.vec(s.output_shape().iter().product());
+        let ylen = dy.len();
+
+        // Outputs start as garbage (NaN) to check that they are overwritten.
+        let (mut y, mut y_ref) = (vec![f32::NAN; ylen], vec![0.0; ylen]);
+        conv2d_forward(&s, &x, &w, bias, &mut y);
+        conv2d_forward_naive(&s, &x, &w, bias, &mut y_ref);
+        assert_close(&format!("{}: forward", c.name), &y, &y_ref);
+
+        let (mut dw, mut dw_ref) = (vec![f32::NAN; w.len()], vec![0.0; w.len()]);
+        conv2d_backward_weight(&s, &x, &dy, &mut dw);
+        conv2d_backward_weight_naive(&s, &x, &dy, &mut dw_ref);
+        assert_close(&format!("{}: backward_weight", c.name), &dw, &dw_ref);
+
+        let (mut dx, mut dx_ref) = (vec![f32::NAN; x.len()], vec![0.0; x.len()]);
+        conv2d_backward_input(&s, &w, &dy, &mut dx);
+        conv2d_backward_input_naive(&s, &w, &dy, &mut dx_ref);
+        assert_close(&format!("{}: backward_input", c.name), &dx, &dx_ref);
+
+        let mut db = vec![f32::NAN; s.out_channels];
+        conv2d_backward_bias(&s, &dy, &mut db);
+        let p = s.out_pixels();
+        let db_ref: Vec<f32> = (0..s.out_channels)
+            .map(|o| {
+                (0..s.batch)
+                    .map(|b| dy[(b * s.out_channels + o) * p..][..p].iter().sum::<f32>())
+                    .sum()
+            })
+            .collect();
+        assert_close(&format!("{}: backward_bias", c.name), &db, &db_ref);
+    }
+}
+
+/// The naive backward kernels are the oracle, so check them against central
+/// differences of the naive forward, with loss L = Σ y ⊙ dy.
+#[test]
+fn naive_backward_matches_finite_differences() {
+    let c = Case {
+        stride: (2, 1),
+        padding: (1, 2),
+        dilation: (1, 2),
+        groups: 2,
+        ..case("fd", [2, 4, 5, 6], [4, 2, 3, 2])
+    };
+    let s = shape_of(&c);
+    let mut rng = Rng(12345);
+    let x = rng.vec(s.input_shape().iter().product());
+    let w = rng.vec(s.weight_shape().iter().product());
+    let dy = rng.vec(s.output_shape().iter().product());
+    let loss = |x: &[f32], w: &[f32]| -> f64 {
+        let mut y = vec![0.0; dy.len()];
+        conv2d_forward_naive(&s, x, w, None, &mut y);
+        y.iter().zip(&dy).map(|(a, b)| *a as f64 * *b as f64).sum()
+    };
+    let mut dw = vec![0.0; w.len()];
+    conv2d_backward_weight_naive(&s, &x, &dy, &mut dw);
+    let mut dx = vec![0.0; x.len()];
+    conv2d_backward_input_naive(&s, &w, &dy, &mut dx);
+    let h = 1e-2f32; // the loss is linear in each argument: only rounding error
+    for i in 0..w.len() {
+        let (mut wp, mut wm) = (w.clone(), w.clone());
+        wp[i] += h;
+        wm[i] -= h;
+        let fd = (loss(&x, &wp) - loss(&x, &wm)) / (2.0 * h as f64);
+        assert!(
+            (fd - dw[i] as f64).abs() < 1e-3,
+            "dw[{i}]: fd {fd}, naive {}",
+            dw[i]
+        );
+    }
+    for i in 0..x.len() {
+        let (mut xp, mut xm) = (x.clone(), x.clone());
+        xp[i] += h;
+        xm[i] -= h;
+        let fd = (loss(&xp, &w) - loss(&xm, &w)) / (2.0 * h as f64);
+        assert!(
+            (fd - dx[i] as f64).abs() < 1e-3,
+            "dx[{i}]: fd {fd}, naive {}",
+            dx[i]
+        );
+    }
+}
+
+/// im2col followed by col2im multiplies each input element by the number of
+/// patches that read it; on the LeNet shapes also check im2col against a
+/// direct gather.
+#[test]
+fn im2col_is_a_gather_and_col2im_its_adjoint() {
+    let c = Case {
+        stride: (2, 1),
+        padding: (1, 2),
+        dilation: (2, 1),
+        ..case("i2c", [1, 2, 7, 6], [1, 2, 2, 3])
+    };
+    let s = shape_of(&c);
+    let mut rng = Rng(777);
+    let x = rng.vec(2 * 7 * 6);
+    let mut cols = vec![f32::NAN; s.col_rows() * s.out_pixels()];
+    im2col(&s, &x, &mut cols);
+    // Adjoint identity: <im2col(x), r> == <x, col2im(r)>.
+    let r = rng.vec(cols.len());
+    let mut back = vec![0.0; x.len()];
+    col2im(&s, &r, &mut back);
+    let lhs: f64 = cols.iter().zip(&r).map(|(a, b)| (*a * *b) as f64).sum();
+    let rhs: f64 = x.iter().zip(&back).map(|(a, b)| (*a * *b) as f64).sum();
+    assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs}");
+    // Direct gather.
+    let (oh, ow) = (s.out_h(), s.out_w());
+    for ci in 0..2 {
+        for ki in 0..2 {
+            for kj in 0..3 {
+                let row = (ci * 2 + ki) * 3 + kj;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let iy = (oy * 2 + ki * 2) as isize - 1;
+                        let ix = (ox + kj) as isize - 2;
+                        let want = if (0..7).contains(&iy) && (0..6).contains(&ix) {
+                            x[ci * 42 + iy as usize * 6 + ix as usize]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(cols[row * oh * ow + oy * ow + ox], want);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The weight and bias gradients are reductions over the batch; they must not
+/// depend on how rayon splits the work.
+#[test]
+fn backward_is_bitwise_independent_of_thread_count() {
+    let s = Conv2dShape::new(&[32, 6, 14, 14], &[16, 6, 5, 5], Conv2dOptions::default()).unwrap();
+    assert!(
+        s.batch > 2 * images_per_chunk(&s),
+        "batch must span several chunks"
+    );
+    let mut rng = Rng(4242);
+    let x = rng.vec(s.input_shape().iter().product());
+    let w = rng.vec(s.weight_shape().iter().product());
+    let dy = rng.vec(s.output_shape().iter().product());
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut dw = vec![0.0; w.len()];
+            conv2d_backward_weight(&s, &x, &dy, &mut dw);
+            let mut db = vec![0.0; s.out_channels];
+            conv2d_backward_bias(&s, &dy, &mut db);
+            let mut dx = vec![0.0; x.len()];
+            conv2d_backward_input(&s, &w, &dy, &mut dx);
+            let mut y = vec![0.0; dy.len()];
+            conv2d_forward(&s, &x, &w, None, &mut y);
+            [dw, db, dx, y].map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>())
+        })
+    };
+    let one = run(1);
+    for threads in [2, 3] {
+        let many = run(threads);
+        for (what, (a, b)) in ["dw", "db", "dx", "y"].iter().zip(one.iter().zip(&many)) {
+            assert!(a == b, "{what} differs between 1 and {threads} threads");
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "conv2d_forward: y should have")]
+fn wrong_output_length_is_named() {
+    let s = Conv2dShape::new(&[1, 1, 4, 4], &[1, 1, 3, 3], Conv2dOptions::default()).unwrap();
+    let mut y = vec![0.0; 5];
+    conv2d_forward(&s, &[0.0; 16], &[0.0; 9], None, &mut y);
+}
