@@ -1,0 +1,317 @@
+//! DSConv2d: mask invariants through training, strength sampling, ties,
+//! regrowth bounds, the random and static baselines, and a hand-checked case.
+
+use sparse_conv::strength::{strength, StrengthConfig};
+use sparse_conv::{DSConfig, DSConv2d, PruneDims, Regrow, Selection};
+use tensor::optim::{Sgd, SgdConfig};
+use tensor::{Conv2dOptions, Conv2dShape, Rng, Tensor};
+
+fn layer(cin: usize, cout: usize, k: (usize, usize), config: DSConfig, seed: u64) -> DSConv2d {
+    DSConv2d::new(
+        cin,
+        cout,
+        k,
+        Conv2dOptions::default(),
+        true,
+        config,
+        &mut Rng::seed(seed),
+    )
+    .unwrap()
+}
+
+/// Active connections in each group of `n` consecutive weights.
+fn active_per_group(l: &DSConv2d, n: usize) -> Vec<usize> {
+    l.mask()
+        .chunks(n)
+        .map(|g| g.iter().filter(|&&m| m).count())
+        .collect()
+}
+
+fn assert_masked_weights_and_momentum_zero(l: &DSConv2d, opt: &mut Sgd) {
+    let w = l.weight().to_vec();
+    let buf = opt.momentum_buffer_mut(l.weight()).cloned();
+    for (i, &m) in l.mask().iter().enumerate() {
+        if !m {
+            assert_eq!(w[i], 0.0, "masked weight {i} is {}", w[i]);
+            if let Some(b) = &buf {
+                assert_eq!(b[i], 0.0, "masked momentum {i} is {}", b[i]);
+            }
+        }
+    }
+}
+
+#[test]
+fn mask_holds_exactly_k2_per_group_through_training() {
+    for (dims, seed) in [
+        (PruneDims::Kernel, 1),
+        (PruneDims::Filter, 2),
+        (PruneDims::Layer, 3),
+    ] {
+        let config = DSConfig {
+            update_interval: 3,
+            prune_dims: dims,
+            ..DSConfig::default()
+        };
+        // 5×3 kernels: n = 15, k1 = 1, k2 = 2 for Kernel groups.
+        let mut l = layer(4, 6, (5, 3), config, seed);
+        let (n, _, k2) = l.group_sizes();
+        let mut opt = Sgd::new(
+            l.parameters(),
+            SgdConfig {
+                weight_decay: 1e-3,
+                ..SgdConfig::new(0.05, 0.9)
+            },
+        );
+        let mut rng = Rng::seed(seed + 100);
+        for step in 0..40 {
+            let x = Tensor::uniform(&[3, 4, 9, 7], -1.0, 1.0, &mut rng);
+            let y = l.forward(&x);
+            let r = Tensor::uniform(y.shape(), -1.0, 1.0, &mut rng);
+            opt.zero_grad();
+            y.mul(&r).sum().backward();
+            opt.step();
+            l.enforce_mask(&mut opt);
+            if step % 7 == 6 {
+                l.progress_connections(Some(&mut opt));
+                assert!(
+                    active_per_group(&l, n).iter().all(|&c| c == k2),
+                    "{dims:?} step {step}"
+                );
+            }
+            if step >= 6 {
+                assert!(active_per_group(&l, n).iter().all(|&c| c == k2));
+            }
+            assert_masked_weights_and_momentum_zero(&l, &mut opt);
+        }
+        assert_eq!(l.history().len(), 5);
+    }
+}
+
+#[test]
+fn strength_accumulates_over_sampled_passes_only() {
+    let config = DSConfig {
+        update_interval: 3,
+        ..DSConfig::default()
+    };
+    let mut l = layer(3, 4, (3, 3), config, 5);
+    let x = Tensor::uniform(&[2, 3, 8, 6], -1.0, 1.0, &mut Rng::seed(6));
+    let s = Conv2dShape::new(x.shape(), l.weight().shape(), Conv2dOptions::default()).unwrap();
+    let y = l.conv.forward(&x);
+    let one = strength(&s, &x.data(), &y.data(), &StrengthConfig::default()).unwrap();
+    assert!(one.iter().any(|&v| v > 0.0));
+    // Passes 0, 3 and 6 of seven are sampled.
+    for _ in 0..7 {
+        l.forward(&x);
+    }
+    assert_eq!((l.passes(), l.strength_samples()), (7, 3));
+    for (acc, v) in l.strength().iter().zip(&one) {
+        assert_eq!(*acc, 3.0 * v);
+    }
+    l.progress_connections(None);
+    assert!(
+        l.strength().iter().all(|&v| v == 0.0),
+        "progress resets the strength"
+    );
+    assert_eq!(l.strength_samples(), 0);
+}
+
+#[test]
+fn inference_mode_does_no_strength_work() {
+    let mut l = layer(
+        3,
+        4,
+        (3, 3),
+        DSConfig {
+            update_interval: 1,
+            ..DSConfig::default()
+        },
+        7,
+    );
+    l.set_training(false);
+    let x = Tensor::uniform(&[2, 3, 8, 6], -1.0, 1.0, &mut Rng::seed(8));
+    for _ in 0..5 {
+        l.forward(&x);
+    }
+    assert_eq!((l.passes(), l.strength_samples()), (0, 0));
+    assert!(l.strength().iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn all_zero_strength_ties_are_broken_by_the_seed() {
+    // No forward pass at all: every strength is 0, every connection ties.
+    let run = |seed| {
+        let mut l = layer(2, 3, (5, 5), DSConfig::default(), seed);
+        let stats = l.progress_connections(None);
+        (l.mask().to_vec(), stats)
+    };
+    let (mask, stats) = run(11);
+    // 5×5 kernels: k1 = ⌊2.5⌋ = 2, k2 = ⌊3.75⌋ = 3, over 6 kernels.
+    assert!(mask
+        .chunks(25)
+        .all(|g| g.iter().filter(|&&m| m).count() == 3));
+    assert_eq!(
+        (stats.kept, stats.revived, stats.regrown, stats.dropped),
+        (12, 0, 6, 6 * 22)
+    );
+    assert_eq!(run(11).0, mask, "same seed, same choice");
+    assert_ne!(run(12).0, mask, "another seed breaks ties differently");
+}
+
+#[test]
+fn regrown_values_lie_within_the_kaiming_bound() {
+    let mut l = layer(6, 4, (5, 5), DSConfig::default(), 13);
+    l.progress_connections(None);
+    // Everything pruned but k2: a second step re-initialises k2 − k1 per kernel
+    // and revives any top-k1 connection that was pruned.
+    let before = l.weight().to_vec();
+    let stats = l.progress_connections(None);
+    assert_eq!(stats.regrown, 4 * 6);
+    let bound = 1.0 / (6.0f32 * 25.0).sqrt();
+    let after = l.weight().to_vec();
+    let changed = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    assert!(
+        changed >= stats.regrown,
+        "regrown connections get fresh values"
+    );
+    assert!(after.iter().all(|v| v.abs() <= bound));
+    // With Regrow::Zero the regrown connections start at exactly zero.
+    let mut z = layer(
+        6,
+        4,
+        (5, 5),
+        DSConfig {
+            regrow: Regrow::Zero,
+            ..DSConfig::default()
+        },
+        13,
+    );
+    let s = z.progress_connections(None);
+    let zeros_active = z
+        .weight()
+        .data()
+        .iter()
+        .zip(z.mask())
+        .filter(|(w, &m)| m && **w == 0.0)
+        .count();
+    assert!(zeros_active >= s.regrown);
+}
+
+#[test]
+fn random_and_static_baselines_keep_the_counts() {
+    let mut r = layer(
+        3,
+        6,
+        (5, 5),
+        DSConfig {
+            selection: Selection::Random,
+            ..DSConfig::default()
+        },
+        17,
+    );
+    assert_eq!(r.density(), 1.0, "random mode starts dense, like hebbian");
+    let stats = r.progress_connections(None);
+    assert_eq!(stats.active, 18 * 3);
+    let first = r.mask().to_vec();
+    r.prune_randomly(None);
+    assert!(r
+        .mask()
+        .chunks(25)
+        .all(|g| g.iter().filter(|&&m| m).count() == 3));
+    assert_ne!(r.mask(), &first[..], "a random step chooses anew");
+
+    let mut s = layer(
+        3,
+        6,
+        (5, 5),
+        DSConfig {
+            selection: Selection::Static,
+            ..DSConfig::default()
+        },
+        17,
+    );
+    assert!(s
+        .mask()
+        .chunks(25)
+        .all(|g| g.iter().filter(|&&m| m).count() == 3));
+    assert!((s.density() - 3.0 / 25.0).abs() < 1e-12);
+    let fixed = s.mask().to_vec();
+    let zeroed = s
+        .weight()
+        .data()
+        .iter()
+        .zip(&fixed)
+        .all(|(w, &m)| m || *w == 0.0);
+    assert!(zeroed, "a static layer's masked weights start at zero");
+    s.progress_connections(None);
+    assert_eq!(s.mask(), &fixed[..], "a static mask never changes");
+}
+
+#[test]
+fn hand_computed_strengths_pick_the_expected_connections() {
+    // One input channel, 3×3, and one 2×2 kernel; a large bias makes every
+    // output unit active, so the coactivation of tap (j, h) is the number of
+    // active inputs it sees over the 2×2 output positions:
+    //   X = 1 1 0      H(0,0) = X00+X01+X10+X11 = 1+1+1+0 = 3
+    //       1 0 0      H(0,1) = X01+X02+X11+X12 = 1+0+0+0 = 1
+    //       0 1 0      H(1,0) = X10+X11+X20+X21 = 1+0+0+1 = 2
+    //                  H(1,1) = X11+X12+X21+X22 = 0+0+1+0 = 1
+    // With n = 4, keep 0.25 → k1 = 1 and total 0.5 → k2 = 2: tap (0,0) is
+    // kept with its weight, tap (1,0) is regrown, (0,1) and (1,1) are pruned.
+    let config = DSConfig {
+        keep_fraction: 0.25,
+        total_fraction: 0.5,
+        update_interval: 1,
+        ..DSConfig::default()
+    };
+    let mut l = layer(1, 1, (2, 2), config, 19);
+    l.conv.bias.as_ref().unwrap().data_mut()[0] = 10.0;
+    let x = Tensor::from_vec(vec![1., 1., 0., 1., 0., 0., 0., 1., 0.], &[1, 1, 3, 3]);
+    l.forward(&x);
+    assert_eq!(l.strength(), &[3.0, 1.0, 2.0, 1.0]);
+    let w_before = l.weight().to_vec();
+    let stats = l.progress_connections(None);
+    assert_eq!(l.mask(), &[true, false, true, false]);
+    assert_eq!(
+        l.weight().data()[0],
+        w_before[0],
+        "the kept tap keeps its weight"
+    );
+    assert_eq!((l.weight().data()[1], l.weight().data()[3]), (0.0, 0.0));
+    assert_eq!(
+        (stats.kept, stats.revived, stats.regrown, stats.dropped),
+        (1, 0, 1, 2)
+    );
+}
+
+#[test]
+fn bad_configuration_is_an_error_not_a_panic() {
+    let bad = DSConfig {
+        keep_fraction: 0.5,
+        total_fraction: 0.2,
+        ..DSConfig::default()
+    };
+    let e = DSConv2d::new(
+        3,
+        6,
+        (5, 5),
+        Conv2dOptions::default(),
+        true,
+        bad,
+        &mut Rng::seed(1),
+    );
+    assert!(e.err().unwrap().to_string().contains("keep_fraction"));
+    let zero = DSConfig {
+        update_interval: 0,
+        ..DSConfig::default()
+    };
+    assert!(DSConv2d::new(
+        3,
+        6,
+        (5, 5),
+        Conv2dOptions::default(),
+        true,
+        zero,
+        &mut Rng::seed(1)
+    )
+    .is_err());
+}

@@ -1,0 +1,544 @@
+//! The CIFAR training loop behind `examples/cifar.rs`: the notebook's recipe,
+//! dense or sparse, with checkpoints that resume bit for bit.
+//!
+//! A run is a [`TrainConfig`]; a [`Trainer`] holds the model, the optimiser
+//! and the position in the data. The data order and augmentation are pure
+//! functions of (seed, epoch, position), so the position is all a checkpoint
+//! needs to continue exactly where a run stopped.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Instant;
+
+use cifar::{BatchConfig, Batches, Normalize, Split};
+use sparse_conv::strength::{Measure, StrengthConfig};
+use sparse_conv::{DSConfig, LeNet, ProgressStats, Selection};
+use tensor::optim::{Sgd, SgdConfig};
+use tensor::{no_grad, Rng, Tensor};
+
+use crate::checkpoint::{read_checked, write_atomic, Reader, Writer};
+
+/// The notebook's logging and progress interval, in batches.
+pub const NOTEBOOK_INTERVAL: usize = 2000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Plain Conv2d layers.
+    Dense,
+    /// DSConv2d, pruned and regrown by Hebbian strength.
+    Hebbian,
+    /// DSConv2d, pruned and regrown at random (the notebook's baseline).
+    Random,
+    /// DSConv2d with a fixed random mask.
+    Static,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Dense => "dense",
+            Mode::Hebbian => "hebbian",
+            Mode::Random => "random",
+            Mode::Static => "static",
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "dense" => Ok(Mode::Dense),
+            "hebbian" => Ok(Mode::Hebbian),
+            "random" => Ok(Mode::Random),
+            "static" => Ok(Mode::Static),
+            _ => Err(format!(
+                "unknown mode {s:?}: expected dense, hebbian, random or static"
+            )),
+        }
+    }
+}
+
+/// Everything that decides a run's numbers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    pub mode: Mode,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    /// Batches between progress_connections; `None` is the notebook's 2,000,
+    /// or a quarter epoch when an epoch is shorter than that.
+    pub progress_every: Option<usize>,
+    /// Batches between loss lines; `None` as for `progress_every`.
+    pub log_every: Option<usize>,
+    pub update_interval: u64,
+    pub strength: Measure,
+    pub seed: u64,
+    pub normalize: Normalize,
+    pub augment: bool,
+}
+
+impl Default for TrainConfig {
+    /// The notebook's recipe.
+    fn default() -> Self {
+        TrainConfig {
+            mode: Mode::Hebbian,
+            epochs: 2,
+            batch_size: 4,
+            lr: 0.001,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            progress_every: None,
+            log_every: None,
+            update_interval: 20,
+            strength: Measure::Coactivation,
+            seed: 0,
+            normalize: Normalize::HALF,
+            augment: false,
+        }
+    }
+}
+
+impl TrainConfig {
+    fn batch_config(&self) -> BatchConfig {
+        BatchConfig {
+            batch_size: self.batch_size,
+            shuffle: true,
+            seed: self.seed,
+            normalize: self.normalize,
+            augment: self.augment,
+            drop_last: false,
+        }
+    }
+
+    fn sparse_config(&self) -> Option<DSConfig> {
+        let selection = match self.mode {
+            Mode::Dense => return None,
+            Mode::Hebbian => Selection::Hebbian,
+            Mode::Random => Selection::Random,
+            Mode::Static => Selection::Static,
+        };
+        Some(DSConfig {
+            update_interval: self.update_interval,
+            strength: StrengthConfig {
+                measure: self.strength,
+                ..StrengthConfig::default()
+            },
+            selection,
+            ..DSConfig::default()
+        })
+    }
+
+    /// The interval actually used, given how many batches an epoch has.
+    pub fn interval(explicit: Option<usize>, batches_per_epoch: usize) -> usize {
+        explicit.unwrap_or_else(|| NOTEBOOK_INTERVAL.min((batches_per_epoch / 4).max(1)))
+    }
+
+    /// The settings a resumed run must share with the checkpoint (all but the
+    /// number of epochs), as text, so a mismatch can be shown.
+    fn fingerprint(&self, train_len: usize) -> String {
+        format!(
+            "mode={} batch_size={} lr={} momentum={} weight_decay={} progress_every={:?} update_interval={} strength={:?} seed={} normalize={:?} augment={} train_images={train_len}",
+            self.mode.name(), self.batch_size, self.lr, self.momentum, self.weight_decay, self.progress_every,
+            self.update_interval, self.strength, self.seed, self.normalize, self.augment
+        )
+    }
+}
+
+#[derive(Debug)]
+pub enum TrainError {
+    Config(String),
+    /// The loss became NaN or infinite at this (epoch, batch), 1-based.
+    NonFinite {
+        epoch: usize,
+        batch: usize,
+        loss: f32,
+    },
+    Checkpoint(String),
+}
+
+impl fmt::Display for TrainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrainError::Config(m) => write!(f, "{m}"),
+            TrainError::NonFinite { epoch, batch, loss } => write!(
+                f,
+                "the loss became {loss} at epoch {epoch}, batch {batch}; stopping (try a smaller --lr)"
+            ),
+            TrainError::Checkpoint(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for TrainError {}
+
+/// What the loop reports as it goes.
+pub enum Event<'a> {
+    /// A finished batch: batches done in this epoch, and the epoch's total.
+    Batch { done: usize, total: usize },
+    /// The notebook's `[epoch, batch] loss:` line: mean loss since the last.
+    Log {
+        epoch: usize,
+        batch: usize,
+        loss: f64,
+    },
+    /// A progress_connections step, one entry per sparse layer.
+    Progress {
+        step: u64,
+        stats: &'a [ProgressStats],
+    },
+}
+
+/// How an epoch ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EpochEnd {
+    Finished,
+    /// `should_stop` said so (e.g. Ctrl-C); the position is kept.
+    Interrupted,
+}
+
+pub struct Evaluation {
+    pub correct: Vec<usize>,
+    pub total: Vec<usize>,
+}
+
+impl Evaluation {
+    pub fn accuracy(&self) -> f64 {
+        self.correct.iter().sum::<usize>() as f64 / self.total.iter().sum::<usize>().max(1) as f64
+    }
+    pub fn per_class(&self) -> Vec<f64> {
+        self.correct
+            .iter()
+            .zip(&self.total)
+            .map(|(&c, &t)| c as f64 / t.max(1) as f64)
+            .collect()
+    }
+}
+
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub net: LeNet,
+    pub opt: Sgd,
+    /// Epochs finished.
+    pub epoch: usize,
+    /// Batches finished in the current epoch.
+    pub batch_in_epoch: usize,
+    /// Batches finished in the whole run.
+    pub global_step: u64,
+    running_loss: f64,
+    running_count: usize,
+    /// Seconds and images spent in training steps (not evaluation).
+    pub train_seconds: f64,
+    pub train_images: u64,
+}
+
+impl Trainer {
+    pub fn new(config: TrainConfig) -> Result<Trainer, TrainError> {
+        if config.batch_size == 0 || config.epochs == 0 || config.update_interval == 0 {
+            return Err(TrainError::Config(
+                "batch size, epochs and update interval must be at least 1".into(),
+            ));
+        }
+        if config.progress_every == Some(0) || config.log_every == Some(0) {
+            return Err(TrainError::Config(
+                "--progress-every and --log-every must be at least 1".into(),
+            ));
+        }
+        if !(config.lr.is_finite() && config.lr > 0.0)
+            || !(0.0..1.0).contains(&config.momentum)
+            || config.weight_decay < 0.0
+        {
+            return Err(TrainError::Config(format!(
+                "want lr > 0, 0 ≤ momentum < 1 and weight decay ≥ 0; got {}, {}, {}",
+                config.lr, config.momentum, config.weight_decay
+            )));
+        }
+        let mut rng = Rng::seed(config.seed);
+        let net = LeNet::new(config.sparse_config(), &mut rng)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let opt = Sgd::new(
+            net.parameters(),
+            SgdConfig {
+                weight_decay: config.weight_decay,
+                ..SgdConfig::new(config.lr, config.momentum)
+            },
+        );
+        Ok(Trainer {
+            config,
+            net,
+            opt,
+            epoch: 0,
+            batch_in_epoch: 0,
+            global_step: 0,
+            running_loss: 0.0,
+            running_count: 0,
+            train_seconds: 0.0,
+            train_images: 0,
+        })
+    }
+
+    pub fn finished(&self) -> bool {
+        self.epoch >= self.config.epochs
+    }
+
+    /// Trains the rest of the current epoch. Checks `should_stop` after each
+    /// batch. On a non-finite loss, stops with an error before the step that
+    /// would spread it to the weights.
+    pub fn run_epoch(
+        &mut self,
+        train: &Split,
+        should_stop: &dyn Fn() -> bool,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<EpochEnd, TrainError> {
+        let mut batches = Batches::new(train, &self.config.batch_config(), self.epoch as u64);
+        let total = batches.num_batches();
+        let log_every = TrainConfig::interval(self.config.log_every, total);
+        let progress_every = TrainConfig::interval(self.config.progress_every, total) as u64;
+        batches.skip_to(self.batch_in_epoch);
+        self.net.set_training(true);
+        for batch in batches {
+            let start = Instant::now();
+            let n = batch.labels.len();
+            let x = Tensor::from_vec(batch.x, &[n, 3, 32, 32]);
+            let logits = self.net.forward(&x);
+            let loss = logits.cross_entropy(&batch.labels);
+            let value = loss.item();
+            if !value.is_finite() {
+                tensor::tape::clear();
+                return Err(TrainError::NonFinite {
+                    epoch: self.epoch + 1,
+                    batch: self.batch_in_epoch + 1,
+                    loss: value,
+                });
+            }
+            self.opt.zero_grad();
+            loss.backward();
+            self.opt.step();
+            for layer in self.net.sparse_layers() {
+                layer.enforce_mask(&mut self.opt);
+            }
+            self.batch_in_epoch += 1;
+            self.global_step += 1;
+            if self.global_step % progress_every == 0 && self.config.mode != Mode::Dense {
+                let opt = &mut self.opt;
+                let stats: Vec<ProgressStats> = self
+                    .net
+                    .sparse_layers_mut()
+                    .into_iter()
+                    .map(|l| l.progress_connections(Some(opt)))
+                    .collect();
+                on_event(Event::Progress {
+                    step: self.global_step,
+                    stats: &stats,
+                });
+            }
+            self.train_seconds += start.elapsed().as_secs_f64();
+            self.train_images += n as u64;
+            self.running_loss += value as f64;
+            self.running_count += 1;
+            if self.batch_in_epoch % log_every == 0 {
+                on_event(Event::Log {
+                    epoch: self.epoch + 1,
+                    batch: self.batch_in_epoch,
+                    loss: self.running_loss / self.running_count as f64,
+                });
+                self.running_loss = 0.0;
+                self.running_count = 0;
+            }
+            on_event(Event::Batch {
+                done: self.batch_in_epoch,
+                total,
+            });
+            if should_stop() && self.batch_in_epoch < total {
+                return Ok(EpochEnd::Interrupted);
+            }
+        }
+        self.epoch += 1;
+        self.batch_in_epoch = 0;
+        self.running_loss = 0.0;
+        self.running_count = 0;
+        Ok(EpochEnd::Finished)
+    }
+
+    /// Accuracy on `test`, per class, in inference mode (no tape, no strength).
+    pub fn evaluate(&mut self, test: &Split) -> Evaluation {
+        let classes = test.num_classes().max(10);
+        let mut eval = Evaluation {
+            correct: vec![0; classes],
+            total: vec![0; classes],
+        };
+        let cfg = BatchConfig {
+            batch_size: 100,
+            shuffle: false,
+            augment: false,
+            ..self.config.batch_config()
+        };
+        self.net.set_training(false);
+        no_grad(|| {
+            for batch in Batches::new(test, &cfg, 0) {
+                let n = batch.labels.len();
+                let logits = self
+                    .net
+                    .forward(&Tensor::from_vec(batch.x, &[n, 3, 32, 32]));
+                let logits = logits.data();
+                for (row, &label) in logits.chunks(10).zip(&batch.labels) {
+                    // First maximum wins, like torch.max.
+                    let pred = (0..10).fold(0, |best, j| if row[j] > row[best] { j } else { best });
+                    eval.total[label] += 1;
+                    eval.correct[label] += (pred == label) as usize;
+                }
+            }
+        });
+        self.net.set_training(true);
+        eval
+    }
+
+    pub fn conv_density(&self) -> Vec<f64> {
+        self.net
+            .sparse_layers()
+            .iter()
+            .map(|l| l.density())
+            .collect()
+    }
+
+    /// Writes a checkpoint atomically (see [`crate::checkpoint`]).
+    pub fn save(&self, path: &Path, train_len: usize) -> Result<(), TrainError> {
+        let mut w = Writer::default();
+        w.str(&self.config.fingerprint(train_len));
+        for v in [
+            self.epoch as u64,
+            self.batch_in_epoch as u64,
+            self.global_step,
+            self.running_count as u64,
+            self.train_images,
+        ] {
+            w.u64(v);
+        }
+        w.f64(self.running_loss);
+        w.f64(self.train_seconds);
+        let params = self.net.parameters();
+        w.u64(params.len() as u64);
+        for p in &params {
+            w.f32s(&p.data());
+        }
+        for b in self.opt.buffers() {
+            w.u64(b.is_some() as u64);
+            w.f32s(b.as_deref().unwrap_or(&[]));
+        }
+        let layers = self.net.sparse_layers();
+        w.u64(layers.len() as u64);
+        for l in layers {
+            let s = l.state();
+            w.bools(&s.mask);
+            w.f32s(&s.strength);
+            w.u64(s.strength_samples);
+            w.u64(s.passes);
+            for r in s.rng {
+                w.u64(r);
+            }
+        }
+        write_atomic(path, &w.buf).map_err(|e| {
+            TrainError::Checkpoint(format!("cannot write checkpoint {}: {e}", path.display()))
+        })
+    }
+
+    /// A trainer for `config`, restored from the checkpoint at `path`. The
+    /// checkpoint must come from the same settings (the number of epochs may
+    /// grow) and the same training set size.
+    pub fn resume(
+        config: TrainConfig,
+        path: &Path,
+        train_len: usize,
+    ) -> Result<Trainer, TrainError> {
+        let mut t = Trainer::new(config)?;
+        let payload = read_checked(path).map_err(TrainError::Checkpoint)?;
+        let bad = |m: String| TrainError::Checkpoint(format!("{}: {m}", path.display()));
+        let mut r = Reader::new(&payload);
+        let saved = r.str("settings").map_err(bad)?;
+        let ours = t.config.fingerprint(train_len);
+        if saved != ours {
+            return Err(bad(format!(
+                "it was made with different settings.\n  checkpoint: {saved}\n  this run:   {ours}"
+            )));
+        }
+        t.epoch = r.u64("epoch").map_err(bad)? as usize;
+        t.batch_in_epoch = r.u64("batch").map_err(bad)? as usize;
+        t.global_step = r.u64("step").map_err(bad)?;
+        t.running_count = r.u64("running count").map_err(bad)? as usize;
+        t.train_images = r.u64("images").map_err(bad)?;
+        t.running_loss = r.f64("running loss").map_err(bad)?;
+        t.train_seconds = r.f64("seconds").map_err(bad)?;
+        let params = t.net.parameters();
+        if r.u64("parameter count").map_err(bad)? as usize != params.len() {
+            return Err(bad("it holds a different number of parameters".into()));
+        }
+        for (i, p) in params.iter().enumerate() {
+            let v = r.f32s("parameters").map_err(bad)?;
+            if v.len() != p.numel() {
+                return Err(bad(format!(
+                    "parameter {i} has {} values, the model wants {}",
+                    v.len(),
+                    p.numel()
+                )));
+            }
+            *p.data_mut() = v;
+        }
+        let mut buffers = Vec::with_capacity(params.len());
+        for _ in 0..params.len() {
+            let present = r.u64("momentum").map_err(bad)? != 0;
+            let v = r.f32s("momentum").map_err(bad)?;
+            buffers.push(present.then_some(v));
+        }
+        t.opt.set_buffers(buffers).map_err(bad)?;
+        let n_layers = r.u64("layer count").map_err(bad)? as usize;
+        if n_layers != t.net.sparse_layers().len() {
+            return Err(bad("it holds a different number of sparse layers".into()));
+        }
+        for layer in t.net.sparse_layers_mut() {
+            let mask = r.bools("mask").map_err(bad)?;
+            let strength = r.f32s("strength").map_err(bad)?;
+            let strength_samples = r.u64("samples").map_err(bad)?;
+            let passes = r.u64("passes").map_err(bad)?;
+            let mut rng = [0u64; 4];
+            for v in &mut rng {
+                *v = r.u64("rng").map_err(bad)?;
+            }
+            let state = sparse_conv::dsconv::DSConvState {
+                mask,
+                strength,
+                strength_samples,
+                passes,
+                rng,
+            };
+            layer.restore(state).map_err(|e| bad(e.to_string()))?;
+        }
+        r.finish().map_err(bad)?;
+        Ok(t)
+    }
+
+    /// The run's summary as one JSON object (the metrics file's last line).
+    pub fn summary_json(&self, eval: &Evaluation) -> String {
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.6}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "{{\"type\": \"summary\", \"mode\": \"{}\", \"seed\": {}, \"epochs\": {}, \"batch_size\": {}, \"steps\": {}, \"test_accuracy\": {:.6}, \"per_class_accuracy\": [{}], \"conv_density\": [{}], \"train_images_per_second\": {:.2}, \"train_seconds\": {:.3}}}",
+            self.config.mode.name(),
+            self.config.seed,
+            self.epoch,
+            self.config.batch_size,
+            self.global_step,
+            eval.accuracy(),
+            list(&eval.per_class()),
+            list(&self.conv_density()),
+            self.train_images as f64 / self.train_seconds.max(1e-9),
+            self.train_seconds
+        )
+    }
+}
