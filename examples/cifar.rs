@@ -199,7 +199,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
                 bar.set_position(done as u64);
             }
             Event::Log { epoch, batch, loss } => {
-                bar.println(format!("[{epoch}, {batch:5}] loss: {loss:.3}"));
+                bar.suspend(|| println!("[{epoch}, {batch:5}] loss: {loss:.3}"));
                 if let Some(m) = metrics.as_mut() {
                     let line = format!("{{\"type\": \"log\", \"epoch\": {epoch}, \"batch\": {batch}, \"loss\": {loss:.6}}}");
                     if let Err(e) = writeln!(m, "{line}") {
@@ -212,7 +212,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
                     .iter()
                     .map(|s| format!("kept {} revived {} regrown {} dropped {}", s.kept, s.revived, s.regrown, s.dropped))
                     .collect();
-                bar.println(format!("progress_connections at step {step}: {}", parts.join(" | ")));
+                bar.suspend(|| println!("progress_connections at step {step}: {}", parts.join(" | ")));
             }
         });
         bar.finish_and_clear();

@@ -1,0 +1,280 @@
+//! The CIFAR training loop end to end on the bundled sample: the loss falls,
+//! hebbian masks end with exactly k2 connections per kernel, checkpoints
+//! resume bit for bit, and bad checkpoints are refused.
+
+use std::path::{Path, PathBuf};
+
+use hebbsparse::cifar::{load_cifar10, Split};
+use hebbsparse::train::{EpochEnd, Event, Mode, TrainConfig, TrainError, Trainer};
+
+fn sample() -> (Split, Split) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/cifar10-sample");
+    let data = load_cifar10(&dir).expect("the bundled sample loads");
+    (data.train, data.test)
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hebbsparse-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn weights(t: &Trainer) -> Vec<u32> {
+    t.net
+        .parameters()
+        .iter()
+        .flat_map(|p| p.to_vec())
+        .map(f32::to_bits)
+        .collect()
+}
+
+#[test]
+fn hebbian_run_on_the_sample_learns_and_keeps_k2_per_kernel() {
+    let (train, test) = sample();
+    let config = TrainConfig {
+        mode: Mode::Hebbian,
+        epochs: 2,
+        lr: 0.01,
+        progress_every: Some(100),
+        log_every: Some(50),
+        update_interval: 5,
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(config).unwrap();
+    let mut logged = Vec::new();
+    let mut progress_steps = 0;
+    for _ in 0..2 {
+        let end = t
+            .run_epoch(&train.take(600), &|| false, &mut |e| match e {
+                Event::Log { loss, .. } => logged.push(loss),
+                Event::Progress { stats, .. } => {
+                    progress_steps += 1;
+                    assert_eq!(stats.len(), 2);
+                }
+                Event::Batch { .. } => {}
+            })
+            .unwrap();
+        assert_eq!(end, EpochEnd::Finished);
+    }
+    // 2 epochs of 150 batches: 300 steps, 6 loss lines, 3 progress steps.
+    assert_eq!((t.global_step, logged.len(), progress_steps), (300, 6, 3));
+    assert!(
+        logged[5] < logged[0] - 0.02,
+        "the loss should fall: {logged:?}"
+    );
+    for layer in t.net.sparse_layers() {
+        let (n, _, k2) = layer.group_sizes();
+        assert_eq!((n, k2), (25, 3));
+        for kernel in layer.mask().chunks(25) {
+            assert_eq!(kernel.iter().filter(|&&m| m).count(), 3);
+        }
+        let w = layer.weight().to_vec();
+        assert!(w.iter().zip(layer.mask()).all(|(w, &m)| m || *w == 0.0));
+    }
+    let eval = t.evaluate(&test);
+    assert_eq!(eval.total.iter().sum::<usize>(), 500);
+    let json = t.summary_json(&eval);
+    for key in [
+        "mode",
+        "seed",
+        "epochs",
+        "test_accuracy",
+        "per_class_accuracy",
+        "conv_density",
+        "train_images_per_second",
+        "train_seconds",
+    ] {
+        assert!(
+            json.contains(&format!("\"{key}\"")),
+            "summary lacks {key}: {json}"
+        );
+    }
+}
+
+fn small_config(mode: Mode, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        mode,
+        epochs,
+        progress_every: Some(15),
+        update_interval: 3,
+        seed: 7,
+        ..TrainConfig::default()
+    }
+}
+
+fn run_to_end(t: &mut Trainer, train: &Split) {
+    while !t.finished() {
+        assert_eq!(
+            t.run_epoch(train, &|| false, &mut |_| {}).unwrap(),
+            EpochEnd::Finished
+        );
+    }
+}
+
+#[test]
+fn one_epoch_plus_a_resumed_epoch_equals_two_straight() {
+    let (train, _) = sample();
+    let train = train.take(160); // 40 batches per epoch
+    for mode in [Mode::Hebbian, Mode::Random] {
+        let mut straight = Trainer::new(small_config(mode, 2)).unwrap();
+        run_to_end(&mut straight, &train);
+
+        let path = tmp(&format!("resume-{}.ckpt", mode.name()));
+        let mut first = Trainer::new(small_config(mode, 1)).unwrap();
+        run_to_end(&mut first, &train);
+        first.save(&path, train.len()).unwrap();
+        let mut resumed = Trainer::resume(small_config(mode, 2), &path, train.len()).unwrap();
+        assert_eq!(resumed.epoch, 1);
+        run_to_end(&mut resumed, &train);
+
+        assert!(
+            weights(&straight) == weights(&resumed),
+            "{mode:?}: resumed weights differ"
+        );
+        let masks = |t: &Trainer| {
+            t.net
+                .sparse_layers()
+                .iter()
+                .map(|l| l.mask().to_vec())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(masks(&straight), masks(&resumed));
+    }
+}
+
+#[test]
+fn an_interrupted_epoch_resumes_mid_epoch_bit_for_bit() {
+    let (train, _) = sample();
+    let train = train.take(160);
+    let mut straight = Trainer::new(small_config(Mode::Hebbian, 1)).unwrap();
+    run_to_end(&mut straight, &train);
+
+    let mut t = Trainer::new(small_config(Mode::Hebbian, 1)).unwrap();
+    let done = std::cell::Cell::new(0);
+    let end = t.run_epoch(&train, &|| done.get() >= 17, &mut |e| {
+        if let Event::Batch { done: d, .. } = e {
+            done.set(d);
+        }
+    });
+    assert_eq!(end.unwrap(), EpochEnd::Interrupted);
+    assert_eq!(t.batch_in_epoch, 17);
+    let path = tmp("interrupted.ckpt");
+    t.save(&path, train.len()).unwrap();
+    let mut resumed = Trainer::resume(small_config(Mode::Hebbian, 1), &path, train.len()).unwrap();
+    run_to_end(&mut resumed, &train);
+    assert!(weights(&straight) == weights(&resumed));
+}
+
+#[test]
+fn corrupt_truncated_and_mismatched_checkpoints_are_refused() {
+    let (train, _) = sample();
+    let train = train.take(40);
+    let mut t = Trainer::new(small_config(Mode::Hebbian, 1)).unwrap();
+    run_to_end(&mut t, &train);
+    let path = tmp("good.ckpt");
+    t.save(&path, train.len()).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    let refuse = |bytes: &[u8], config: TrainConfig, expect: &str| {
+        let p = tmp("bad.ckpt");
+        std::fs::write(&p, bytes).unwrap();
+        match Trainer::resume(config, &p, train.len()) {
+            Err(TrainError::Checkpoint(m)) => assert!(m.contains(expect), "{m}"),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a bad checkpoint was accepted ({expect})"),
+        }
+    };
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x10;
+    refuse(&flipped, small_config(Mode::Hebbian, 1), "checksum");
+    refuse(
+        &good[..good.len() - 9],
+        small_config(Mode::Hebbian, 1),
+        "truncated",
+    );
+    refuse(
+        b"not a checkpoint at all, just some text",
+        small_config(Mode::Hebbian, 1),
+        "HEBBCKPT",
+    );
+    let mut version = good.clone();
+    version[8] = 99;
+    refuse(&version, small_config(Mode::Hebbian, 1), "version 99");
+    refuse(&good, small_config(Mode::Random, 1), "different settings");
+    refuse(
+        &good,
+        TrainConfig {
+            lr: 0.5,
+            ..small_config(Mode::Hebbian, 1)
+        },
+        "different settings",
+    );
+    refuse(
+        &good,
+        TrainConfig {
+            mode: Mode::Dense,
+            ..small_config(Mode::Hebbian, 1)
+        },
+        "different settings",
+    );
+    assert!(matches!(
+        Trainer::resume(small_config(Mode::Hebbian, 1), &tmp("missing.ckpt"), 40),
+        Err(TrainError::Checkpoint(m)) if m.contains("cannot read")
+    ));
+}
+
+#[test]
+fn a_diverging_loss_stops_the_run_with_an_error() {
+    let (train, _) = sample();
+    let mut t = Trainer::new(TrainConfig {
+        mode: Mode::Dense,
+        ..TrainConfig::default()
+    })
+    .unwrap();
+    // A poisoned weight stands in for a diverging run: every logit of class 0
+    // becomes NaN, and so does the loss.
+    t.net.fc3.weight.data_mut()[0] = f32::NAN;
+    let before: Vec<f32> = t.net.fc1.weight.to_vec();
+    match t.run_epoch(&train.take(400), &|| false, &mut |_| {}) {
+        Err(
+            e @ TrainError::NonFinite {
+                epoch: 1, batch: 1, ..
+            },
+        ) => {
+            assert!(e.to_string().contains("--lr"), "{e}")
+        }
+        other => panic!(
+            "expected a non-finite loss error, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    assert_eq!(
+        t.net.fc1.weight.to_vec(),
+        before,
+        "no step was taken with the NaN loss"
+    );
+    assert_eq!(t.global_step, 0);
+}
+
+#[test]
+fn bad_settings_are_errors() {
+    for bad in [
+        TrainConfig {
+            batch_size: 0,
+            ..TrainConfig::default()
+        },
+        TrainConfig {
+            lr: -1.0,
+            ..TrainConfig::default()
+        },
+        TrainConfig {
+            momentum: 1.5,
+            ..TrainConfig::default()
+        },
+        TrainConfig {
+            progress_every: Some(0),
+            ..TrainConfig::default()
+        },
+    ] {
+        assert!(matches!(Trainer::new(bad), Err(TrainError::Config(_))));
+    }
+}
