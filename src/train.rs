@@ -247,10 +247,10 @@ impl Trainer {
                 "--progress-every and --log-every must be at least 1".into(),
             ));
         }
-        if !(config.lr.is_finite() && config.lr > 0.0)
-            || !(0.0..1.0).contains(&config.momentum)
-            || config.weight_decay < 0.0
-        {
+        let lr_ok = config.lr.is_finite() && config.lr > 0.0;
+        let momentum_ok = (0.0..1.0).contains(&config.momentum);
+        let decay_ok = config.weight_decay.is_finite() && config.weight_decay >= 0.0;
+        if !(lr_ok && momentum_ok && decay_ok) {
             return Err(TrainError::Config(format!(
                 "want lr > 0, 0 ≤ momentum < 1 and weight decay ≥ 0; got {}, {}, {}",
                 config.lr, config.momentum, config.weight_decay
@@ -322,7 +322,7 @@ impl Trainer {
             }
             self.batch_in_epoch += 1;
             self.global_step += 1;
-            if self.global_step % progress_every == 0 && self.config.mode != Mode::Dense {
+            if self.global_step.is_multiple_of(progress_every) && self.config.mode != Mode::Dense {
                 let opt = &mut self.opt;
                 let stats: Vec<ProgressStats> = self
                     .net
@@ -339,7 +339,7 @@ impl Trainer {
             self.train_images += n as u64;
             self.running_loss += value as f64;
             self.running_count += 1;
-            if self.batch_in_epoch % log_every == 0 {
+            if self.batch_in_epoch.is_multiple_of(log_every) {
                 on_event(Event::Log {
                     epoch: self.epoch + 1,
                     batch: self.batch_in_epoch,

@@ -168,7 +168,10 @@ impl DSConv2d {
         if c.update_interval == 0 {
             return Err(DSConfigError("update_interval must be at least 1".into()));
         }
-        if opts.groups == 0 || in_channels % opts.groups != 0 || out_channels % opts.groups != 0 {
+        if opts.groups == 0
+            || !in_channels.is_multiple_of(opts.groups)
+            || !out_channels.is_multiple_of(opts.groups)
+        {
             return Err(DSConfigError(format!(
                 "{in_channels} in and {out_channels} out channels do not divide into {} groups",
                 opts.groups
@@ -217,7 +220,7 @@ impl DSConv2d {
     pub fn forward(&mut self, x: &Tensor) -> Tensor {
         let y = self.conv.forward(x);
         if self.training && self.config.selection == Selection::Hebbian {
-            if self.passes % self.config.update_interval == 0 {
+            if self.passes.is_multiple_of(self.config.update_interval) {
                 let s = Conv2dShape::new(x.shape(), self.conv.weight.shape(), self.conv.opts)
                     .expect("conv2d accepted these shapes");
                 accumulate_strength(
@@ -313,9 +316,9 @@ impl DSConv2d {
             // where every strength counts as equal) are broken by a random key
             // from the layer's seeded stream, then by index.
             order.clear();
-            for i in 0..n {
+            for (i, &strength) in sg.iter().enumerate() {
                 let s = match ranking {
-                    Ranking::Strength => sg[i],
+                    Ranking::Strength => strength,
                     Ranking::Random => 0.0,
                 };
                 order.push((s, self.rng.next_u64(), i));

@@ -54,8 +54,8 @@ pub fn gradcheck(
         numeric: 0.0,
     };
     for (i, x) in inputs.iter().enumerate() {
-        let analytic = x.grad().unwrap_or_else(|| vec![0.0; x.numel()]);
-        for j in 0..x.numel() {
+        let grad = x.grad().unwrap_or_else(|| vec![0.0; x.numel()]);
+        for (j, &analytic) in grad.iter().enumerate() {
             let v = x.data()[j];
             x.data_mut()[j] = v + eps;
             let plus = loss(inputs);
@@ -63,13 +63,13 @@ pub fn gradcheck(
             let minus = loss(inputs);
             x.data_mut()[j] = v;
             let numeric = ((plus - minus) / (2.0 * eps as f64)) as f32;
-            let err = (analytic[j] - numeric).abs() / numeric.abs().max(1.0);
+            let err = (analytic - numeric).abs() / numeric.abs().max(1.0);
             if err > report.max_error || err.is_nan() {
                 report = GradcheckReport {
                     max_error: err,
                     worst_input: i,
                     worst_index: j,
-                    analytic: analytic[j],
+                    analytic,
                     numeric,
                 };
             }

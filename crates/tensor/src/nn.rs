@@ -50,7 +50,9 @@ impl Conv2d {
         rng: &mut Rng,
     ) -> Conv2d {
         assert!(
-            opts.groups > 0 && in_channels % opts.groups == 0 && out_channels % opts.groups == 0,
+            opts.groups > 0
+                && in_channels.is_multiple_of(opts.groups)
+                && out_channels.is_multiple_of(opts.groups),
             "Conv2d: {in_channels} in and {out_channels} out channels do not divide into {} groups",
             opts.groups
         );

@@ -53,7 +53,7 @@ fn gradcheck_catches_a_wrong_backward() {
         })
     };
     let x = away_from_zero(&[3, 4], 1);
-    let err = gradcheck(&wrong_relu, &[x.clone()], EPS, TOL).unwrap_err();
+    let err = gradcheck(&wrong_relu, std::slice::from_ref(&x), EPS, TOL).unwrap_err();
     assert!(err.contains("gradcheck failed"), "{err}");
     // And a backward that swaps two elements' gradients.
     let swapped = |x: &[Tensor]| {
@@ -85,7 +85,7 @@ fn elementwise_ops() {
     check(&|t| t[0].add(&t[1]), &[a.clone(), bias.clone()]);
     check(&|t| t[0].mul(&t[1]), &[a.clone(), bias]);
     check(&|t| t[0].add(&t[1]), &[a.clone(), input(&[5], 4)]);
-    check(&|t| t[0].scale(-2.5), &[a.clone()]);
+    check(&|t| t[0].scale(-2.5), std::slice::from_ref(&a));
     check(&|t| t[0].sigmoid(), &[a]);
     check(&|t| t[0].relu(), &[away_from_zero(&[3, 5, 7], 5)]);
 }
@@ -109,12 +109,12 @@ fn matmul_and_linear() {
 #[test]
 fn reductions_reshape_and_losses() {
     let x = input(&[3, 4, 5], 1);
-    check(&|t| t[0].sum(), &[x.clone()]);
-    check(&|t| t[0].mean(), &[x.clone()]);
-    check(&|t| t[0].reshape(&[5, 12]), &[x.clone()]);
+    check(&|t| t[0].sum(), std::slice::from_ref(&x));
+    check(&|t| t[0].mean(), std::slice::from_ref(&x));
+    check(&|t| t[0].reshape(&[5, 12]), std::slice::from_ref(&x));
     check(&|t| t[0].flatten(), &[x]);
     let logits = input(&[4, 7], 2);
-    check(&|t| t[0].log_softmax(), &[logits.clone()]);
+    check(&|t| t[0].log_softmax(), std::slice::from_ref(&logits));
     check(&|t| t[0].cross_entropy(&[0, 6, 3, 3]), &[logits]);
 }
 
@@ -135,13 +135,14 @@ fn max_pool2d_backward_and_forward_against_naive() {
         ([2, 1, 5, 9], (2, 3), (1, 3)),
     ] {
         let x = distinct(&shape, 9);
-        check(&|t| t[0].max_pool2d(k, s), &[x.clone()]);
+        check(&|t| t[0].max_pool2d(k, s), std::slice::from_ref(&x));
         let want = tensor::ops::pool::max_pool2d_naive(&x.data(), shape, k, s);
         assert_eq!(x.max_pool2d(k, s).to_vec(), want, "{shape:?} {k:?} {s:?}");
     }
 }
 
 #[test]
+#[allow(clippy::type_complexity)] // a table of tuples reads best here
 fn conv2d_backward_over_a_table_of_geometries() {
     // (input B,C,H,W; out channels; kernel; stride; padding; dilation; groups; bias)
     #[rustfmt::skip]

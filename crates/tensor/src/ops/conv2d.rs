@@ -86,7 +86,10 @@ impl Conv2dShape {
             kernel_w: weight[3],
             opts,
         };
-        if s.in_channels % g != 0 || s.out_channels % g != 0 || weight[1] * g != s.in_channels {
+        if !s.in_channels.is_multiple_of(g)
+            || !s.out_channels.is_multiple_of(g)
+            || weight[1] * g != s.in_channels
+        {
             return Err(format!(
                 "conv2d: with groups={g}, input channels ({}) and output channels ({}) must divide by groups and weight dim 1 must be C/groups; got input {input:?}, weight {weight:?}",
                 s.in_channels, s.out_channels
