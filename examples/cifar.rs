@@ -257,8 +257,10 @@ fn run(args: Args) -> Result<ExitCode, String> {
     );
 
     let eval = trainer.evaluate(&test);
-    for (name, acc) in CLASSES.iter().zip(eval.per_class()) {
-        println!("Accuracy of {name:5} : {:2.0} %", 100.0 * acc);
+    // The notebook's report: whole percents, truncated as Python's % 2d does.
+    for (i, name) in CLASSES.iter().enumerate() {
+        let pct = 100 * eval.correct[i] / eval.total[i].max(1);
+        println!("Accuracy of {name:5} : {pct:2} %");
     }
     println!(
         "Accuracy of the network on the {} test images: {:.2} %",

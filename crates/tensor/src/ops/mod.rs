@@ -1,7 +1,6 @@
 //! Operations. Each file holds one family of ops, with each op's forward and
 //! backward written side by side.
 pub mod conv2d;
-mod conv2d_autograd;
 pub mod elementwise;
 pub mod loss;
 pub mod matmul;
