@@ -322,7 +322,10 @@ impl Trainer {
             }
             self.batch_in_epoch += 1;
             self.global_step += 1;
-            if self.global_step.is_multiple_of(progress_every) && self.config.mode != Mode::Dense {
+            // Dense has no mask and a static mask never changes: only hebbian
+            // and random runs have progress steps.
+            let dynamic = matches!(self.config.mode, Mode::Hebbian | Mode::Random);
+            if dynamic && self.global_step.is_multiple_of(progress_every) {
                 let opt = &mut self.opt;
                 let stats: Vec<ProgressStats> = self
                     .net
