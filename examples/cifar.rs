@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use hebbsparse::cifar::{load_cifar10, Cifar};
 use hebbsparse::sparse_conv::strength::Measure;
 use hebbsparse::train::{EpochEnd, Event, Mode, TrainConfig, TrainError, Trainer};
@@ -22,7 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Train the notebook's LeNet on CIFAR-10 with dense, Hebbian-sparse,
 /// random-sparse or static-sparse convolutions.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(name = "cifar", version, about, long_about = None)]
 struct Args {
     /// CIFAR-10 binary data: cifar-10-binary.tar.gz, the cifar-10-batches-bin
     /// directory, or a directory holding either [default: the bundled sample]
@@ -90,8 +90,36 @@ fn bundled_sample() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/cifar10-sample")
 }
 
+/// Checks the option values clap's parsers cannot, exiting like clap does
+/// (a usage message and exit code 2) on a bad one.
+fn validate(args: &Args) {
+    let problem = if !(args.lr.is_finite() && args.lr > 0.0) {
+        Some(format!("--lr must be a positive number, got {}", args.lr))
+    } else if !(0.0..1.0).contains(&args.momentum) {
+        Some(format!(
+            "--momentum must be in [0, 1), got {}",
+            args.momentum
+        ))
+    } else if !(args.weight_decay.is_finite() && args.weight_decay >= 0.0) {
+        Some(format!(
+            "--weight-decay must be ≥ 0, got {}",
+            args.weight_decay
+        ))
+    } else if args.limit_train == Some(0) || args.limit_test == Some(0) {
+        Some("--limit-train and --limit-test must be at least 1".to_string())
+    } else {
+        None
+    };
+    if let Some(msg) = problem {
+        Args::command()
+            .error(clap::error::ErrorKind::ValueValidation, msg)
+            .exit();
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    validate(&args);
     match run(args) {
         Ok(code) => code,
         Err(msg) => {

@@ -55,6 +55,9 @@ fn bad_options_exit_with_code_2_and_a_message() {
         &["--epochs", "many"],
         &["--strength", "magic"],
         &["--no-such-option"],
+        &["--lr", "0"],
+        &["--momentum", "1.5"],
+        &["--limit-train", "0"],
     ] {
         let out = Command::new(example()).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
