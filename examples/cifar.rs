@@ -22,7 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Train the notebook's LeNet on CIFAR-10 with dense, Hebbian-sparse,
 /// random-sparse or static-sparse convolutions.
 #[derive(Parser, Debug)]
-#[command(name = "cifar", version, about, long_about = None)]
+#[command(name = "cifar", version)]
 struct Args {
     /// CIFAR-10 binary data: cifar-10-binary.tar.gz, the cifar-10-batches-bin
     /// directory, or a directory holding either [default: the bundled sample]
@@ -31,14 +31,19 @@ struct Args {
     /// dense, hebbian, random or static
     #[arg(long, default_value = "hebbian")]
     mode: Mode,
+    /// Passes over the training set
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     epochs: u32,
+    /// Images per SGD step
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
+    /// SGD learning rate
     #[arg(long, default_value_t = 0.001)]
     lr: f32,
+    /// SGD momentum, in [0, 1)
     #[arg(long, default_value_t = 0.9)]
     momentum: f32,
+    /// L2 weight decay added to every gradient
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f32,
     /// Batches between progress_connections [default: 2000, or a quarter
@@ -54,6 +59,7 @@ struct Args {
     /// coactivation or correlation
     #[arg(long, default_value = "coactivation")]
     strength: Measure,
+    /// Seed for the weights, the data order and the masks
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Worker threads [default: all cores]. Results do not depend on it.
