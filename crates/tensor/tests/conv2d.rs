@@ -296,6 +296,41 @@ fn backward_is_bitwise_independent_of_thread_count() {
     }
 }
 
+/// Coactivation is the weight gradient of binarised activity, computed by the
+/// same kernel with the threshold applied while gathering: it must equal
+/// `conv2d_backward_weight` of `[x > θ]` and `[y > θ]` bit for bit, padded
+/// taps counting as inactive even when θ < 0 (θ = −2 makes every real unit
+/// active, so the counts are then the numbers of in-bounds taps).
+#[test]
+fn coactivation_is_the_weight_gradient_of_binarised_activity() {
+    let binarise = |v: &[f32], t: f32| -> Vec<f32> {
+        v.iter().map(|&a| if a > t { 1.0 } else { 0.0 }).collect()
+    };
+    let lenet = case("lenet2, several chunks", [5, 6, 14, 14], [16, 6, 5, 5]);
+    let mut table = cases();
+    table.push(lenet);
+    for (n, c) in table.iter().enumerate() {
+        let s = shape_of(c);
+        let mut rng = Rng(777 + n as u32);
+        let x = rng.vec(s.input_shape().iter().product());
+        let y = rng.vec(s.output_shape().iter().product());
+        for threshold in [0.0, 0.3, -0.5, -2.0] {
+            let what = format!("{} at threshold {threshold}", c.name);
+            let (ax, ay) = (binarise(&x, threshold), binarise(&y, threshold));
+            let mut want = vec![f32::NAN; s.weight_shape().iter().product()];
+            conv2d_backward_weight(&s, &ax, &ay, &mut want);
+            let mut got = vec![f32::NAN; want.len()];
+            conv2d_coactivation(&s, &x, &y, threshold, &mut got);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+            assert!(bits(&got) == bits(&want), "{what}: {got:?} vs {want:?}");
+            // And both are the direct count.
+            let mut naive = vec![0.0; want.len()];
+            conv2d_backward_weight_naive(&s, &ax, &ay, &mut naive);
+            assert_eq!(got, naive, "{what}: against the direct count");
+        }
+    }
+}
+
 #[test]
 #[should_panic(expected = "conv2d_forward: y should have")]
 fn wrong_output_length_is_named() {

@@ -5,8 +5,10 @@
 //! with padded taps contributing 0. Put `dY = [Y > θ]` and `X = [X > θ]` and
 //! this is, term for term, the coactivation count. So the whole measure is
 //! one call of the engine's im2col + GEMM weight-gradient kernel on
-//! binarised activity. The counts are sums of 0/1 products, exact in f32
-//! below 2^24, so the result does not depend on summation order at all.
+//! binarised activity, [`conv2d_coactivation`], which thresholds x and y as
+//! it gathers them (no separate binarising pass, and padded taps stay 0,
+//! i.e. inactive). The counts are sums of 0/1 products, exact in f32 below
+//! 2^24, so the result does not depend on summation order at all.
 //!
 //! Correlation. Correlation across the batch is the batch mean of products
 //! of z-scores, and the z-score of an input value depends only on the input
@@ -18,12 +20,11 @@
 //! coactivation) the positions cannot be folded into the GEMM's inner
 //! dimension: it is a batch of P products.
 
-use super::shared::{binarise_into, zscore_over_batch};
+use super::shared::zscore_over_batch;
 use super::Measure;
 use rayon::prelude::*;
-use std::cell::RefCell;
 use tensor::gemm::{gemm, Mat};
-use tensor::ops::conv2d::{conv2d_backward_weight, images_per_chunk, PARALLEL_MIN_FLOPS};
+use tensor::ops::conv2d::{conv2d_coactivation, PARALLEL_MIN_FLOPS};
 use tensor::Conv2dShape;
 
 pub(super) fn accumulate(
@@ -40,67 +41,15 @@ pub(super) fn accumulate(
     }
 }
 
-thread_local! {
-    /// Per-thread buffer for one chunk's binarised x and y, reused across
-    /// calls so the hot path does not allocate.
-    static ACTIVE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Coactivation counts: the weight gradient of binarised activity.
-///
-/// The kernel is called once per chunk of images (the engine's own chunking,
-/// [`images_per_chunk`]) rather than once for the whole batch, so that each
-/// worker binarises just its chunk, in parallel and while it is in cache.
-/// Binarising the whole batch up front would be a serial pass over all of x
-/// and y plus two batch-sized allocations, about a fifth of the kernel's own
-/// time at batch 4.
+/// Coactivation counts: the weight gradient of binarised activity, which
+/// the engine computes directly ([`conv2d_coactivation`] binarises while it
+/// gathers, so this costs one weight gradient). The counts are added to
+/// `acc`; being integers, the sum is exact.
 fn coactivation(s: &Conv2dShape, x: &[f32], y: &[f32], threshold: f32, acc: &mut [f32]) {
-    let per_chunk = images_per_chunk(s);
-    let chunks = s.batch.div_ceil(per_chunk);
-    let (x_image, y_image) = (
-        s.in_channels * s.in_h * s.in_w,
-        s.out_channels * s.out_pixels(),
-    );
-    let chunk_counts = |i: usize| {
-        let first = i * per_chunk;
-        let images = per_chunk.min(s.batch - first);
-        let part = Conv2dShape {
-            batch: images,
-            ..*s
-        };
-        // Binarising before the kernel pads keeps padded taps inactive even
-        // for a negative threshold.
-        let mut counts = vec![0.0f32; acc.len()];
-        ACTIVE.with(|cell| {
-            let mut buf = cell.borrow_mut();
-            buf.resize(images * (x_image + y_image), 0.0);
-            let (active_in, active_out) = buf.split_at_mut(images * x_image);
-            binarise_into(
-                &x[first * x_image..][..images * x_image],
-                threshold,
-                active_in,
-            );
-            binarise_into(
-                &y[first * y_image..][..images * y_image],
-                threshold,
-                active_out,
-            );
-            // One chunk is below the kernel's own parallel split: this call
-            // runs on the current worker.
-            conv2d_backward_weight(&part, active_in, active_out, &mut counts);
-        });
-        counts
-    };
-    let partials: Vec<Vec<f32>> = if chunks > 1 && s.flops() >= PARALLEL_MIN_FLOPS {
-        (0..chunks).into_par_iter().map(chunk_counts).collect()
-    } else {
-        (0..chunks).map(chunk_counts).collect()
-    };
-    // Integer counts: the sum is exact in any order.
-    for counts in &partials {
-        for (a, c) in acc.iter_mut().zip(counts) {
-            *a += c;
-        }
+    let mut counts = vec![0.0f32; acc.len()];
+    conv2d_coactivation(s, x, y, threshold, &mut counts);
+    for (a, c) in acc.iter_mut().zip(&counts) {
+        *a += c;
     }
 }
 

@@ -7,16 +7,9 @@ use super::Measure;
 
 /// 1 where `v > threshold`, else 0: a unit's activity for coactivation.
 pub(super) fn binarise(v: &[f32], threshold: f32) -> Vec<f32> {
-    let mut active = vec![0.0; v.len()];
-    binarise_into(v, threshold, &mut active);
-    active
-}
-
-/// [`binarise`] into `active`, which has the length of `v`.
-pub(super) fn binarise_into(v: &[f32], threshold: f32, active: &mut [f32]) {
-    for (a, &value) in active.iter_mut().zip(v) {
-        *a = if value > threshold { 1.0 } else { 0.0 };
-    }
+    v.iter()
+        .map(|&value| if value > threshold { 1.0 } else { 0.0 })
+        .collect()
 }
 
 /// Z-scores each column of `v`, a row-major (batch, n) array, over the batch:

@@ -515,7 +515,54 @@ fn for_each_tap(
 /// inner dimension nb·P yields the chunk's partial dW. The partials are then
 /// added in chunk order: bitwise reproducible for any thread count.
 pub fn conv2d_backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
-    let op = "conv2d_backward_weight";
+    backward_weight_core(
+        "conv2d_backward_weight",
+        s,
+        x,
+        dy,
+        dw,
+        None::<fn(f32) -> f32>,
+    );
+}
+
+/// Hebbian coactivation counts: the weight gradient of binarised activity.
+/// OVERWRITES counts.
+/// x is (B, C, H, W), y is (B, O, OH, OW), counts is (O, C/groups, KH, KW):
+///
+/// ```text
+/// counts[o, c, ki, kj] = Σ_b Σ_{oy, ox} [y[b, o, oy, ox] > θ] · [x[b, g·Cg + c, iy, ix] > θ]
+/// ```
+///
+/// over the taps that land inside the input. This is exactly
+/// [`conv2d_backward_weight`] of `[x > θ]` and `[y > θ]`, computed by the
+/// same kernel with the threshold applied on the way in, so it costs no more
+/// than a weight gradient. Padded taps stay 0, i.e. inactive, even for a
+/// negative θ. The counts are integers below 2^24, hence exact in f32 and
+/// independent of the summation order.
+pub fn conv2d_coactivation(
+    s: &Conv2dShape,
+    x: &[f32],
+    y: &[f32],
+    threshold: f32,
+    counts: &mut [f32],
+) {
+    let active = |v: f32| if v > threshold { 1.0 } else { 0.0 };
+    backward_weight_core("conv2d_coactivation", s, x, y, counts, Some(active));
+}
+
+/// The kernel of [`conv2d_backward_weight`]. With `map`, it is the weight
+/// gradient of `map(x)` and `map(dy)` instead: each chunk maps its images'
+/// input planes into scratch before im2col (once per input value, not once
+/// per kernel tap, and before im2col adds the padding, which so stays 0), and
+/// maps dY while copying it into the wide matrix.
+fn backward_weight_core(
+    op: &str,
+    s: &Conv2dShape,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    map: Option<impl Fn(f32) -> f32 + Sync>,
+) {
     check_len(op, "x", s.input_shape().iter().product(), x.len());
     check_len(op, "dy", s.output_shape().iter().product(), dy.len());
     check_len(op, "dw", s.weight_shape().iter().product(), dw.len());
@@ -532,21 +579,34 @@ pub fn conv2d_backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [
         dw.fill(0.0);
         return;
     }
+    let mapped_len = if map.is_some() { cg * hw } else { 0 };
     // The partial dW of chunk `chunk`, written into `part` (O, Cg·KH·KW).
     let partial = |chunk: usize, part: &mut [f32]| {
         let b0 = chunk * ipc;
         let nb = ipc.min(s.batch - b0);
         let n = nb * p; // columns of the wide matrices
-        with_scratch(k * n + og * n, |buf| {
-            let (cols, dy_g) = buf.split_at_mut(k * n); // (K, n) and (O/g, n)
+        with_scratch(k * n + og * n + mapped_len, |buf| {
+            let (cols, rest) = buf.split_at_mut(k * n); // (K, n)
+            let (dy_g, x_mapped) = rest.split_at_mut(og * n); // (O/g, n) and (Cg, H, W)
             for g in 0..s.opts.groups {
                 for i in 0..nb {
                     let b = b0 + i;
-                    let x_bg = &x[(b * c + g * cg) * hw..][..cg * hw];
+                    let x_bg = &x[(b * c + g * cg) * hw..][..cg * hw]; // (Cg, H, W)
+                    let x_bg = match &map {
+                        None => x_bg,
+                        Some(f) => {
+                            map_into(f, x_bg, x_mapped);
+                            &*x_mapped
+                        }
+                    };
                     im2col_strided(s, x_bg, 0..s.out_h(), &mut cols[i * p..], n);
                     for oo in 0..og {
                         let src = &dy[(b * o + g * og + oo) * p..][..p];
-                        dy_g[oo * n + i * p..][..p].copy_from_slice(src);
+                        let dst = &mut dy_g[oo * n + i * p..][..p];
+                        match &map {
+                            None => dst.copy_from_slice(src),
+                            Some(f) => map_into(f, src, dst),
+                        }
                     }
                 }
                 let dw_g = &mut part[g * og * k..(g + 1) * og * k]; // (O/g, K)
@@ -568,6 +628,13 @@ pub fn conv2d_backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [
         for (d, v) in dw.iter_mut().zip(part) {
             *d += *v;
         }
+    }
+}
+
+/// `dst[i] = f(src[i])`.
+fn map_into(f: impl Fn(f32) -> f32, src: &[f32], dst: &mut [f32]) {
+    for (d, v) in dst.iter_mut().zip(src) {
+        *d = f(*v);
     }
 }
 
