@@ -5,7 +5,7 @@
 //! `--data`, it trains on the small real sample bundled in
 //! `datasets/cifar10-sample`.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -50,7 +50,8 @@ struct Args {
     /// epoch if an epoch is shorter]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     progress_every: Option<u32>,
-    /// Batches between loss lines [default: as --progress-every]
+    /// Batches between loss lines [default: 2000, or a quarter epoch if an
+    /// epoch is shorter]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     log_every: Option<u32>,
     /// Sample Hebbian strength on every N-th training forward pass
@@ -96,26 +97,32 @@ fn bundled_sample() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/cifar10-sample")
 }
 
-/// Checks the option values clap's parsers cannot, exiting like clap does
-/// (a usage message and exit code 2) on a bad one.
+/// The run's settings from the options.
+fn config_from(args: &Args) -> TrainConfig {
+    TrainConfig {
+        mode: args.mode,
+        epochs: args.epochs as usize,
+        batch_size: args.batch_size as usize,
+        lr: args.lr,
+        momentum: args.momentum,
+        weight_decay: args.weight_decay,
+        progress_every: args.progress_every.map(|v| v as usize),
+        log_every: args.log_every.map(|v| v as usize),
+        update_interval: args.update_interval,
+        strength: args.strength,
+        seed: args.seed,
+        augment: args.augment,
+        ..TrainConfig::default()
+    }
+}
+
+/// Checks what clap's parsers cannot, before any data is loaded, and exits
+/// as clap does (a usage message and exit code 2) on a bad value.
 fn validate(args: &Args) {
-    let problem = if !(args.lr.is_finite() && args.lr > 0.0) {
-        Some(format!("--lr must be a positive number, got {}", args.lr))
-    } else if !(0.0..1.0).contains(&args.momentum) {
-        Some(format!(
-            "--momentum must be in [0, 1), got {}",
-            args.momentum
-        ))
-    } else if !(args.weight_decay.is_finite() && args.weight_decay >= 0.0) {
-        Some(format!(
-            "--weight-decay must be ≥ 0, got {}",
-            args.weight_decay
-        ))
-    } else if args.limit_train == Some(0) || args.limit_test == Some(0) {
-        Some("--limit-train and --limit-test must be at least 1".to_string())
-    } else {
-        None
-    };
+    let problem = config_from(args).validate().err().or_else(|| {
+        (args.limit_train == Some(0) || args.limit_test == Some(0))
+            .then(|| "--limit-train and --limit-test must be at least 1".to_string())
+    });
     if let Some(msg) = problem {
         Args::command()
             .error(clap::error::ErrorKind::ValueValidation, msg)
@@ -163,21 +170,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         test.len()
     );
 
-    let config = TrainConfig {
-        mode: args.mode,
-        epochs: args.epochs as usize,
-        batch_size: args.batch_size as usize,
-        lr: args.lr,
-        momentum: args.momentum,
-        weight_decay: args.weight_decay,
-        progress_every: args.progress_every.map(|v| v as usize),
-        log_every: args.log_every.map(|v| v as usize),
-        update_interval: args.update_interval,
-        strength: args.strength,
-        seed: args.seed,
-        augment: args.augment,
-        ..TrainConfig::default()
-    };
+    let config = config_from(&args);
     let mut trainer = match &args.resume {
         Some(path) => {
             let t = Trainer::resume(config, path, train.len()).map_err(|e| e.to_string())?;
@@ -204,7 +197,14 @@ fn run(args: Args) -> Result<ExitCode, String> {
     }
     let mut metrics = match &args.metrics {
         Some(p) => {
-            Some(BufWriter::new(File::create(p).map_err(|e| {
+            // A resumed run adds to the metrics of the run it continues.
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .append(args.resume.is_some())
+                .truncate(args.resume.is_none())
+                .open(p);
+            Some(BufWriter::new(file.map_err(|e| {
                 format!("cannot create {}: {e}", p.display())
             })?))
         }
@@ -276,9 +276,11 @@ fn run(args: Args) -> Result<ExitCode, String> {
                 return Ok(ExitCode::from(130));
             }
             Err(e @ TrainError::NonFinite { .. }) => {
+                // Only an earlier checkpoint can exist: this one is not saved.
                 let kept = args
                     .checkpoint
                     .as_ref()
+                    .filter(|p| p.exists())
                     .map(|p| format!(" The last checkpoint, {}, is kept.", p.display()));
                 return Err(format!("{e}.{}", kept.unwrap_or_default()));
             }
@@ -290,7 +292,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         started.elapsed().as_secs_f64()
     );
 
-    let eval = trainer.evaluate(&test);
+    let eval = trainer.evaluate(&test).map_err(|e| e.to_string())?;
     // The notebook's report: whole percents, truncated as Python's % 2d does.
     for (i, name) in CLASSES.iter().enumerate() {
         let pct = 100 * eval.correct[i] / eval.total[i].max(1);

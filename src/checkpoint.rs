@@ -7,6 +7,19 @@
 //! payload  …        written by `Trainer::save`, read by `Trainer::resume`
 //! checksum u64      FNV-1a over the payload
 //! ```
+//! The payload, field by field (u64 unless said; a list is its length as a
+//! u64, then its items):
+//!
+//! ```text
+//! settings          string: every setting but --epochs, must match on resume
+//! epoch, batch_in_epoch, global_step, running_count, train_images
+//! running_loss, train_seconds                          f64
+//! parameters        count, then each as a list of f32 (LeNet::parameters order)
+//! momentum          per parameter: present (0/1), then a list of f32
+//! sparse layers     count, then each: mask (list of u8), strength (list of
+//!                   f32), strength_samples, passes, rng state (4 × u64)
+//! ```
+//!
 //! All numbers are little-endian. A file with the wrong magic, version,
 //! length or checksum is refused before any of it is used.
 //!

@@ -132,6 +132,33 @@ impl TrainConfig {
         })
     }
 
+    /// Checks the settings a run cannot start with; the message names the
+    /// command-line option.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch_size == 0 || self.epochs == 0 || self.update_interval == 0 {
+            return Err("--batch-size, --epochs and --update-interval must be at least 1".into());
+        }
+        if self.progress_every == Some(0) || self.log_every == Some(0) {
+            return Err("--progress-every and --log-every must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(format!("--lr must be a positive number, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(format!(
+                "--momentum must be in [0, 1), got {}",
+                self.momentum
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(format!(
+                "--weight-decay must be ≥ 0, got {}",
+                self.weight_decay
+            ));
+        }
+        Ok(())
+    }
+
     /// The interval actually used, given how many batches an epoch has.
     pub fn interval(explicit: Option<usize>, batches_per_epoch: usize) -> usize {
         explicit.unwrap_or_else(|| NOTEBOOK_INTERVAL.min((batches_per_epoch / 4).max(1)))
@@ -192,6 +219,18 @@ pub enum Event<'a> {
     },
 }
 
+/// The LeNet has 10 outputs: a split must be CIFAR-10-shaped.
+fn check_split(split: &Split) -> Result<(), TrainError> {
+    if split.num_classes() != 10 || split.labels.iter().any(|&l| l >= 10) {
+        return Err(TrainError::Config(format!(
+            "the network has 10 outputs, but the data has {} classes (labels up to {})",
+            split.num_classes(),
+            split.labels.iter().max().copied().unwrap_or(0)
+        )));
+    }
+    Ok(())
+}
+
 /// How an epoch ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum EpochEnd {
@@ -237,25 +276,7 @@ pub struct Trainer {
 
 impl Trainer {
     pub fn new(config: TrainConfig) -> Result<Trainer, TrainError> {
-        if config.batch_size == 0 || config.epochs == 0 || config.update_interval == 0 {
-            return Err(TrainError::Config(
-                "batch size, epochs and update interval must be at least 1".into(),
-            ));
-        }
-        if config.progress_every == Some(0) || config.log_every == Some(0) {
-            return Err(TrainError::Config(
-                "--progress-every and --log-every must be at least 1".into(),
-            ));
-        }
-        let lr_ok = config.lr.is_finite() && config.lr > 0.0;
-        let momentum_ok = (0.0..1.0).contains(&config.momentum);
-        let decay_ok = config.weight_decay.is_finite() && config.weight_decay >= 0.0;
-        if !(lr_ok && momentum_ok && decay_ok) {
-            return Err(TrainError::Config(format!(
-                "want lr > 0, 0 ≤ momentum < 1 and weight decay ≥ 0; got {}, {}, {}",
-                config.lr, config.momentum, config.weight_decay
-            )));
-        }
+        config.validate().map_err(TrainError::Config)?;
         let mut rng = Rng::seed(config.seed);
         let net = LeNet::new(config.sparse_config(), &mut rng)
             .map_err(|e| TrainError::Config(e.to_string()))?;
@@ -286,13 +307,16 @@ impl Trainer {
 
     /// Trains the rest of the current epoch. Checks `should_stop` after each
     /// batch. On a non-finite loss, stops with an error before the step that
-    /// would spread it to the weights.
+    /// would spread it to the weights. That batch's forward pass has still
+    /// counted (and may have sampled strength), so after this error the run
+    /// should end, as the example does, rather than go on.
     pub fn run_epoch(
         &mut self,
         train: &Split,
         should_stop: &dyn Fn() -> bool,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<EpochEnd, TrainError> {
+        check_split(train)?;
         let mut batches = Batches::new(train, &self.config.batch_config(), self.epoch as u64);
         let total = batches.num_batches();
         let log_every = TrainConfig::interval(self.config.log_every, total);
@@ -303,22 +327,13 @@ impl Trainer {
             let start = Instant::now();
             let n = batch.labels.len();
             let x = Tensor::from_vec(batch.x, &[n, 3, 32, 32]);
-            let logits = self.net.forward(&x);
-            let loss = logits.cross_entropy(&batch.labels);
-            let value = loss.item();
+            let value = self.net.train_step(&mut self.opt, &x, &batch.labels);
             if !value.is_finite() {
-                tensor::tape::clear();
                 return Err(TrainError::NonFinite {
                     epoch: self.epoch + 1,
                     batch: self.batch_in_epoch + 1,
                     loss: value,
                 });
-            }
-            self.opt.zero_grad();
-            loss.backward();
-            self.opt.step();
-            for layer in self.net.sparse_layers() {
-                layer.enforce_mask(&mut self.opt);
             }
             self.batch_in_epoch += 1;
             self.global_step += 1;
@@ -367,11 +382,11 @@ impl Trainer {
     }
 
     /// Accuracy on `test`, per class, in inference mode (no tape, no strength).
-    pub fn evaluate(&mut self, test: &Split) -> Evaluation {
-        let classes = test.num_classes().max(10);
+    pub fn evaluate(&mut self, test: &Split) -> Result<Evaluation, TrainError> {
+        check_split(test)?;
         let mut eval = Evaluation {
-            correct: vec![0; classes],
-            total: vec![0; classes],
+            correct: vec![0; 10],
+            total: vec![0; 10],
         };
         let cfg = BatchConfig {
             batch_size: 100,
@@ -396,7 +411,7 @@ impl Trainer {
             }
         });
         self.net.set_training(true);
-        eval
+        Ok(eval)
     }
 
     pub fn conv_density(&self) -> Vec<f64> {

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use hebbsparse::cifar::{load_cifar10, Split};
+use hebbsparse::sparse_conv::strength::Measure;
 use hebbsparse::train::{EpochEnd, Event, Mode, TrainConfig, TrainError, Trainer};
 
 fn sample() -> (Split, Split) {
@@ -71,7 +72,7 @@ fn hebbian_run_on_the_sample_learns_and_keeps_k2_per_kernel() {
         let w = layer.weight().to_vec();
         assert!(w.iter().zip(layer.mask()).all(|(w, &m)| m || *w == 0.0));
     }
-    let eval = t.evaluate(&test);
+    let eval = t.evaluate(&test).unwrap();
     assert_eq!(eval.total.iter().sum::<usize>(), 500);
     let json = t.summary_json(&eval);
     for key in [
@@ -115,7 +116,7 @@ fn run_to_end(t: &mut Trainer, train: &Split) {
 fn one_epoch_plus_a_resumed_epoch_equals_two_straight() {
     let (train, _) = sample();
     let train = train.take(160); // 40 batches per epoch
-    for mode in [Mode::Hebbian, Mode::Random] {
+    for mode in [Mode::Hebbian, Mode::Random, Mode::Static] {
         let mut straight = Trainer::new(small_config(mode, 2)).unwrap();
         run_to_end(&mut straight, &train);
 
@@ -139,6 +140,16 @@ fn one_epoch_plus_a_resumed_epoch_equals_two_straight() {
                 .collect::<Vec<_>>()
         };
         assert_eq!(masks(&straight), masks(&resumed));
+        // The layers' own state continues too: accumulated strength, sample
+        // and pass counts.
+        let layer_state = |t: &Trainer| {
+            t.net
+                .sparse_layers()
+                .iter()
+                .map(|l| (l.strength().to_vec(), l.strength_samples(), l.passes()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(layer_state(&straight), layer_state(&resumed));
     }
 }
 
@@ -277,4 +288,55 @@ fn bad_settings_are_errors() {
     ] {
         assert!(matches!(Trainer::new(bad), Err(TrainError::Config(_))));
     }
+}
+
+/// The whole Hebbian training loop (strength sampling and progress steps
+/// included) gives the same bits with 1 and 2 threads, for both measures.
+#[test]
+fn hebbian_training_is_bitwise_identical_across_thread_counts() {
+    let (train, _) = sample();
+    let train = train.take(96);
+    for strength in [Measure::Coactivation, Measure::Correlation] {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let config = TrainConfig {
+                    batch_size: 16,
+                    progress_every: Some(4),
+                    update_interval: 1,
+                    strength,
+                    lr: 0.01,
+                    ..small_config(Mode::Hebbian, 1)
+                };
+                let mut t = Trainer::new(config).unwrap();
+                run_to_end(&mut t, &train);
+                let strengths: Vec<u32> = t
+                    .net
+                    .sparse_layers()
+                    .iter()
+                    .flat_map(|l| l.strength().to_vec())
+                    .map(f32::to_bits)
+                    .collect();
+                (weights(&t), strengths)
+            })
+        };
+        let one = run(1);
+        assert!(one == run(2), "{strength:?}: 1 and 2 threads differ");
+    }
+}
+
+#[test]
+fn data_that_is_not_ten_classes_is_an_error() {
+    let (train, _) = sample();
+    let mut odd = train.take(8);
+    odd.labels[3] = 12;
+    let mut t = Trainer::new(small_config(Mode::Dense, 1)).unwrap();
+    assert!(matches!(
+        t.run_epoch(&odd, &|| false, &mut |_| {}),
+        Err(TrainError::Config(m)) if m.contains("10 outputs")
+    ));
+    assert!(t.evaluate(&odd).is_err());
 }

@@ -168,6 +168,11 @@ impl DSConv2d {
         if c.update_interval == 0 {
             return Err(DSConfigError("update_interval must be at least 1".into()));
         }
+        if in_channels == 0 || out_channels == 0 || kernel.0 == 0 || kernel.1 == 0 {
+            return Err(DSConfigError(format!(
+                "channels and kernel sizes must be at least 1, got {in_channels} in, {out_channels} out, kernel {kernel:?}"
+            )));
+        }
         if opts.groups == 0
             || !in_channels.is_multiple_of(opts.groups)
             || !out_channels.is_multiple_of(opts.groups)
@@ -193,6 +198,8 @@ impl DSConv2d {
         };
         if config.selection == Selection::Static {
             // The fixed mask: k2 random connections per group, from the start.
+            // It is made by the same random selection a progress step uses,
+            // but it is the layer's starting point, not a step of its history.
             layer.select(Ranking::Random);
             layer.history.clear();
         }
@@ -216,11 +223,13 @@ impl DSConv2d {
         self.training
     }
 
-    /// Conv2d's forward; on a sampled training pass, also accumulates strength.
+    /// Conv2d's forward. In training mode it counts the pass, and on a
+    /// sampled pass of a Hebbian layer it also accumulates strength.
     pub fn forward(&mut self, x: &Tensor) -> Tensor {
         let y = self.conv.forward(x);
-        if self.training && self.config.selection == Selection::Hebbian {
-            if self.passes.is_multiple_of(self.config.update_interval) {
+        if self.training {
+            let hebbian = self.config.selection == Selection::Hebbian;
+            if hebbian && self.passes.is_multiple_of(self.config.update_interval) {
                 let s = Conv2dShape::new(x.shape(), self.conv.weight.shape(), self.conv.opts)
                     .expect("conv2d accepted these shapes");
                 accumulate_strength(
@@ -332,16 +341,18 @@ impl DSConv2d {
                     if was_active {
                         stats.kept += 1;
                     } else {
-                        wg[i] = self.rng.uniform(-bound, bound);
+                        // Pruned before, so its weight is 0, yet strong: strength
+                        // does not depend on the weight. It comes back as a
+                        // regrown connection does.
+                        wg[i] = fresh_value(self.config.regrow, bound, &mut self.rng);
                         fresh.push(g * n + i);
                         stats.revived += 1;
                     }
                     mg[i] = true;
                 } else if rank < k2 {
-                    wg[i] = match self.config.regrow {
-                        Regrow::Kaiming => self.rng.uniform(-bound, bound),
-                        Regrow::Zero => 0.0,
-                    };
+                    // The notebook's rule: this band is re-initialised even if
+                    // it was active, so it starts over from a fresh value.
+                    wg[i] = fresh_value(self.config.regrow, bound, &mut self.rng);
                     mg[i] = true;
                     fresh.push(g * n + i);
                     stats.regrown += 1;
@@ -405,12 +416,14 @@ impl DSConv2d {
         self.strength_samples
     }
 
-    /// Training forward passes seen.
+    /// Training forward passes seen (in every selection mode).
     pub fn passes(&self) -> u64 {
         self.passes
     }
 
-    /// One entry per progress step (and per `prune_randomly`).
+    /// One entry per progress step that changed the mask (Hebbian or Random
+    /// selection, and each `prune_randomly`); a Static layer's stays empty.
+    /// Not part of [`DSConvState`]: after a resume it starts empty again.
     pub fn history(&self) -> &[ProgressStats] {
         &self.history
     }
@@ -440,6 +453,14 @@ impl DSConv2d {
         self.passes = state.passes;
         self.rng = Rng::from_state(state.rng);
         Ok(())
+    }
+}
+
+/// The value a regrown or revived connection starts from.
+fn fresh_value(regrow: Regrow, bound: f32, rng: &mut Rng) -> f32 {
+    match regrow {
+        Regrow::Kaiming => rng.uniform(-bound, bound),
+        Regrow::Zero => 0.0,
     }
 }
 

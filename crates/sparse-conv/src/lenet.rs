@@ -130,15 +130,22 @@ impl LeNet {
     }
 
     /// One SGD step on a batch: forward, cross-entropy, backward, step, and
-    /// the sparse layers' mask held. Returns the loss.
+    /// the sparse layers' masks held. Returns the loss. If the loss is NaN or
+    /// infinite, nothing is updated (no backward, no step) and the loss is
+    /// returned all the same, so the caller can stop before it spreads.
     pub fn train_step(&mut self, opt: &mut Sgd, x: &Tensor, labels: &[usize]) -> f32 {
         let loss = self.forward(x).cross_entropy(labels);
+        let value = loss.item();
+        if !value.is_finite() {
+            tensor::tape::clear();
+            return value;
+        }
         opt.zero_grad();
         loss.backward();
         opt.step();
         for l in self.sparse_layers() {
             l.enforce_mask(opt);
         }
-        loss.item()
+        value
     }
 }

@@ -159,21 +159,38 @@ fn all_zero_strength_ties_are_broken_by_the_seed() {
 
 #[test]
 fn regrown_values_lie_within_the_kaiming_bound() {
+    // 6×4 kernels of 5×5: k1 = 2, k2 = 3.
     let mut l = layer(6, 4, (5, 5), DSConfig::default(), 13);
-    l.progress_connections(None);
-    // Everything pruned but k2: a second step re-initialises k2 − k1 per kernel
-    // and revives any top-k1 connection that was pruned.
-    let before = l.weight().to_vec();
-    let stats = l.progress_connections(None);
-    assert_eq!(stats.regrown, 4 * 6);
+    // Give every weight and every momentum entry a sentinel far outside the
+    // kaiming bound, so fresh values can be told apart from kept ones.
+    let mut opt = Sgd::new(l.parameters(), SgdConfig::new(0.1, 0.9));
+    l.weight().data_mut().fill(0.0);
+    l.weight()
+        .mul(&Tensor::full(l.weight().shape(), 1.0))
+        .sum()
+        .backward();
+    opt.step(); // momentum = 1 everywhere, weights = −0.1
+    l.weight().data_mut().fill(10.0);
+    let stats = l.progress_connections(Some(&mut opt));
+    // All were active: 2 kept and 1 regrown per kernel, the rest dropped.
+    assert_eq!((stats.kept, stats.revived, stats.regrown), (48, 0, 24));
     let bound = 1.0 / (6.0f32 * 25.0).sqrt();
-    let after = l.weight().to_vec();
-    let changed = before.iter().zip(&after).filter(|(b, a)| b != a).count();
-    assert!(
-        changed >= stats.regrown,
-        "regrown connections get fresh values"
-    );
-    assert!(after.iter().all(|v| v.abs() <= bound));
+    let w = l.weight().to_vec();
+    let momentum = opt.momentum_buffer_mut(l.weight()).unwrap().clone();
+    let (mut kept, mut fresh) = (0, 0);
+    for ((&wi, &m), &mi) in w.iter().zip(l.mask()).zip(&momentum) {
+        if !m {
+            assert_eq!((wi, mi), (0.0, 0.0), "pruned: weight and momentum zero");
+        } else if wi == 10.0 {
+            assert_eq!(mi, 1.0, "a kept connection keeps its momentum");
+            kept += 1;
+        } else {
+            assert!(wi.abs() <= bound, "regrown value {wi} outside ±{bound}");
+            assert_eq!(mi, 0.0, "a regrown connection starts with no momentum");
+            fresh += 1;
+        }
+    }
+    assert_eq!((kept, fresh), (48, 24));
     // With Regrow::Zero the regrown connections start at exactly zero.
     let mut z = layer(
         6,

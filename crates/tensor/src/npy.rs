@@ -82,10 +82,12 @@ pub fn decode_npy(bytes: &[u8], path: &Path) -> io::Result<(Vec<f32>, Vec<usize>
         return Err(invalid(path, "Fortran order (only C order is read)"));
     }
     let shape_txt = field("shape")?;
-    let close = shape_txt
-        .find(')')
-        .ok_or_else(|| invalid(path, "unterminated shape"))?;
-    let shape: Vec<usize> = shape_txt[1..close]
+    let inner = shape_txt
+        .strip_prefix('(')
+        .and_then(|t| t.split_once(')'))
+        .map(|(inside, _)| inside)
+        .ok_or_else(|| invalid(path, "the shape is not a tuple like (2, 3)"))?;
+    let shape: Vec<usize> = inner
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -168,6 +170,14 @@ mod tests {
         let mut f8 = encode_npy(&[1.0], &[1]);
         let at = f8.windows(3).position(|w| w == b"<f4").unwrap();
         f8[at + 2] = b'8';
+        // A shape that is not a tuple is an error, not a panic.
+        let mut bad_shape = encode_npy(&[1.0], &[1]);
+        let at = bad_shape.windows(4).position(|w| w == b"(1,)").unwrap();
+        bad_shape[at..at + 4].copy_from_slice(b")1,(");
+        assert!(decode_npy(&bad_shape, p)
+            .unwrap_err()
+            .to_string()
+            .contains("tuple"));
         assert!(decode_npy(&f8, p)
             .unwrap_err()
             .to_string()
