@@ -4,12 +4,15 @@
 //! * `dense/20_passes` and `dsconv/20_passes`: one update interval, 20 forward
 //!   passes, of which the DSConv2d samples strength on one. Their ratio is the
 //!   layer's average overhead.
-//! * `dsconv/sampled_pass`: a single pass that samples strength.
+//! * `dsconv/sampled_pass`: a single pass that samples strength (default
+//!   strength method, the GEMM of `Method::Fast`).
+//! * `dsconv/sampled_pass_bitcount`: the same with `Method::Bitcount`.
 
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use hebbsparse::cifar::{load_cifar10, BatchConfig, Batches};
+use hebbsparse::sparse_conv::strength::{Method, StrengthConfig};
 use hebbsparse::sparse_conv::{DSConfig, DSConv2d};
 use hebbsparse::tensor::nn::Conv2d;
 use hebbsparse::tensor::{tape, Conv2dOptions, Rng, Tensor};
@@ -52,6 +55,23 @@ fn dsconv_overhead(c: &mut Criterion) {
         &mut Rng::seed(1),
     )
     .unwrap();
+    let mut every_bitcount = DSConv2d::new(
+        3,
+        6,
+        (5, 5),
+        opts,
+        true,
+        DSConfig {
+            update_interval: 1,
+            strength: StrengthConfig {
+                method: Method::Bitcount,
+                ..Default::default()
+            },
+            ..DSConfig::default()
+        },
+        &mut Rng::seed(1),
+    )
+    .unwrap();
 
     let mut g = c.benchmark_group("dsconv_forward_b4");
     g.bench_function("dense/20_passes", |b| {
@@ -79,6 +99,12 @@ fn dsconv_overhead(c: &mut Criterion) {
     g.bench_function("dsconv/sampled_pass", |b| {
         b.iter(|| {
             std::hint::black_box(every.forward(&x));
+            tape::clear();
+        })
+    });
+    g.bench_function("dsconv/sampled_pass_bitcount", |b| {
+        b.iter(|| {
+            std::hint::black_box(every_bitcount.forward(&x));
             tape::clear();
         })
     });

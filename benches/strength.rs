@@ -5,6 +5,7 @@
 //!
 //! cargo bench --bench strength
 //! cargo bench --bench strength -- 'coactivation/(fast|dW)'
+//! cargo bench --bench strength -- 'b4/coactivation/(fast|bitcount|dW)'
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use sparse_conv::strength::{strength, Measure, Method, StrengthConfig};
@@ -46,6 +47,10 @@ fn bench(c: &mut Criterion) {
             });
             for method in Method::ALL {
                 if method == Method::SingleUnit && b == 64 {
+                    continue;
+                }
+                // Bitcount is coactivation only (correlation runs fast).
+                if method == Method::Bitcount && measure == Measure::Correlation {
                     continue;
                 }
                 let cfg = StrengthConfig {

@@ -134,6 +134,40 @@ fn methods_agree_on_random_geometries() {
     }
 }
 
+/// Bitcount packs rows into 64-bit words: rows of exactly 64 (input and
+/// output), padding wider than the kernel's reach, negative thresholds (so
+/// padding, inactive, differs from the value 0, active), and the geometries
+/// it hands over to the fast method (stride_x 2, rows wider than 64).
+#[test]
+fn bitcount_is_exact_at_word_edges_and_fallbacks() {
+    let cases = [
+        // W = OW = 64: the full word, no mask to spare
+        shape([2, 2, 5, 64], 3, (3, 1), (1, 1), (0, 0), (1, 1), 1),
+        // W = 64, OW = 64 with padding 2 and a 5-wide kernel
+        shape([2, 2, 4, 64], 2, (2, 5), (2, 1), (1, 2), (1, 1), 2),
+        // padding on both axes larger than the kernel: taps that see only padding
+        shape([3, 2, 5, 6], 2, (2, 2), (1, 1), (3, 4), (1, 1), 1),
+        // dilation and vertical stride, groups
+        shape([2, 4, 9, 10], 4, (3, 3), (3, 1), (2, 2), (2, 3), 2),
+        // fallback: stride_x 2
+        shape([2, 3, 6, 9], 4, (2, 3), (1, 2), (1, 1), (1, 1), 1),
+        // fallback: W = 65
+        shape([2, 2, 3, 65], 2, (2, 2), (1, 1), (0, 0), (1, 1), 1),
+        // fallback: W = 64 but OW = 66
+        shape([1, 1, 3, 64], 1, (1, 3), (1, 1), (0, 2), (1, 1), 1),
+    ];
+    let mut rng = Rng::seed(64);
+    for s in &cases {
+        let (x, y) = data(s, &mut rng);
+        for threshold in [0.0, -0.5, -1.5, 0.25] {
+            let c = |method| cfg(Measure::Coactivation, method, threshold);
+            let oracle = strength(s, &x, &y, &c(Method::BruteForce)).unwrap();
+            let got = strength(s, &x, &y, &c(Method::Bitcount)).unwrap();
+            assert_eq!(got, oracle, "{s:?}, threshold {threshold}");
+        }
+    }
+}
+
 #[test]
 fn correlation_is_zero_for_a_batch_of_one() {
     let s = shape([1, 4, 6, 5], 4, (3, 2), (2, 1), (1, 1), (1, 2), 2);
@@ -228,7 +262,7 @@ fn accumulate_adds_to_what_is_there() {
     let s = shape([3, 4, 6, 5], 4, (3, 2), (1, 2), (1, 0), (1, 1), 2);
     let (x, y) = data(&s, &mut Rng::seed(11));
     for measure in Measure::ALL {
-        for method in [Method::Fast, Method::ReducedRedundancy] {
+        for method in [Method::Fast, Method::ReducedRedundancy, Method::Bitcount] {
             let c = cfg(measure, method, 0.0);
             let once = strength(&s, &x, &y, &c).unwrap();
             let mut acc = vec![1.0f32; once.len()];
@@ -262,6 +296,24 @@ fn fast_correlation_is_deterministic_across_thread_counts() {
     let one = run(1);
     assert_eq!(one, run(2));
     assert_eq!(one, run(3));
+}
+
+/// Big enough that bitcount counts on rayon: still exactly the fast
+/// method's counts, on any number of threads.
+#[test]
+fn bitcount_is_exact_across_thread_counts() {
+    let s = shape([32, 4, 30, 30], 16, (3, 3), (1, 1), (0, 0), (1, 1), 1);
+    let (x, y) = data(&s, &mut Rng::seed(9));
+    let c = |method| cfg(Measure::Coactivation, method, 0.0);
+    let want = strength(&s, &x, &y, &c(Method::Fast)).unwrap();
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let got = pool.install(|| strength(&s, &x, &y, &c(Method::Bitcount)).unwrap());
+        assert_eq!(got, want, "{threads} threads");
+    }
 }
 
 #[test]

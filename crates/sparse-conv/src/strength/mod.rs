@@ -43,13 +43,19 @@
 //!   notebook's three formulations, kept to compare and to time. Each builds
 //!   "seen maps" (the input a connection sees at every position) by
 //!   convolving with one-hot kernels, then reduces them against the output.
+//! * `bitcount.rs`: coactivation only, by bit counting: an input or output
+//!   row packed into a `u64`, one AND + popcount per connection and output
+//!   row. For stride_x = 1 and rows of at most 64; otherwise, and for
+//!   correlation, it hands over to `fast.rs`.
 //! * `brute.rs` (f3): the definitions as nested loops, the test oracle.
 //! * `shared.rs`: what the methods share: binarising, z-scoring over the
 //!   batch, and reducing a seen map against the output.
 //!
 //! Every method supports both measures and every geometry (stride, padding,
-//! dilation, groups, non-square kernels).
+//! dilation, groups, non-square kernels); bitcount does so by falling back
+//! to the fast method where bits do not apply.
 
+mod bitcount;
 mod brute;
 mod fast;
 mod grouped;
@@ -96,15 +102,21 @@ pub enum Method {
     ReducedRedundancy,
     /// The notebook's f3: nested loops over the definition.
     BruteForce,
+    /// Coactivation by AND + popcount on rows packed into 64-bit words.
+    /// Applies when stride_x = 1 and input and output rows are at most 64
+    /// wide; other geometries, and the correlation measure (which needs
+    /// values, not bits), use [`Method::Fast`] instead.
+    Bitcount,
 }
 
 impl Method {
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 6] = [
         Method::Fast,
         Method::SingleUnit,
         Method::Grouped,
         Method::ReducedRedundancy,
         Method::BruteForce,
+        Method::Bitcount,
     ];
 
     /// The name `FromStr` accepts and `Display` prints.
@@ -115,13 +127,14 @@ impl Method {
             Method::Grouped => "grouped",
             Method::ReducedRedundancy => "reduced-redundancy",
             Method::BruteForce => "brute-force",
+            Method::Bitcount => "bitcount",
         }
     }
 
     /// The function's name in the notebook, if it had one.
     pub fn notebook_name(self) -> Option<&'static str> {
         match self {
-            Method::Fast => None,
+            Method::Fast | Method::Bitcount => None,
             Method::SingleUnit => Some("f1"),
             Method::Grouped => Some("f2"),
             Method::ReducedRedundancy => Some("f2b"),
@@ -264,6 +277,7 @@ pub fn accumulate_strength(
         Method::Grouped => grouped::accumulate(s, x, y, measure, threshold, acc),
         Method::ReducedRedundancy => reduced::accumulate(s, x, y, measure, threshold, acc),
         Method::BruteForce => brute::accumulate(s, x, y, measure, threshold, acc),
+        Method::Bitcount => bitcount::accumulate(s, x, y, measure, threshold, acc),
     }
     Ok(())
 }
