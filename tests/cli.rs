@@ -42,6 +42,7 @@ fn help_lists_the_options() {
         "--checkpoint",
         "--resume",
         "--metrics",
+        "--strength-method",
     ] {
         assert!(text.contains(opt), "--help lacks {opt}");
     }
