@@ -229,7 +229,9 @@ impl DSConv2d {
         let y = self.conv.forward(x);
         if self.training {
             let hebbian = self.config.selection == Selection::Hebbian;
-            if hebbian && self.passes.is_multiple_of(self.config.update_interval) {
+            // An empty batch has no activity to measure.
+            let sampled = self.passes.is_multiple_of(self.config.update_interval);
+            if hebbian && sampled && y.numel() > 0 {
                 let s = Conv2dShape::new(x.shape(), self.conv.weight.shape(), self.conv.opts)
                     .expect("conv2d accepted these shapes");
                 accumulate_strength(

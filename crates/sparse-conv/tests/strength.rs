@@ -361,6 +361,21 @@ fn invalid_settings_and_geometries_are_errors() {
     let mut bad = s;
     bad.opts.stride = (0, 1);
     assert!(strength(&bad, &x, &y, &StrengthConfig::default()).is_err());
+    // Empty geometries are errors for every measure and method, not panics.
+    for (batch, channels) in [(0, 3), (2, 0)] {
+        let mut empty = s;
+        empty.batch = batch;
+        empty.in_channels = channels;
+        for measure in Measure::ALL {
+            for method in Method::ALL {
+                let r = strength(&empty, &[], &[], &cfg(measure, method, 0.0));
+                assert!(
+                    r.unwrap_err().to_string().contains("empty"),
+                    "{measure:?} {method:?}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -304,11 +304,17 @@ fn check_shape(s: &Conv2dShape) -> Result<[usize; 3], StrengthError> {
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| StrengthError::new(format!("conv geometry too large: {dims:?}")))
     };
-    Ok([
+    let sizes = [
         product(checked.input_shape())?,
         product(checked.output_shape())?,
         product(checked.weight_shape())?,
-    ])
+    ];
+    if sizes.contains(&0) {
+        return Err(StrengthError::new(format!(
+            "empty conv geometry (a zero batch, channel count or size): {s:?}"
+        )));
+    }
+    Ok(sizes)
 }
 
 fn check_len(what: &str, expected: usize, actual: usize) -> Result<(), StrengthError> {

@@ -25,10 +25,10 @@ pub(super) fn binarise(v: &[f32], threshold: f32) -> Vec<f32> {
 /// definition: the mean of products divides by B, the stds by B − 1.
 pub(super) fn zscore_over_batch(v: &[f32], batch: usize) -> Vec<f32> {
     let mut z = vec![0.0f32; v.len()];
-    if batch < 2 {
+    let n = v.len() / batch.max(1);
+    if batch < 2 || n == 0 {
         return z;
     }
-    let n = v.len() / batch;
     let first = &v[..n];
     // Row-major passes over the batch keep the memory access sequential.
     let mut mean = vec![0.0f64; n];
