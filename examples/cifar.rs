@@ -138,6 +138,14 @@ fn validate(args: &Args) {
 }
 
 fn main() -> ExitCode {
+    // Die quietly when the reader of our output goes away (`cifar | head`),
+    // as Unix tools do, instead of panicking on the broken pipe.
+    #[cfg(unix)]
+    // SAFETY: restoring the default action of a signal, before any thread
+    // starts, has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = Args::parse();
     validate(&args);
     match run(args) {
@@ -155,6 +163,13 @@ fn run(args: Args) -> Result<ExitCode, String> {
             .num_threads(n as usize)
             .build_global()
             .map_err(|e| e.to_string())?;
+    }
+    if args.data.is_none() {
+        println!(
+            "note: no --data given, so this trains on the bundled 1,000-image sample. The \
+             notebook's 2-epoch recipe is too short to learn much there (expect about 10%); \
+             try --epochs 20 --lr 0.005, or --data for the full CIFAR-10 (see README.md)."
+        );
     }
     let data_path = args.data.clone().unwrap_or_else(bundled_sample);
     let Cifar {
