@@ -1,0 +1,2 @@
+//! Placeholder, replaced by the sparse-kernel benchmarks.
+fn main() {}
