@@ -249,31 +249,61 @@ pub fn crop_flip(src: &[u8], dy: i32, dx: i32, flip: bool, out: &mut [u8]) {
     }
 }
 
-/// splitmix64's finaliser: a strong 64-bit mix.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
+/// A hash of three keys: each key, offset by splitmix64's increment, folded
+/// in through splitmix64's output mix.
 fn hash3(a: u64, b: u64, c: u64) -> u64 {
-    const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+    use tensor::rng::{splitmix64_mix as mix, SPLITMIX64_GAMMA as GOLDEN};
     mix(mix(mix(a.wrapping_add(GOLDEN)) ^ b.wrapping_add(GOLDEN)) ^ c.wrapping_add(GOLDEN))
 }
 
-/// splitmix64: tiny, fast, and fully specified here, so orders never change
+/// A splitmix64 stream (the workspace's one implementation, in
+/// `tensor::rng`): tiny, fast, and fully specified, so orders never change
 /// with a dependency upgrade.
 struct SplitMix64(u64);
 
 impl SplitMix64 {
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix(self.0)
+        tensor::rng::splitmix64(&mut self.0)
     }
 
     /// Uniform in `0..n` (Lemire's multiply-shift; bias below 2^-32 for any
     /// dataset size).
     fn below(&mut self, n: u64) -> u64 {
         ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+}
+
+#[cfg(test)]
+mod pinned {
+    use super::*;
+
+    /// Epoch orders and augmentations are part of a run's identity (a resumed
+    /// run must see the images it would have seen): these values must never
+    /// change, whatever the implementation of the generator underneath.
+    #[test]
+    fn orders_and_augmentations_are_pinned() {
+        assert_eq!(
+            epoch_order(20, true, 42, 3),
+            [14, 1, 7, 13, 8, 10, 16, 12, 9, 17, 4, 6, 0, 3, 2, 18, 5, 15, 19, 11]
+        );
+        assert_eq!(
+            (0..6).map(|p| augment_params(7, 1, p)).collect::<Vec<_>>(),
+            [
+                (-3, 2, false),
+                (0, 3, true),
+                (-2, -2, true),
+                (2, 4, true),
+                (-3, 4, false),
+                (-3, -3, false)
+            ]
+        );
+        assert_eq!(
+            [hash3(0, 0, 0), hash3(1, 2, 3), hash3(u64::MAX, 5, u64::MAX)],
+            [
+                18_152_189_527_315_630_385,
+                12_799_061_345_140_080_112,
+                4_584_746_877_243_715_815
+            ]
+        );
     }
 }
