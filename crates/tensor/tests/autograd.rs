@@ -141,6 +141,81 @@ fn max_pool2d_backward_and_forward_against_naive() {
     }
 }
 
+/// The gradient max_pool2d sends back when every window has a 1 upstream.
+fn pool_grad(x: Vec<f32>, shape: [usize; 4], k: (usize, usize), s: (usize, usize)) -> Vec<f32> {
+    let x = Tensor::from_vec(x, &shape).requires_grad();
+    x.max_pool2d(k, s).sum().backward();
+    x.grad().unwrap()
+}
+
+#[test]
+fn max_pool2d_ties_send_the_gradient_to_the_first_maximum() {
+    // PyTorch scans a window row-major and takes a value only if it is
+    // strictly greater (or NaN), so among equal maxima the first wins.
+    // All four equal: (0, 0) wins.
+    assert_eq!(
+        pool_grad(vec![1.0; 4], [1, 1, 2, 2], (2, 2), (2, 2)),
+        [1.0, 0.0, 0.0, 0.0]
+    );
+    // Ties across rows: the 2 at (0, 1) comes before the 2s at (1, 0), (1, 1).
+    assert_eq!(
+        pool_grad(vec![0.0, 2.0, 2.0, 2.0], [1, 1, 2, 2], (2, 2), (2, 2)),
+        [0.0, 1.0, 0.0, 0.0]
+    );
+    // Overlapping 2x2 windows, stride 1, on
+    //   0 2 2
+    //   2 1 2
+    // window (0,0) = {0, 2, 2, 1} and window (0,1) = {2, 2, 1, 2} both pick
+    // (0, 1), which so collects both gradients.
+    assert_eq!(
+        pool_grad(
+            vec![0.0, 2.0, 2.0, 2.0, 1.0, 2.0],
+            [1, 1, 2, 3],
+            (2, 2),
+            (1, 1)
+        ),
+        [0.0, 2.0, 0.0, 0.0, 0.0, 0.0]
+    );
+    // A window of −∞ points at its first element; NaN beats any number, and
+    // of two NaNs the later one wins (PyTorch has no early exit).
+    let (inf, nan) = (f32::NEG_INFINITY, f32::NAN);
+    assert_eq!(
+        pool_grad(vec![inf; 4], [1, 1, 2, 2], (2, 2), (2, 2)),
+        [1.0, 0.0, 0.0, 0.0]
+    );
+    assert_eq!(
+        pool_grad(vec![5.0, nan, nan, 9.0], [1, 1, 2, 2], (2, 2), (2, 2)),
+        [0.0, 0.0, 1.0, 0.0]
+    );
+    assert_eq!(
+        pool_grad(vec![nan, nan, 1.0, 9.0], [1, 1, 2, 2], (2, 2), (2, 2)),
+        [0.0, 1.0, 0.0, 0.0]
+    );
+}
+
+#[test]
+fn relu_propagates_nan_like_pytorch() {
+    let x = Tensor::from_vec(vec![f32::NAN, -1.0, 0.0, -0.0, 2.0], &[5]).requires_grad();
+    let y = x.relu();
+    let got = y.to_vec();
+    assert!(got[0].is_nan(), "relu(NaN) must be NaN, got {}", got[0]);
+    assert_eq!(
+        got[1..].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        [0, 0, 0, 2f32.to_bits()]
+    );
+    // The NaN reaches the loss, where the training step's finiteness check
+    // can see it.
+    assert!(y.sum().item().is_nan());
+    // Backward is PyTorch's threshold_backward, `x <= 0 ? 0 : d`: zero at
+    // and below 0, and passed through at NaN.
+    let x = Tensor::from_vec(vec![f32::NAN, -1.0, 0.0, 2.0], &[4]).requires_grad();
+    x.relu()
+        .mul(&Tensor::from_vec(vec![3.0; 4], &[4]))
+        .sum()
+        .backward();
+    assert_eq!(x.grad().unwrap(), [3.0, 0.0, 0.0, 3.0]);
+}
+
 #[test]
 #[allow(clippy::type_complexity)] // a table of tuples reads best here
 fn conv2d_backward_over_a_table_of_geometries() {
@@ -256,6 +331,21 @@ fn sgd_momentum_known_answers() {
         ..SgdConfig::new(0.1, 0.0)
     };
     assert!((run_sgd(decay, 2) - 0.7075).abs() < 1e-6);
+    // Weight decay 0.5 with momentum 0.9: the decay term joins the gradient
+    // before it enters the buffer (PyTorch's order).
+    // step 1: g = 1 + 0.5·1 = 1.5;          buf = 1.5;
+    //         w = 1 − 0.1·1.5 = 0.85
+    // step 2: g = 1 + 0.5·0.85 = 1.425;     buf = 0.9·1.5 + 1.425 = 2.775;
+    //         w = 0.85 − 0.1·2.775 = 0.5725
+    // step 3: g = 1 + 0.5·0.5725 = 1.28625; buf = 0.9·2.775 + 1.28625 = 3.78375;
+    //         w = 0.5725 − 0.378375 = 0.194125
+    let decay_momentum = SgdConfig {
+        weight_decay: 0.5,
+        ..plain
+    };
+    assert!((run_sgd(decay_momentum, 1) - 0.85).abs() < 1e-6);
+    assert!((run_sgd(decay_momentum, 2) - 0.5725).abs() < 1e-6);
+    assert!((run_sgd(decay_momentum, 3) - 0.194125).abs() < 1e-6);
 }
 
 #[test]

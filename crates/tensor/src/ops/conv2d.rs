@@ -162,7 +162,6 @@ impl Conv2dShape {
 use crate::gemm::{gemm, Mat};
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::ops::Range;
 
 use crate::tensor::Tensor;
 
@@ -293,28 +292,23 @@ pub fn im2col(s: &Conv2dShape, x: &[f32], cols: &mut [f32]) {
         x.len(),
     );
     check_len("im2col", "cols", s.col_rows() * s.out_pixels(), cols.len());
-    im2col_strided(s, x, 0..s.out_h(), cols, s.out_pixels());
+    im2col_strided(s, x, cols, s.out_pixels());
 }
 
-/// im2col of the output rows `oys` only, writing row r of the matrix at
-/// `cols[r·ld ..][.. oys.len()·OW]`. `ld` lets several images sit side by
-/// side in one wide matrix; `oys` lets a large image be done in blocks that
-/// stay in cache.
-fn im2col_strided(s: &Conv2dShape, x: &[f32], oys: Range<usize>, cols: &mut [f32], ld: usize) {
+/// [`im2col`] writing row r of the matrix at `cols[r·ld ..][.. OH·OW]`, so
+/// that several images can sit side by side in one wide matrix.
+fn im2col_strided(s: &Conv2dShape, x: &[f32], cols: &mut [f32], ld: usize) {
     let (h, w, oh, ow) = (s.in_h, s.in_w, s.out_h(), s.out_w());
     let (sy, sx) = s.opts.stride;
     let (py, px) = s.opts.padding;
     let (dy, dx) = s.opts.dilation;
-    let p = oys.len() * ow;
+    let p = oh * ow;
     let mut r = 0;
     for c in 0..s.group_in() {
         let plane = &x[c * h * w..(c + 1) * h * w]; // (H, W)
         for ki in 0..s.kernel_h {
-            let (oy0, oy1) = valid_range(oh, h, sy, ki * dy, py);
-            // Valid rows of this block, relative to its first row.
-            let lo = oy0.clamp(oys.start, oys.end) - oys.start;
-            let hi = oy1.clamp(oys.start, oys.end) - oys.start;
-            let lo = lo.min(hi);
+            // Output rows lo..hi read inside the input; the rest are padding.
+            let (lo, hi) = valid_range(oh, h, sy, ki * dy, py);
             for kj in 0..s.kernel_w {
                 let (ox0, ox1) = valid_range(ow, w, sx, kj * dx, px);
                 let row = &mut cols[r * ld..r * ld + p]; // (rows, OW)
@@ -322,7 +316,7 @@ fn im2col_strided(s: &Conv2dShape, x: &[f32], oys: Range<usize>, cols: &mut [f32
                 row[..lo * ow].fill(0.0);
                 row[hi * ow..].fill(0.0);
                 for j in lo..hi {
-                    let iy = (oys.start + j) * sy + ki * dy - py;
+                    let iy = j * sy + ki * dy - py;
                     let src = &plane[iy * w..(iy + 1) * w];
                     let dst = &mut row[j * ow..(j + 1) * ow];
                     dst[..ox0].fill(0.0);
@@ -423,7 +417,7 @@ pub fn conv2d_forward(s: &Conv2dShape, x: &[f32], w: &[f32], bias: Option<&[f32]
                 let b = chunk * ipc + i;
                 for g in 0..s.opts.groups {
                     let x_bg = &x[(b * c + g * cg) * hw..][..cg * hw]; // (Cg, H, W)
-                    im2col_strided(s, x_bg, 0..s.out_h(), cols, p); // (K, P)
+                    im2col_strided(s, x_bg, cols, p); // (K, P)
                     let y_bg = &mut y_b[g * og * p..(g + 1) * og * p]; // (O/g, P)
                     let beta = match bias {
                         Some(bias) => {
@@ -599,7 +593,7 @@ fn backward_weight_core(
                             &*x_mapped
                         }
                     };
-                    im2col_strided(s, x_bg, 0..s.out_h(), &mut cols[i * p..], n);
+                    im2col_strided(s, x_bg, &mut cols[i * p..], n);
                     for oo in 0..og {
                         let src = &dy[(b * o + g * og + oo) * p..][..p];
                         let dst = &mut dy_g[oo * n + i * p..][..p];

@@ -40,6 +40,31 @@ fn broadcast_index(op: &str, a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     Some(idx)
 }
 
+/// relu of one value: 0 for x ≤ 0 (including −0), x otherwise, which keeps
+/// NaN (every comparison with NaN is false). `x.max(0.0)` would return 0 for
+/// NaN.
+#[inline(always)]
+pub fn relu(x: f32) -> f32 {
+    if x <= 0.0 {
+        0.0
+    } else {
+        x
+    }
+}
+
+/// The gradient through relu at input (or output) x, given the incoming
+/// gradient d: 0 where x ≤ 0, d elsewhere. This is PyTorch's
+/// `threshold_backward` (`x <= 0 ? 0 : d`): the gradient at exactly 0 is 0,
+/// and at NaN it passes through.
+#[inline(always)]
+pub fn relu_grad(x: f32, d: f32) -> f32 {
+    if x <= 0.0 {
+        0.0
+    } else {
+        d
+    }
+}
+
 impl Tensor {
     /// `a + b`; `b` may broadcast to `a`'s shape (e.g. a bias of shape (C,1,1)
     /// on (B,C,H,W), or (N,) on (M,N)).
@@ -101,16 +126,17 @@ impl Tensor {
         })
     }
 
-    /// max(x, 0). The gradient at exactly 0 is taken as 0, as in PyTorch.
+    /// max(x, 0), with NaN passed through as PyTorch's relu does (so that a
+    /// diverging loss shows up as NaN instead of being silently clipped).
     pub fn relu(&self) -> Tensor {
         let a = self.clone();
-        let out = self.data().iter().map(|&x| x.max(0.0)).collect();
+        let out = self.data().iter().map(|&x| relu(x)).collect();
         Tensor::from_op(out, self.shape(), &[self], move |dout, grads| {
             let x = a.data();
             let g = dout
                 .iter()
                 .zip(x.iter())
-                .map(|(&d, &x)| if x > 0.0 { d } else { 0.0 })
+                .map(|(&d, &x)| relu_grad(x, d))
                 .collect();
             drop(x);
             grads.add_owned(&a, g);

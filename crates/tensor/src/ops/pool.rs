@@ -10,7 +10,10 @@ const PARALLEL_MIN_OUTPUTS: usize = 1 << 15;
 
 /// Max-pools each (H, W) plane of `x`, writing the maximum into `y` and its
 /// index within the plane into `arg`. x is (planes, H, W), y and arg are
-/// (planes, OH, OW). A NaN wins, as in PyTorch; among equal values the first.
+/// (planes, OH, OW). The scan is PyTorch's: row-major through the window,
+/// taking a value if it is greater than the best so far or NaN. So among
+/// equal values the first wins, a NaN beats any number, and among several
+/// NaNs the last wins; a window of −∞ points at its first element.
 pub fn max_pool2d_forward(
     x: &[f32],
     (h, w): (usize, usize),
@@ -33,9 +36,6 @@ pub fn max_pool2d_forward(
                         if v > best || v.is_nan() {
                             best = v;
                             best_i = row + i;
-                            if v.is_nan() {
-                                break;
-                            }
                         }
                     }
                 }
