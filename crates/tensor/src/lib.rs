@@ -10,8 +10,9 @@
 //! * [`ops`]: the ops, one family per file, forward and backward side by side:
 //!   `elementwise` (add, mul, relu, sigmoid), `matmul` (matmul, linear),
 //!   `conv2d` (im2col + GEMM kernels and the naive oracle), `pool`
-//!   (max_pool2d), `reduce` (sum, mean), `shape` (reshape, flatten), `loss`
-//!   (log_softmax, cross_entropy).
+//!   (max_pool2d), `sparse_conv2d` (direct convolution over the active taps
+//!   of a masked weight, for sparse layers), `reduce` (sum, mean), `shape`
+//!   (reshape, flatten), `loss` (log_softmax, cross_entropy).
 //! * [`gemm`]: the single matrix multiply everything calls, with transposes
 //!   as strides.
 //! * [`nn`]: Conv2d, Linear and MaxPool2d layers with PyTorch's default init.
@@ -37,6 +38,7 @@ pub mod tape;
 pub mod tensor;
 
 pub use ops::conv2d::{Conv2dOptions, Conv2dShape};
+pub use ops::sparse_conv2d::SparseLayout;
 pub use rng::Rng;
 pub use tape::{no_grad, Grads};
 pub use tensor::Tensor;

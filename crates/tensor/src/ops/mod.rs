@@ -7,3 +7,4 @@ pub mod matmul;
 pub mod pool;
 pub mod reduce;
 pub mod shape;
+pub mod sparse_conv2d;

@@ -1,0 +1,1033 @@
+//! Sparse conv2d for masked weights: a direct convolution that visits only
+//! the active taps of each kernel. Holds the tap lists ([`SparseLayout`]),
+//! the slice-level kernels (forward, backward-input, backward-weight at the
+//! active taps only), the SIMD inner loops with their portable twins, and the
+//! autograd op [`conv2d_sparse`]. The oracle is the dense naive convolution of
+//! `conv2d.rs` run on the masked weight ([`SparseLayout::masked_weight`]).
+//!
+//! Layouts are those of `conv2d.rs`: x (B, C, H, W), w (O, C/groups, KH, KW),
+//! y (B, O, OH, OW). The weights stay in the dense tensor; the layout only
+//! says which of them count.
+//!
+//! # The "wide" trick (stride 1)
+//!
+//! Pad the input planes (only if the convolution pads) to Hp × Wp and index
+//! the output with the input's row length Wp instead of OW: output pixel
+//! (oy, ox) sits at p = oy·Wp + ox, and tap (c, ki, kj) reads the padded input
+//! at p + off, with off = c·Hp·Wp + ki·dy·Wp + kj·dx the same for every pixel.
+//! So one output plane of channel o is
+//!
+//! ```text
+//! yw[p] = bias[o] + Σ_{active taps t of o} w_t · xp[p + off_t],  p < (OH−1)·Wp + OW
+//! ```
+//!
+//! one long contiguous loop instead of OH short rows (10 floats in the LeNet's
+//! second conv), at the price of Wp − OW wasted columns per row, dropped when
+//! the rows are copied out. The inner loop keeps a block of 64 outputs in
+//! eight AVX registers and streams the taps through it: one load and one FMA
+//! per tap and 8 outputs, and one store per output.
+//!
+//! The input gradient is the same loop on the other side: pad dy by the
+//! kernel reach, Hq = OH + 2(KH−1)·dy and Wq = OW + 2(KW−1)·dx, and each input
+//! plane c gathers from the (o, tap) entries that read it with the kernel
+//! flipped, off = o·Hq·Wq + (KH−1−ki)·dy·Wq + (KW−1−kj)·dx. The weight
+//! gradient of an active tap is a dot product of dy (laid out wide, with zeros
+//! in the Wp − OW gap columns) with the shifted input.
+//!
+//! Other strides take a plain row-by-row path (strided loads do not fit the
+//! wide trick); it is correct for every geometry but not tuned.
+//!
+//! # Work splitting and determinism
+//!
+//! Forward and input gradient split the batch into chunks of images, a pure
+//! function of the shape and the number of active taps; images are
+//! independent, so nothing is reduced across chunks. The weight gradient is
+//! split by output channel: each task owns the taps of one channel and sums
+//! over the images in order, so it is bitwise the same for any thread count.
+//! Small problems run on the calling thread ([`PARALLEL_MIN_FLOPS`]).
+
+use crate::ops::conv2d::{conv2d_backward_bias, Conv2dOptions, Conv2dShape, PARALLEL_MIN_FLOPS};
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+/// Density (active taps / all taps) above which the dense im2col + GEMM
+/// kernels are faster than these, measured on the LeNet convolutions
+/// (forward + backward, see `docs/sparse-kernels.md`).
+pub const SPARSE_CROSSOVER_DENSITY: f64 = 0.5;
+
+/// Which inner loops to run. `Best` uses AVX2 + FMA when the CPU has them
+/// (checked at run time) and the portable loops otherwise; `Portable` forces
+/// the portable loops, so tests can check both against the oracle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KernelChoice {
+    #[default]
+    Best,
+    Portable,
+}
+
+// ---------------------------------------------------------------------------
+// The layout: tap lists, built once per mask
+// ---------------------------------------------------------------------------
+
+/// One active tap seen from one side of the convolution. In the per-output
+/// lists `ch` is the input channel within the group; in the per-input lists
+/// it is the output channel within the group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tap {
+    ch: usize,
+    ki: usize,
+    kj: usize,
+    /// Index of the weight in the dense (O, C/g, KH, KW) tensor.
+    wi: usize,
+}
+
+/// Input offsets of every tap for one input size (see the module doc).
+#[derive(Debug)]
+struct Plan {
+    in_h: usize,
+    in_w: usize,
+    /// Padded input plane, Hp × Wp.
+    hp: usize,
+    wp: usize,
+    /// dy padded by the kernel reach, Hq × Wq.
+    hq: usize,
+    wq: usize,
+    /// Per entry of `by_output`: c·Hp·Wp + ki·dy·Wp + kj·dx.
+    fwd_offs: Vec<usize>,
+    /// Per entry of `by_input`: o·Hq·Wq + (KH−1−ki)·dy·Wq + (KW−1−kj)·dx.
+    bwd_offs: Vec<usize>,
+}
+
+/// Built from the mask once per mask change; weights stay in the dense
+/// (O, C/g, KH, KW) tensor.
+///
+/// Holds, for each output channel, its active taps in (c, ki, kj) order (the
+/// forward and weight-gradient lists), and for each input channel the
+/// (o, ki, kj) taps that read it (the input-gradient list, so that each
+/// task owns whole dx planes and never races). Offsets for a given input
+/// size are computed on first use and cached; the layout is otherwise
+/// immutable, so one `Rc<SparseLayout>` can be shared by forward and backward.
+#[derive(Debug)]
+pub struct SparseLayout {
+    weight_shape: [usize; 4],
+    opts: Conv2dOptions,
+    /// Taps of output channel o are `by_output[out_start[o]..out_start[o + 1]]`.
+    out_start: Vec<usize>,
+    by_output: Vec<Tap>,
+    /// Taps reading input channel ci are `by_input[in_start[ci]..in_start[ci + 1]]`.
+    in_start: Vec<usize>,
+    by_input: Vec<Tap>,
+    /// Offsets per input size (H, W); a handful at most.
+    plans: Mutex<Vec<Arc<Plan>>>,
+}
+
+/// Input sizes whose offsets are kept; older ones are dropped.
+const MAX_PLANS: usize = 8;
+
+impl SparseLayout {
+    /// mask is weight-shaped (O·Cg·KH·KW), true = active.
+    pub fn new(weight_shape: [usize; 4], opts: Conv2dOptions, mask: &[bool]) -> SparseLayout {
+        let [o, cg, kh, kw] = weight_shape;
+        let kk = cg * kh * kw;
+        assert_eq!(
+            mask.len(),
+            o * kk,
+            "SparseLayout::new: mask has {} entries for weight shape {weight_shape:?}",
+            mask.len()
+        );
+        let g = opts.groups;
+        assert!(
+            g > 0 && o.is_multiple_of(g),
+            "SparseLayout::new: {o} output channels do not split into {g} groups"
+        );
+        let og = o / g;
+        let mut out_start = vec![0];
+        let mut by_output = Vec::new();
+        for oc in 0..o {
+            for c in 0..cg {
+                for ki in 0..kh {
+                    for kj in 0..kw {
+                        let wi = oc * kk + (c * kh + ki) * kw + kj;
+                        if mask[wi] {
+                            by_output.push(Tap { ch: c, ki, kj, wi });
+                        }
+                    }
+                }
+            }
+            out_start.push(by_output.len());
+        }
+        let mut in_start = vec![0];
+        let mut by_input = Vec::new();
+        for ci in 0..cg * g {
+            let (gi, c) = (ci / cg, ci % cg);
+            for oo in 0..og {
+                for ki in 0..kh {
+                    for kj in 0..kw {
+                        let wi = (gi * og + oo) * kk + (c * kh + ki) * kw + kj;
+                        if mask[wi] {
+                            by_input.push(Tap { ch: oo, ki, kj, wi });
+                        }
+                    }
+                }
+            }
+            in_start.push(by_input.len());
+        }
+        SparseLayout {
+            weight_shape,
+            opts,
+            out_start,
+            by_output,
+            in_start,
+            by_input,
+            plans: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Number of active taps.
+    pub fn nnz(&self) -> usize {
+        self.by_output.len()
+    }
+
+    /// Active taps / all taps (0 for an empty weight).
+    pub fn density(&self) -> f64 {
+        self.nnz() as f64 / (self.weight_shape.iter().product::<usize>()).max(1) as f64
+    }
+
+    pub fn weight_shape(&self) -> [usize; 4] {
+        self.weight_shape
+    }
+
+    pub fn opts(&self) -> Conv2dOptions {
+        self.opts
+    }
+
+    /// The weight-shaped mask back, true = active.
+    pub fn mask(&self) -> Vec<bool> {
+        let mut m = vec![false; self.weight_shape.iter().product()];
+        for t in &self.by_output {
+            m[t.wi] = true;
+        }
+        m
+    }
+
+    /// `w ⊙ mask`: the dense weight these kernels compute with, for oracles
+    /// and for the dense fallback.
+    pub fn masked_weight(&self, w: &[f32]) -> Vec<f32> {
+        check_len(
+            "SparseLayout::masked_weight",
+            "w",
+            self.weight_shape.iter().product(),
+            w.len(),
+        );
+        let mut m = vec![0.0; w.len()];
+        for t in &self.by_output {
+            m[t.wi] = w[t.wi];
+        }
+        m
+    }
+
+    fn out_range(&self, oc: usize) -> std::ops::Range<usize> {
+        self.out_start[oc]..self.out_start[oc + 1]
+    }
+
+    fn in_range(&self, ci: usize) -> std::ops::Range<usize> {
+        self.in_start[ci]..self.in_start[ci + 1]
+    }
+
+    /// Most taps of any output channel and of any input channel.
+    fn max_taps(&self) -> usize {
+        let widest = |start: &[usize]| start.windows(2).map(|r| r[1] - r[0]).max().unwrap_or(0);
+        widest(&self.out_start).max(widest(&self.in_start))
+    }
+
+    /// Panics unless `s` is the geometry this layout was built for.
+    fn check(&self, op: &str, s: &Conv2dShape) {
+        assert!(
+            s.weight_shape() == self.weight_shape && s.opts == self.opts,
+            "{op}: layout built for weight {:?} with {:?}, called with weight {:?} with {:?}",
+            self.weight_shape,
+            self.opts,
+            s.weight_shape(),
+            s.opts
+        );
+    }
+
+    /// The offsets for the input size of `s`, computed once per size.
+    fn plan(&self, s: &Conv2dShape) -> Arc<Plan> {
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = plans.iter().find(|p| p.in_h == s.in_h && p.in_w == s.in_w) {
+            return p.clone();
+        }
+        let (kh, kw) = (s.kernel_h, s.kernel_w);
+        let (dy, dx) = s.opts.dilation;
+        let hp = s.in_h + 2 * s.opts.padding.0;
+        let wp = s.in_w + 2 * s.opts.padding.1;
+        let hq = s.out_h() + 2 * (kh - 1) * dy;
+        let wq = s.out_w() + 2 * (kw - 1) * dx;
+        let fwd_offs = self
+            .by_output
+            .iter()
+            .map(|t| t.ch * hp * wp + t.ki * dy * wp + t.kj * dx)
+            .collect();
+        let bwd_offs = self
+            .by_input
+            .iter()
+            .map(|t| t.ch * hq * wq + (kh - 1 - t.ki) * dy * wq + (kw - 1 - t.kj) * dx)
+            .collect();
+        let p = Arc::new(Plan {
+            in_h: s.in_h,
+            in_w: s.in_w,
+            hp,
+            wp,
+            hq,
+            wq,
+            fwd_offs,
+            bwd_offs,
+        });
+        if plans.len() == MAX_PLANS {
+            plans.remove(0);
+        }
+        plans.push(p.clone());
+        p
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Work splitting and scratch
+// ---------------------------------------------------------------------------
+
+/// A chunk of images holds at least this many sparse flops, so that a rayon
+/// task is worth its fork/join (a few microseconds).
+const TASK_FLOPS: usize = 1 << 18;
+
+/// Forward flops over the active taps only (2 per multiply-add).
+fn sparse_flops(s: &Conv2dShape, l: &SparseLayout) -> usize {
+    2 * s.batch * l.nnz() * s.out_pixels()
+}
+
+/// Images per chunk: a pure function of the shape and the tap count.
+fn images_per_chunk(s: &Conv2dShape, l: &SparseLayout) -> usize {
+    let per_image = (2 * l.nnz() * s.out_pixels()).max(1);
+    TASK_FLOPS.div_ceil(per_image).clamp(1, s.batch.max(1))
+}
+
+fn run_parallel(s: &Conv2dShape, l: &SparseLayout) -> bool {
+    sparse_flops(s, l) >= PARALLEL_MIN_FLOPS
+}
+
+/// Calls `f(chunk_index, chunk)` for each `chunk_len`-sized piece of `data`,
+/// in parallel if `parallel`.
+fn for_each_chunk<F>(data: &mut [f32], chunk_len: usize, parallel: bool, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Send + Sync,
+{
+    if data.is_empty() || chunk_len == 0 {
+        return;
+    }
+    if parallel && data.len() > chunk_len {
+        data.par_chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    } else {
+        data.chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    }
+}
+
+thread_local! {
+    /// Per-task scratch (padded planes, wide rows), reused across calls.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Scratch of the calling thread for a whole padded batch (weight
+    /// gradient with padding), separate so tasks run on this thread can
+    /// still take `SCRATCH`.
+    static BATCH_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch slice of `len` floats with unspecified contents.
+fn with_scratch<R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+            f(&mut v[..len])
+        }
+        // Re-entered on this thread: fall back to a fresh buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+fn check_len(op: &str, what: &str, expected: usize, actual: usize) {
+    assert_eq!(
+        expected, actual,
+        "{op}: {what} should have {expected} elements, got {actual}"
+    );
+}
+
+/// Copies the (C', H, W) planes of `x` into the middle of the zeroed
+/// (C', H + 2·py, W + 2·px) planes of `xp`.
+fn pad_planes(x: &[f32], h: usize, w: usize, (py, px): (usize, usize), xp: &mut [f32]) {
+    let (hp, wp) = (h + 2 * py, w + 2 * px);
+    xp.fill(0.0);
+    for (src, dst) in x.chunks_exact(h * w).zip(xp.chunks_exact_mut(hp * wp)) {
+        for iy in 0..h {
+            dst[(iy + py) * wp + px..][..w].copy_from_slice(&src[iy * w..][..w]);
+        }
+    }
+}
+
+/// The output positions `o` in `0..out` whose input coordinate
+/// `o·stride + k_off − pad` lies inside `0..len`, as a range.
+fn valid_range(out: usize, len: usize, stride: usize, k_off: usize, pad: usize) -> (usize, usize) {
+    let lo = pad.saturating_sub(k_off).div_ceil(stride);
+    let hi = (len + pad).saturating_sub(k_off).div_ceil(stride).min(out);
+    (lo.min(hi), hi)
+}
+
+// ---------------------------------------------------------------------------
+// Inner loops: gather-multiply-add and multi-dot, portable and AVX2
+// ---------------------------------------------------------------------------
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+/// `out[p] = init + Σ_t ws[t] · src[p + offs[t]]` for every p < out.len().
+/// The heart of forward and input gradient.
+fn gather_fma(
+    src: &[f32],
+    offs: &[usize],
+    ws: &[f32],
+    init: f32,
+    out: &mut [f32],
+    k: KernelChoice,
+) {
+    assert_eq!(offs.len(), ws.len(), "gather_fma: one weight per offset");
+    let reach = offs.iter().max().map_or(0, |&m| m + out.len());
+    assert!(
+        reach <= src.len(),
+        "gather_fma: reads up to {reach}, source has {}",
+        src.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if k == KernelChoice::Best && has_avx2_fma() {
+        // SAFETY: AVX2 and FMA are present (checked just above); the bounds
+        // the function relies on were asserted above.
+        unsafe { gather_fma_avx2(src, offs, ws, init, out) };
+        return;
+    }
+    let _ = k;
+    gather_fma_portable(src, offs, ws, init, out);
+}
+
+/// Portable `gather_fma`: blocks of 16 outputs held in a local array, which
+/// the compiler keeps in vector registers.
+fn gather_fma_portable(src: &[f32], offs: &[usize], ws: &[f32], init: f32, out: &mut [f32]) {
+    const LANES: usize = 16;
+    let n = out.len();
+    let mut blocks = out.chunks_exact_mut(LANES);
+    for (bi, block) in (&mut blocks).enumerate() {
+        let p = bi * LANES;
+        let mut acc = [init; LANES];
+        for (&off, &wv) in offs.iter().zip(ws) {
+            let s = &src[off + p..off + p + LANES];
+            for (a, &x) in acc.iter_mut().zip(s) {
+                *a += wv * x;
+            }
+        }
+        block.copy_from_slice(&acc);
+    }
+    let p0 = n - n % LANES;
+    for (q, o) in blocks.into_remainder().iter_mut().enumerate() {
+        let mut a = init;
+        for (&off, &wv) in offs.iter().zip(ws) {
+            a += wv * src[off + p0 + q];
+        }
+        *o = a;
+    }
+}
+
+/// AVX2 `gather_fma`: 64 outputs in eight registers, taps streamed through
+/// them (one broadcast per tap, one load + FMA per tap and 8 outputs).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA, `offs.len() == ws.len()`, and
+/// `offs[t] + out.len() <= src.len()` for every t.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gather_fma_avx2(src: &[f32], offs: &[usize], ws: &[f32], init: f32, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = out.len();
+    let sp = src.as_ptr();
+    let op = out.as_mut_ptr();
+    let mut p = 0;
+    while p + 64 <= n {
+        let mut a = [_mm256_set1_ps(init); 8];
+        for (&off, &wv) in offs.iter().zip(ws) {
+            let wv = _mm256_set1_ps(wv);
+            for (j, aj) in a.iter_mut().enumerate() {
+                // SAFETY: off + p + 8j + 8 <= off + n <= src.len().
+                let x = unsafe { _mm256_loadu_ps(sp.add(off + p + 8 * j)) };
+                *aj = _mm256_fmadd_ps(wv, x, *aj);
+            }
+        }
+        for (j, aj) in a.iter().enumerate() {
+            // SAFETY: p + 8j + 8 <= n = out.len().
+            unsafe { _mm256_storeu_ps(op.add(p + 8 * j), *aj) };
+        }
+        p += 64;
+    }
+    while p + 8 <= n {
+        let mut a = _mm256_set1_ps(init);
+        for (&off, &wv) in offs.iter().zip(ws) {
+            // SAFETY: off + p + 8 <= off + n <= src.len().
+            let x = unsafe { _mm256_loadu_ps(sp.add(off + p)) };
+            a = _mm256_fmadd_ps(_mm256_set1_ps(wv), x, a);
+        }
+        // SAFETY: p + 8 <= n.
+        unsafe { _mm256_storeu_ps(op.add(p), a) };
+        p += 8;
+    }
+    for (q, o) in out.iter_mut().enumerate().skip(p) {
+        let mut a = init;
+        for (&off, &wv) in offs.iter().zip(ws) {
+            a = wv.mul_add(src[off + q], a);
+        }
+        *o = a;
+    }
+}
+
+/// `out[t] = Σ_p a[p] · src[p + offs[t]]` over p < a.len(): one dot product
+/// per tap, the heart of the weight gradient.
+fn multi_dot(a: &[f32], src: &[f32], offs: &[usize], out: &mut [f32], k: KernelChoice) {
+    assert_eq!(offs.len(), out.len(), "multi_dot: one output per offset");
+    let reach = offs.iter().max().map_or(0, |&m| m + a.len());
+    assert!(
+        reach <= src.len(),
+        "multi_dot: reads up to {reach}, source has {}",
+        src.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if k == KernelChoice::Best && has_avx2_fma() {
+        // SAFETY: AVX2 and FMA are present (checked just above); the bounds
+        // the function relies on were asserted above.
+        unsafe { multi_dot_avx2(a, src, offs, out) };
+        return;
+    }
+    let _ = k;
+    for (&off, o) in offs.iter().zip(out.iter_mut()) {
+        *o = dot_portable(a, &src[off..off + a.len()]);
+    }
+}
+
+/// Dot product in 8 interleaved lanes (so the compiler vectorises it),
+/// combined in a fixed order, plus the tail.
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x8, y8) in ca.zip(cb) {
+        for ((s, &x), &y) in acc.iter_mut().zip(x8).zip(y8) {
+            *s += x * y;
+        }
+    }
+    let mut tail = 0.0;
+    for (&x, &y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    sum8(acc) + tail
+}
+
+/// Fixed-order sum of 8 lanes.
+fn sum8(v: [f32; 8]) -> f32 {
+    ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
+}
+
+/// AVX2 `multi_dot`: four taps at a time share each load of `a` (5 loads
+/// per 4 FMAs instead of 8). A short last group repeats its first tap and
+/// drops the extra results, so every tap is summed the same way.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA, `offs.len() == out.len()`, and
+/// `offs[t] + a.len() <= src.len()` for every t.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn multi_dot_avx2(a: &[f32], src: &[f32], offs: &[usize], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = a.len();
+    let (ap, sp) = (a.as_ptr(), src.as_ptr());
+    for (offs4, out4) in offs.chunks(4).zip(out.chunks_mut(4)) {
+        let o4 = [0, 1, 2, 3].map(|t| offs4[t.min(offs4.len() - 1)]);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut p = 0;
+        while p + 8 <= n {
+            // SAFETY: p + 8 <= n = a.len().
+            let av = unsafe { _mm256_loadu_ps(ap.add(p)) };
+            for (s, &off) in acc.iter_mut().zip(&o4) {
+                // SAFETY: off + p + 8 <= off + n <= src.len().
+                let x = unsafe { _mm256_loadu_ps(sp.add(off + p)) };
+                *s = _mm256_fmadd_ps(av, x, *s);
+            }
+            p += 8;
+        }
+        for ((s, &off), o) in acc.iter().zip(&o4).zip(out4.iter_mut()) {
+            let mut lanes = [0.0f32; 8];
+            // SAFETY: `lanes` holds exactly 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *s) };
+            let mut tail = 0.0f32;
+            for q in p..n {
+                tail = a[q].mul_add(src[off + q], tail);
+            }
+            *o = sum8(lanes) + tail;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------
+
+/// y = conv(x, w ⊙ mask) + bias over the active taps only. OVERWRITES y.
+/// x is (B, C, H, W), w is (O, C/groups, KH, KW) (entries outside the mask
+/// are ignored, whatever they hold), bias is (O), y is (B, O, OH, OW).
+pub fn sparse_conv2d_forward(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    k: KernelChoice,
+) {
+    let op = "sparse_conv2d_forward";
+    l.check(op, s);
+    check_len(op, "x", s.input_shape().iter().product(), x.len());
+    check_len(op, "w", s.weight_shape().iter().product(), w.len());
+    check_len(op, "y", s.output_shape().iter().product(), y.len());
+    if let Some(b) = bias {
+        check_len(op, "bias", s.out_channels, b.len());
+    }
+    let (c, hw, o, p) = (
+        s.in_channels,
+        s.in_h * s.in_w,
+        s.out_channels,
+        s.out_pixels(),
+    );
+    let (cg, og) = (s.group_in(), s.group_out());
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let ipc = images_per_chunk(s, l);
+    let parallel = run_parallel(s, l);
+    let bias_of = |oc: usize| bias.map_or(0.0, |b| b[oc]);
+
+    if s.opts.stride != (1, 1) {
+        for_each_chunk(y, ipc * o * p, parallel, |chunk, y_chunk| {
+            for (i, y_b) in y_chunk.chunks_mut(o * p).enumerate() {
+                let b = chunk * ipc + i;
+                forward_rows(s, l, &x[b * c * hw..][..c * hw], w, bias_of, y_b);
+            }
+        });
+        return;
+    }
+
+    // Stride 1: the wide trick.
+    let plan = l.plan(s);
+    let padded = s.opts.padding != (0, 0);
+    let pad_len = if padded { cg * plan.hp * plan.wp } else { 0 };
+    let wide = (oh - 1) * plan.wp + ow; // yw[oy·Wp + ox]
+    let max_taps = l.max_taps();
+    for_each_chunk(y, ipc * o * p, parallel, |chunk, y_chunk| {
+        with_scratch(&SCRATCH, pad_len + wide + max_taps, |buf| {
+            let (xpad, rest) = buf.split_at_mut(pad_len); // (Cg, Hp, Wp)
+            let (yw, ws) = rest.split_at_mut(wide);
+            for (i, y_b) in y_chunk.chunks_mut(o * p).enumerate() {
+                let b = chunk * ipc + i;
+                for g in 0..s.opts.groups {
+                    let x_bg = &x[(b * c + g * cg) * hw..][..cg * hw]; // (Cg, H, W)
+                    let src = if padded {
+                        pad_planes(x_bg, s.in_h, s.in_w, s.opts.padding, xpad);
+                        &*xpad
+                    } else {
+                        x_bg
+                    };
+                    for oc in g * og..(g + 1) * og {
+                        let r = l.out_range(oc);
+                        let ws = &mut ws[..r.len()];
+                        for (wv, t) in ws.iter_mut().zip(&l.by_output[r.clone()]) {
+                            *wv = w[t.wi];
+                        }
+                        gather_fma(src, &plan.fwd_offs[r], ws, bias_of(oc), yw, k);
+                        let y_o = &mut y_b[oc * p..(oc + 1) * p]; // (OH, OW)
+                        for (oy, row) in y_o.chunks_exact_mut(ow).enumerate() {
+                            row.copy_from_slice(&yw[oy * plan.wp..][..ow]);
+                        }
+                    }
+                }
+            }
+        });
+    });
+}
+
+/// Forward for one image, any geometry, row by row: for each active tap,
+/// add w · (the input row it reads) to each output row, over the columns
+/// whose input lies inside the image. x_b is (C, H, W), y_b is (O, OH, OW).
+fn forward_rows(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    x_b: &[f32],
+    w: &[f32],
+    bias_of: impl Fn(usize) -> f32,
+    y_b: &mut [f32],
+) {
+    let (h, wd, oh, ow) = (s.in_h, s.in_w, s.out_h(), s.out_w());
+    let (sy, sx) = s.opts.stride;
+    let (py, px) = s.opts.padding;
+    let (dy, dx) = s.opts.dilation;
+    let (cg, og) = (s.group_in(), s.group_out());
+    for (oc, y_o) in y_b.chunks_exact_mut(oh * ow).enumerate() {
+        y_o.fill(bias_of(oc));
+        let g = oc / og;
+        for t in &l.by_output[l.out_range(oc)] {
+            let wv = w[t.wi];
+            let plane = &x_b[(g * cg + t.ch) * h * wd..][..h * wd];
+            let (oy0, oy1) = valid_range(oh, h, sy, t.ki * dy, py);
+            let (ox0, ox1) = valid_range(ow, wd, sx, t.kj * dx, px);
+            if ox0 == ox1 {
+                continue;
+            }
+            for oy in oy0..oy1 {
+                let iy = oy * sy + t.ki * dy - py;
+                let ix0 = ox0 * sx + t.kj * dx - px;
+                let src = plane[iy * wd + ix0..(iy + 1) * wd].iter().step_by(sx);
+                for (yv, &xv) in y_o[oy * ow + ox0..oy * ow + ox1].iter_mut().zip(src) {
+                    *yv += wv * xv;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Backward: input
+// ---------------------------------------------------------------------------
+
+/// dx[b, ci, iy, ix] = Σ w[o, c, ki, kj] · dy[b, o, oy, ox] over the active
+/// taps that read (ci, iy, ix). OVERWRITES dx.
+/// w is (O, C/groups, KH, KW), dy is (B, O, OH, OW), dx is (B, C, H, W).
+pub fn sparse_conv2d_backward_input(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    w: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    k: KernelChoice,
+) {
+    let op = "sparse_conv2d_backward_input";
+    l.check(op, s);
+    check_len(op, "w", s.weight_shape().iter().product(), w.len());
+    check_len(op, "dy", s.output_shape().iter().product(), dy.len());
+    check_len(op, "dx", s.input_shape().iter().product(), dx.len());
+    let (c, h, wd, o) = (s.in_channels, s.in_h, s.in_w, s.out_channels);
+    let (hw, p) = (h * wd, s.out_pixels());
+    let (cg, og) = (s.group_in(), s.group_out());
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let ipc = images_per_chunk(s, l);
+    let parallel = run_parallel(s, l);
+
+    if s.opts.stride != (1, 1) {
+        for_each_chunk(dx, ipc * c * hw, parallel, |chunk, dx_chunk| {
+            for (i, dx_b) in dx_chunk.chunks_mut(c * hw).enumerate() {
+                let b = chunk * ipc + i;
+                backward_input_rows(s, l, w, &dy[b * o * p..][..o * p], dx_b);
+            }
+        });
+        return;
+    }
+
+    // Stride 1: the wide trick on dy padded by the kernel reach.
+    let plan = l.plan(s);
+    let (hq, wq) = (plan.hq, plan.wq);
+    let (top, left) = (
+        (s.kernel_h - 1) * s.opts.dilation.0,
+        (s.kernel_w - 1) * s.opts.dilation.1,
+    );
+    let (py, px) = s.opts.padding;
+    let q_len = og * hq * wq; // (O/g, Hq, Wq)
+    let wide = (plan.hp - 1) * wq + plan.wp; // dxw[iy·Wq + ix], padded coordinates
+    let max_taps = l.max_taps();
+    for_each_chunk(dx, ipc * c * hw, parallel, |chunk, dx_chunk| {
+        with_scratch(&SCRATCH, q_len + wide + max_taps, |buf| {
+            let (dyq, rest) = buf.split_at_mut(q_len);
+            let (dxw, ws) = rest.split_at_mut(wide);
+            // The border of dyq stays zero: each image overwrites the middle.
+            dyq.fill(0.0);
+            for (i, dx_b) in dx_chunk.chunks_mut(c * hw).enumerate() {
+                let b = chunk * ipc + i;
+                for g in 0..s.opts.groups {
+                    let dy_bg = &dy[(b * o + g * og) * p..][..og * p]; // (O/g, OH, OW)
+                    for (src, dst) in dy_bg.chunks_exact(p).zip(dyq.chunks_exact_mut(hq * wq)) {
+                        for oy in 0..oh {
+                            dst[(oy + top) * wq + left..][..ow]
+                                .copy_from_slice(&src[oy * ow..][..ow]);
+                        }
+                    }
+                    for ci in g * cg..(g + 1) * cg {
+                        let r = l.in_range(ci);
+                        let dx_c = &mut dx_b[ci * hw..(ci + 1) * hw]; // (H, W)
+                        if r.is_empty() {
+                            dx_c.fill(0.0);
+                            continue;
+                        }
+                        let ws = &mut ws[..r.len()];
+                        for (wv, t) in ws.iter_mut().zip(&l.by_input[r.clone()]) {
+                            *wv = w[t.wi];
+                        }
+                        gather_fma(dyq, &plan.bwd_offs[r], ws, 0.0, dxw, k);
+                        for (iy, row) in dx_c.chunks_exact_mut(wd).enumerate() {
+                            row.copy_from_slice(&dxw[(iy + py) * wq + px..][..wd]);
+                        }
+                    }
+                }
+            }
+        });
+    });
+}
+
+/// Input gradient for one image, any geometry: the transpose of
+/// [`forward_rows`], scattering w · dy rows into dx rows. One task owns the
+/// whole image, so the scatter cannot race. dy_b is (O, OH, OW), dx_b is
+/// (C, H, W).
+fn backward_input_rows(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    w: &[f32],
+    dy_b: &[f32],
+    dx_b: &mut [f32],
+) {
+    let (h, wd, oh, ow) = (s.in_h, s.in_w, s.out_h(), s.out_w());
+    let (sy, sx) = s.opts.stride;
+    let (py, px) = s.opts.padding;
+    let (dy, dx) = s.opts.dilation;
+    let (cg, og) = (s.group_in(), s.group_out());
+    dx_b.fill(0.0);
+    for (oc, dy_o) in dy_b.chunks_exact(oh * ow).enumerate() {
+        let g = oc / og;
+        for t in &l.by_output[l.out_range(oc)] {
+            let wv = w[t.wi];
+            let plane = &mut dx_b[(g * cg + t.ch) * h * wd..][..h * wd];
+            let (oy0, oy1) = valid_range(oh, h, sy, t.ki * dy, py);
+            let (ox0, ox1) = valid_range(ow, wd, sx, t.kj * dx, px);
+            if ox0 == ox1 {
+                continue;
+            }
+            for oy in oy0..oy1 {
+                let iy = oy * sy + t.ki * dy - py;
+                let ix0 = ox0 * sx + t.kj * dx - px;
+                let dst = plane[iy * wd + ix0..(iy + 1) * wd].iter_mut().step_by(sx);
+                for (d, &gv) in dst.zip(&dy_o[oy * ow + ox0..oy * ow + ox1]) {
+                    *d += wv * gv;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Backward: weight, at the active taps only
+// ---------------------------------------------------------------------------
+
+/// dw[o, c, ki, kj] = Σ_{b, oy, ox} dy[b, o, oy, ox] · x[b, g·Cg + c, iy, ix]
+/// at the active taps, and exactly 0.0 elsewhere. OVERWRITES dw.
+/// x is (B, C, H, W), dy is (B, O, OH, OW), dw is (O, C/groups, KH, KW).
+///
+/// One task per output channel, summing over the images in order: bitwise
+/// the same for any thread count.
+pub fn sparse_conv2d_backward_weight(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    k: KernelChoice,
+) {
+    let op = "sparse_conv2d_backward_weight";
+    l.check(op, s);
+    check_len(op, "x", s.input_shape().iter().product(), x.len());
+    check_len(op, "dy", s.output_shape().iter().product(), dy.len());
+    check_len(op, "dw", s.weight_shape().iter().product(), dw.len());
+    let (c, o, p) = (s.in_channels, s.out_channels, s.out_pixels());
+    let (cg, og) = (s.group_in(), s.group_out());
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let kk = cg * s.kernel_h * s.kernel_w; // weights per output channel
+    let parallel = run_parallel(s, l);
+
+    if s.opts.stride != (1, 1) {
+        for_each_chunk(dw, kk, parallel, |oc, dw_o| {
+            backward_weight_rows(s, l, x, dy, oc, dw_o);
+        });
+        return;
+    }
+
+    // Stride 1: dot products of wide dy rows with the shifted input.
+    let plan = l.plan(s);
+    let wide = (oh - 1) * plan.wp + ow; // dyw[oy·Wp + ox], zero for ox ≥ OW
+    let plane_p = plan.hp * plan.wp;
+    let padded = s.opts.padding != (0, 0);
+    let pad_len = if padded { s.batch * c * plane_p } else { 0 };
+    let max_taps = l.max_taps();
+    with_scratch(&BATCH_SCRATCH, pad_len, |xpad| {
+        // The whole batch padded once, shared by the channel tasks.
+        let xs: &[f32] = if padded {
+            pad_planes(x, s.in_h, s.in_w, s.opts.padding, xpad);
+            xpad
+        } else {
+            x
+        };
+        for_each_chunk(dw, kk, parallel, |oc, dw_o| {
+            dw_o.fill(0.0);
+            let r = l.out_range(oc);
+            if r.is_empty() {
+                return;
+            }
+            let g = oc / og;
+            let taps = &l.by_output[r.clone()];
+            let offs = &plan.fwd_offs[r];
+            with_scratch(&SCRATCH, wide + max_taps, |buf| {
+                let (dyw, dots) = buf.split_at_mut(wide);
+                let dots = &mut dots[..taps.len()];
+                // Gap columns OW..Wp stay zero; each image overwrites the rest.
+                dyw.fill(0.0);
+                for b in 0..s.batch {
+                    let dy_bo = &dy[(b * o + oc) * p..][..p]; // (OH, OW)
+                    for (oy, row) in dy_bo.chunks_exact(ow).enumerate() {
+                        dyw[oy * plan.wp..][..ow].copy_from_slice(row);
+                    }
+                    let x_bg = &xs[(b * c + g * cg) * plane_p..][..cg * plane_p];
+                    multi_dot(dyw, x_bg, offs, dots, k);
+                    for (t, &d) in taps.iter().zip(dots.iter()) {
+                        dw_o[t.wi - oc * kk] += d;
+                    }
+                }
+            });
+        });
+    });
+}
+
+/// Weight gradient of output channel `oc`'s active taps, any geometry,
+/// written into its (C/g, KH, KW) slice `dw_o` (zeros elsewhere).
+fn backward_weight_rows(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    x: &[f32],
+    dy: &[f32],
+    oc: usize,
+    dw_o: &mut [f32],
+) {
+    let (c, h, wd, o) = (s.in_channels, s.in_h, s.in_w, s.out_channels);
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let (sy, sx) = s.opts.stride;
+    let (py, px) = s.opts.padding;
+    let (dy_, dx_) = s.opts.dilation;
+    let (cg, og) = (s.group_in(), s.group_out());
+    let kk = dw_o.len();
+    let g = oc / og;
+    dw_o.fill(0.0);
+    for t in &l.by_output[l.out_range(oc)] {
+        let (oy0, oy1) = valid_range(oh, h, sy, t.ki * dy_, py);
+        let (ox0, ox1) = valid_range(ow, wd, sx, t.kj * dx_, px);
+        let mut acc = 0.0f32;
+        if ox0 < ox1 {
+            for b in 0..s.batch {
+                let plane = &x[(b * c + g * cg + t.ch) * h * wd..][..h * wd];
+                let dy_bo = &dy[(b * o + oc) * oh * ow..][..oh * ow];
+                for oy in oy0..oy1 {
+                    let iy = oy * sy + t.ki * dy_ - py;
+                    let ix0 = ox0 * sx + t.kj * dx_ - px;
+                    let src = plane[iy * wd + ix0..(iy + 1) * wd].iter().step_by(sx);
+                    for (&gv, &xv) in dy_bo[oy * ow + ox0..oy * ow + ox1].iter().zip(src) {
+                        acc += gv * xv;
+                    }
+                }
+            }
+        }
+        dw_o[t.wi - oc * kk] = acc;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The op on the tape
+// ---------------------------------------------------------------------------
+
+/// y = conv2d(x, w ⊙ mask) + bias, computed only over active taps. Autograd op: backward gives dx (full) and
+/// dw ONLY at active positions (exactly 0.0 elsewhere), and dbias. Panics with a clear message on shape mismatch, like conv2d.
+///
+/// The convolution options (stride, padding, dilation, groups) are the
+/// layout's.
+pub fn conv2d_sparse(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    layout: &Rc<SparseLayout>,
+) -> Tensor {
+    assert_eq!(
+        w.shape(),
+        layout.weight_shape,
+        "conv2d_sparse: weight {:?} but the layout was built for {:?}",
+        w.shape(),
+        layout.weight_shape
+    );
+    let s = Conv2dShape::new(x.shape(), w.shape(), layout.opts)
+        .unwrap_or_else(|e| panic!("conv2d_sparse: {e}"));
+    if let Some(b) = bias {
+        assert_eq!(
+            b.shape(),
+            [s.out_channels],
+            "conv2d_sparse: bias {:?} for {} output channels",
+            b.shape(),
+            s.out_channels
+        );
+    }
+    let out_shape = s.output_shape();
+    let mut y = vec![0.0; out_shape.iter().product()];
+    sparse_conv2d_forward(
+        &s,
+        layout,
+        &x.data(),
+        &w.data(),
+        bias.map(|b| b.data()).as_deref().map(|v| &v[..]),
+        &mut y,
+        KernelChoice::Best,
+    );
+    let (xc, wc, bc, l) = (x.clone(), w.clone(), bias.cloned(), layout.clone());
+    let mut inputs = vec![x, w];
+    inputs.extend(bias);
+    Tensor::from_op(y, &out_shape, &inputs, move |dy, grads| {
+        if wc.needs_grad() {
+            let mut dw = vec![0.0; wc.numel()];
+            sparse_conv2d_backward_weight(&s, &l, &xc.data(), dy, &mut dw, KernelChoice::Best);
+            grads.add_owned(&wc, dw);
+        }
+        if xc.needs_grad() {
+            let mut dx = vec![0.0; xc.numel()];
+            sparse_conv2d_backward_input(&s, &l, &wc.data(), dy, &mut dx, KernelChoice::Best);
+            grads.add_owned(&xc, dx);
+        }
+        if let Some(b) = &bc {
+            grads.accumulate(b, |gb| {
+                let mut db = vec![0.0; s.out_channels];
+                conv2d_backward_bias(&s, dy, &mut db);
+                for (g, d) in gb.iter_mut().zip(&db) {
+                    *g += d;
+                }
+            });
+        }
+    })
+}

@@ -1,0 +1,549 @@
+//! The sparse conv2d kernels against the dense naive convolution of the
+//! masked weight, over a table of awkward geometries × masks (random at
+//! densities 0 % to 100 %, and structured), with both the SIMD and the
+//! portable inner loops; the autograd op against the dense op and finite
+//! differences; thread-count independence; shape errors.
+
+use std::rc::Rc;
+use tensor::gradcheck::gradcheck;
+use tensor::ops::conv2d::*;
+use tensor::ops::sparse_conv2d::*;
+use tensor::{Rng as TRng, Tensor};
+
+/// xorshift32, mapped to [-1, 1): reproducible data without dependencies.
+struct Rng(u32);
+impl Rng {
+    fn next_u32(&mut self) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 17;
+        self.0 ^= self.0 << 5;
+        self.0
+    }
+    fn next(&mut self) -> f32 {
+        (self.next_u32() >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+    /// Each entry active with probability `density`.
+    fn mask(&mut self, n: usize, density: f64) -> Vec<bool> {
+        (0..n)
+            .map(|_| (self.next_u32() as f64 / u32::MAX as f64) < density)
+            .collect()
+    }
+}
+
+struct Case {
+    name: &'static str,
+    input: [usize; 4],  // (B, C, H, W)
+    weight: [usize; 4], // (O, C/groups, KH, KW)
+    stride: (usize, usize),
+    padding: (usize, usize),
+    dilation: (usize, usize),
+    groups: usize,
+}
+
+const fn case(name: &'static str, input: [usize; 4], weight: [usize; 4]) -> Case {
+    Case {
+        name,
+        input,
+        weight,
+        stride: (1, 1),
+        padding: (0, 0),
+        dilation: (1, 1),
+        groups: 1,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        case("plain 3x7x5", [1, 3, 7, 5], [4, 3, 3, 3]),
+        case("batch 3, C != H != W", [3, 2, 9, 6], [5, 2, 3, 3]),
+        case("non-square kernel 3x2", [2, 3, 7, 5], [5, 3, 3, 2]),
+        case("non-square kernel 1x4", [2, 2, 5, 8], [3, 2, 1, 4]),
+        Case {
+            stride: (2, 2),
+            ..case("stride 2", [2, 3, 9, 8], [4, 3, 3, 3])
+        },
+        Case {
+            stride: (2, 1),
+            ..case("stride (2,1)", [3, 2, 9, 6], [3, 2, 3, 2])
+        },
+        Case {
+            stride: (1, 3),
+            ..case("stride (1,3)", [2, 2, 6, 11], [3, 2, 2, 3])
+        },
+        Case {
+            padding: (1, 2),
+            ..case("padding (1,2)", [2, 3, 7, 5], [4, 3, 3, 2])
+        },
+        Case {
+            padding: (2, 2),
+            ..case("padding 2, 5x5", [2, 2, 6, 7], [3, 2, 5, 5])
+        },
+        Case {
+            dilation: (2, 2),
+            ..case("dilation 2", [2, 3, 9, 8], [2, 3, 3, 2])
+        },
+        Case {
+            dilation: (2, 1),
+            padding: (1, 1),
+            ..case("dilation (2,1) + padding", [2, 3, 9, 5], [2, 3, 3, 2])
+        },
+        Case {
+            groups: 2,
+            ..case("groups 2", [3, 4, 6, 7], [6, 2, 3, 3])
+        },
+        Case {
+            groups: 3,
+            ..case("groups 3", [1, 6, 5, 5], [3, 2, 2, 2])
+        },
+        Case {
+            groups: 3,
+            padding: (1, 0),
+            ..case("groups 3 + padding", [2, 6, 6, 5], [6, 2, 3, 2])
+        },
+        Case {
+            stride: (2, 3),
+            padding: (2, 1),
+            dilation: (1, 2),
+            groups: 3,
+            ..case("everything at once", [3, 6, 11, 9], [9, 2, 3, 2])
+        },
+        Case {
+            padding: (3, 3),
+            ..case(
+                "padding wider than kernel reach",
+                [1, 1, 2, 3],
+                [2, 1, 2, 2],
+            )
+        },
+        case("1x1 kernel", [2, 5, 4, 3], [3, 5, 1, 1]),
+        case("kernel covers input", [2, 2, 4, 3], [3, 2, 4, 3]),
+        case("LeNet conv1 (batch 2)", [2, 3, 32, 32], [6, 3, 5, 5]),
+        case("LeNet conv2 (batch 3)", [3, 6, 14, 14], [16, 6, 5, 5]),
+    ]
+}
+
+fn shape_of(c: &Case) -> Conv2dShape {
+    let opts = Conv2dOptions {
+        stride: c.stride,
+        padding: c.padding,
+        dilation: c.dilation,
+        groups: c.groups,
+    };
+    Conv2dShape::new(&c.input, &c.weight, opts).unwrap()
+}
+
+/// `n_terms` is the length of the sums behind each value: rounding error
+/// grows about as its square root.
+fn assert_close(what: &str, got: &[f32], want: &[f32], n_terms: usize) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let scale = 1e-5 * (n_terms.max(1) as f32).sqrt();
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = scale * w.abs().max(1.0);
+        assert!((g - w).abs() <= tol, "{what}[{i}]: got {g}, want {w}");
+    }
+}
+
+/// Masks to try on a weight of shape [o, cg, kh, kw]: random at several
+/// densities, and structured ones (k taps per kernel, whole filters, one tap
+/// pattern for the whole layer).
+fn masks(shape: [usize; 4], rng: &mut Rng) -> Vec<(String, Vec<bool>)> {
+    let [o, cg, kh, kw] = shape;
+    let taps = kh * kw;
+    let n = o * cg * taps;
+    let mut out = Vec::new();
+    for d in [0.0, 0.04, 0.12, 0.5, 1.0] {
+        out.push((format!("random {d}"), rng.mask(n, d)));
+    }
+    // Balanced: k of the taps of every (o, c) kernel, k = 12 % rounded up.
+    let k = (taps * 12).div_ceil(100);
+    let mut balanced = vec![false; n];
+    for kernel in balanced.chunks_mut(taps) {
+        let mut placed = 0;
+        while placed < k {
+            let t = rng.next_u32() as usize % taps;
+            if !kernel[t] {
+                kernel[t] = true;
+                placed += 1;
+            }
+        }
+    }
+    out.push((format!("balanced {k} per kernel"), balanced));
+    // Whole filters on and off: every other output channel.
+    let filters: Vec<bool> = (0..n).map(|i| (i / (cg * taps)) % 2 == 0).collect();
+    out.push(("every other filter".into(), filters));
+    // One pattern for the whole layer: the kernel's corners and centre.
+    let pattern = |ki: usize, kj: usize| {
+        (ki == 0 || ki == kh - 1) && (kj == 0 || kj == kw - 1) || (ki == kh / 2 && kj == kw / 2)
+    };
+    let layer: Vec<bool> = (0..n).map(|i| pattern((i % taps) / kw, i % kw)).collect();
+    out.push(("corners + centre everywhere".into(), layer));
+    out
+}
+
+#[test]
+fn kernels_match_the_masked_dense_oracle() {
+    for (n, c) in cases().iter().enumerate() {
+        let s = shape_of(c);
+        let mut rng = Rng(0x9E37_79B9 ^ (n as u32 + 1));
+        let x = rng.vec(s.input_shape().iter().product());
+        let w = rng.vec(s.weight_shape().iter().product());
+        let bias = rng.vec(s.out_channels);
+        let dy = rng.vec(s.output_shape().iter().product());
+        for (mask_name, mask) in masks(s.weight_shape(), &mut rng) {
+            let l = SparseLayout::new(s.weight_shape(), s.opts, &mask);
+            assert_eq!(l.nnz(), mask.iter().filter(|&&m| m).count());
+            assert_eq!(l.mask(), mask);
+            let wm = l.masked_weight(&w);
+
+            let mut y_ref = vec![0.0; dy.len()];
+            conv2d_forward_naive(&s, &x, &wm, Some(&bias), &mut y_ref);
+            let mut y_dense = vec![0.0; dy.len()];
+            conv2d_forward(&s, &x, &wm, Some(&bias), &mut y_dense);
+            let mut dx_ref = vec![0.0; x.len()];
+            conv2d_backward_input_naive(&s, &wm, &dy, &mut dx_ref);
+            let mut dw_ref = vec![0.0; w.len()];
+            conv2d_backward_weight_naive(&s, &x, &dy, &mut dw_ref);
+
+            for k in [KernelChoice::Best, KernelChoice::Portable] {
+                let what = format!("{} / {mask_name} / {k:?}", c.name);
+                // Outputs start as NaN to check that they are overwritten.
+                let mut y = vec![f32::NAN; dy.len()];
+                sparse_conv2d_forward(&s, &l, &x, &w, Some(&bias), &mut y, k);
+                assert_close(&format!("{what}: forward"), &y, &y_ref, s.col_rows());
+                assert_close(
+                    &format!("{what}: forward vs dense"),
+                    &y,
+                    &y_dense,
+                    s.col_rows(),
+                );
+
+                let mut y_nb = vec![f32::NAN; dy.len()];
+                sparse_conv2d_forward(&s, &l, &x, &w, None, &mut y_nb, k);
+                let p = s.out_pixels();
+                for (i, (a, b)) in y_nb.iter().zip(&y).enumerate() {
+                    let bo = bias[(i / p) % s.out_channels];
+                    assert!(
+                        (a + bo - b).abs() <= 1e-5 * b.abs().max(1.0),
+                        "{what}: forward without bias [{i}]"
+                    );
+                }
+
+                let mut dx = vec![f32::NAN; x.len()];
+                sparse_conv2d_backward_input(&s, &l, &w, &dy, &mut dx, k);
+                let terms = s.out_channels * s.kernel_h * s.kernel_w;
+                assert_close(&format!("{what}: backward_input"), &dx, &dx_ref, terms);
+
+                let mut dw = vec![f32::NAN; w.len()];
+                sparse_conv2d_backward_weight(&s, &l, &x, &dy, &mut dw, k);
+                for (i, (&g, &m)) in dw.iter().zip(&mask).enumerate() {
+                    if m {
+                        let tol = 1e-5 * ((s.batch * p) as f32).sqrt() * dw_ref[i].abs().max(1.0);
+                        assert!(
+                            (g - dw_ref[i]).abs() <= tol,
+                            "{what}: backward_weight[{i}]: got {g}, want {}",
+                            dw_ref[i]
+                        );
+                    } else {
+                        assert!(
+                            g.to_bits() == 0,
+                            "{what}: backward_weight[{i}] is {g} at an inactive tap"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Entries of w outside the mask are ignored, whatever they hold.
+#[test]
+fn inactive_weights_are_ignored() {
+    let c = Case {
+        padding: (1, 1),
+        ..case("pad", [2, 3, 8, 7], [4, 3, 3, 3])
+    };
+    let s = shape_of(&c);
+    let mut rng = Rng(31);
+    let x = rng.vec(s.input_shape().iter().product());
+    let w = rng.vec(s.weight_shape().iter().product());
+    let dy = rng.vec(s.output_shape().iter().product());
+    let mask = rng.mask(w.len(), 0.3);
+    let l = SparseLayout::new(s.weight_shape(), s.opts, &mask);
+    let garbage: Vec<f32> = w
+        .iter()
+        .zip(&mask)
+        .map(|(&v, &m)| if m { v } else { 1e6 })
+        .collect();
+    for k in [KernelChoice::Best, KernelChoice::Portable] {
+        let (mut y1, mut y2) = (vec![0.0; dy.len()], vec![0.0; dy.len()]);
+        sparse_conv2d_forward(&s, &l, &x, &w, None, &mut y1, k);
+        sparse_conv2d_forward(&s, &l, &x, &garbage, None, &mut y2, k);
+        assert_eq!(y1, y2);
+        let (mut d1, mut d2) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        sparse_conv2d_backward_input(&s, &l, &w, &dy, &mut d1, k);
+        sparse_conv2d_backward_input(&s, &l, &garbage, &dy, &mut d2, k);
+        assert_eq!(d1, d2);
+    }
+}
+
+#[test]
+fn empty_mask_gives_bias_and_zero_gradients() {
+    let s = shape_of(&case("empty", [2, 3, 8, 8], [4, 3, 5, 5]));
+    let l = SparseLayout::new(s.weight_shape(), s.opts, &[false; 4 * 3 * 25]);
+    assert_eq!((l.nnz(), l.density()), (0, 0.0));
+    let mut rng = Rng(5);
+    let x = rng.vec(s.input_shape().iter().product());
+    let w = rng.vec(s.weight_shape().iter().product());
+    let dy = rng.vec(s.output_shape().iter().product());
+    let bias = [1.0, -2.0, 3.0, 0.5];
+    let mut y = vec![f32::NAN; dy.len()];
+    sparse_conv2d_forward(&s, &l, &x, &w, Some(&bias), &mut y, KernelChoice::Best);
+    let p = s.out_pixels();
+    for (i, v) in y.iter().enumerate() {
+        assert_eq!(*v, bias[(i / p) % 4]);
+    }
+    let mut dx = vec![f32::NAN; x.len()];
+    sparse_conv2d_backward_input(&s, &l, &w, &dy, &mut dx, KernelChoice::Best);
+    assert!(dx.iter().all(|v| v.to_bits() == 0));
+    let mut dw = vec![f32::NAN; w.len()];
+    sparse_conv2d_backward_weight(&s, &l, &x, &dy, &mut dw, KernelChoice::Best);
+    assert!(dw.iter().all(|v| v.to_bits() == 0));
+}
+
+/// The autograd op gives the dense op's output and gradients (dw masked).
+#[test]
+fn op_matches_dense_conv2d_of_the_masked_weight() {
+    for c in [
+        case("lenet2", [3, 6, 14, 14], [16, 6, 5, 5]),
+        Case {
+            stride: (2, 1),
+            padding: (1, 2),
+            groups: 2,
+            ..case("mixed", [2, 4, 7, 9], [6, 2, 3, 3])
+        },
+    ] {
+        let s = shape_of(&c);
+        let mut rng = Rng(99);
+        let mask = rng.mask(s.weight_shape().iter().product(), 0.12);
+        let l = Rc::new(SparseLayout::new(s.weight_shape(), s.opts, &mask));
+        let x =
+            Tensor::from_vec(rng.vec(s.input_shape().iter().product()), &c.input).requires_grad();
+        let w =
+            Tensor::from_vec(rng.vec(s.weight_shape().iter().product()), &c.weight).requires_grad();
+        let b = Tensor::from_vec(rng.vec(s.out_channels), &[s.out_channels]).requires_grad();
+        let r = Tensor::from_vec(
+            rng.vec(s.output_shape().iter().product()),
+            &s.output_shape(),
+        );
+
+        conv2d_sparse(&x, &w, Some(&b), &l).mul(&r).sum().backward();
+        let (gx, gw, gb) = (x.grad().unwrap(), w.grad().unwrap(), b.grad().unwrap());
+        let y = tensor::no_grad(|| conv2d_sparse(&x, &w, Some(&b), &l)).to_vec();
+
+        let (x2, b2) = (x.detach().requires_grad(), b.detach().requires_grad());
+        let w2 = Tensor::from_vec(l.masked_weight(&w.to_vec()), &c.weight).requires_grad();
+        let y2 = x2.conv2d(&w2, Some(&b2), s.opts);
+        let y2v = y2.to_vec();
+        y2.mul(&r).sum().backward();
+        let terms = s.batch * s.out_pixels();
+        assert_close(&format!("{}: y", c.name), &y, &y2v, s.col_rows());
+        assert_close(&format!("{}: dx", c.name), &gx, &x2.grad().unwrap(), terms);
+        assert_close(&format!("{}: db", c.name), &gb, &b2.grad().unwrap(), terms);
+        let gw2: Vec<f32> = w2
+            .grad()
+            .unwrap()
+            .iter()
+            .zip(&mask)
+            .map(|(&g, &m)| if m { g } else { 0.0 })
+            .collect();
+        assert_close(&format!("{}: dw", c.name), &gw, &gw2, terms);
+        for (g, &m) in gw.iter().zip(&mask) {
+            assert!(
+                m || g.to_bits() == 0,
+                "{}: dw nonzero at inactive tap",
+                c.name
+            );
+        }
+    }
+}
+
+#[test]
+fn op_passes_gradcheck() {
+    for (c, density) in [
+        (case("plain", [2, 3, 6, 5], [4, 3, 3, 3]), 0.4),
+        (
+            Case {
+                stride: (2, 1),
+                padding: (1, 1),
+                dilation: (1, 2),
+                groups: 2,
+                ..case("mixed", [2, 4, 7, 8], [4, 2, 3, 2])
+            },
+            0.5,
+        ),
+        (
+            Case {
+                padding: (2, 1),
+                ..case("padded 5x5", [1, 2, 6, 6], [3, 2, 5, 5])
+            },
+            0.12,
+        ),
+    ] {
+        let s = shape_of(&c);
+        let mut rng = Rng(2024);
+        let mask = rng.mask(s.weight_shape().iter().product(), density);
+        let l = Rc::new(SparseLayout::new(s.weight_shape(), s.opts, &mask));
+        let mut trng = TRng::seed(7);
+        let x = Tensor::uniform(&c.input, -1.0, 1.0, &mut trng).requires_grad();
+        let w = Tensor::uniform(&c.weight, -1.0, 1.0, &mut trng).requires_grad();
+        let b = Tensor::uniform(&[s.out_channels], -1.0, 1.0, &mut trng).requires_grad();
+        let f = |t: &[Tensor]| conv2d_sparse(&t[0], &t[1], Some(&t[2]), &l);
+        if let Err(e) = gradcheck(&f, &[x, w, b], 1e-2, 1e-2) {
+            panic!("{}: {e}", c.name);
+        }
+    }
+}
+
+/// Forward, input and weight gradients must not depend on how rayon splits
+/// the work: compared bit for bit across 1, 2 and 3 threads, on shapes big
+/// enough to run in parallel (stride 1 with and without padding, and the
+/// strided path).
+#[test]
+fn kernels_are_bitwise_independent_of_thread_count() {
+    for c in [
+        case("lenet2 batch 32", [32, 6, 14, 14], [16, 6, 5, 5]),
+        Case {
+            padding: (2, 2),
+            ..case("lenet1 padded batch 8", [8, 3, 32, 32], [6, 3, 5, 5])
+        },
+        Case {
+            stride: (2, 2),
+            ..case("strided batch 16", [16, 6, 30, 30], [16, 6, 5, 5])
+        },
+    ] {
+        let s = shape_of(&c);
+        let mut rng = Rng(4242);
+        let x = rng.vec(s.input_shape().iter().product());
+        let w = rng.vec(s.weight_shape().iter().product());
+        let dy = rng.vec(s.output_shape().iter().product());
+        let bias = rng.vec(s.out_channels);
+        let mask = rng.mask(w.len(), 0.5);
+        let l = SparseLayout::new(s.weight_shape(), s.opts, &mask);
+        assert!(
+            2 * s.batch * l.nnz() * s.out_pixels() >= PARALLEL_MIN_FLOPS,
+            "{}: too small to run in parallel",
+            c.name
+        );
+        for k in [KernelChoice::Best, KernelChoice::Portable] {
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let mut y = vec![0.0; dy.len()];
+                    sparse_conv2d_forward(&s, &l, &x, &w, Some(&bias), &mut y, k);
+                    let mut dx = vec![0.0; x.len()];
+                    sparse_conv2d_backward_input(&s, &l, &w, &dy, &mut dx, k);
+                    let mut dw = vec![0.0; w.len()];
+                    sparse_conv2d_backward_weight(&s, &l, &x, &dy, &mut dw, k);
+                    [y, dx, dw].map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>())
+                })
+            };
+            let one = run(1);
+            for threads in [2, 3] {
+                let many = run(threads);
+                for (what, (a, b)) in ["y", "dx", "dw"].iter().zip(one.iter().zip(&many)) {
+                    assert!(
+                        a == b,
+                        "{} / {k:?}: {what} differs between 1 and {threads} threads",
+                        c.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// One layout serves several input sizes (offsets are cached per size).
+#[test]
+fn one_layout_serves_several_input_sizes() {
+    let mut rng = Rng(17);
+    let opts = Conv2dOptions {
+        padding: (1, 1),
+        ..Conv2dOptions::default()
+    };
+    let mask = rng.mask(4 * 2 * 9, 0.3);
+    let l = SparseLayout::new([4, 2, 3, 3], opts, &mask);
+    for (h, w) in [(5, 6), (9, 4), (5, 6), (12, 12)] {
+        let s = Conv2dShape::new(&[2, 2, h, w], &[4, 2, 3, 3], opts).unwrap();
+        let x = rng.vec(s.input_shape().iter().product());
+        let wt = rng.vec(s.weight_shape().iter().product());
+        let mut y = vec![0.0; s.output_shape().iter().product()];
+        sparse_conv2d_forward(&s, &l, &x, &wt, None, &mut y, KernelChoice::Best);
+        let mut y_ref = vec![0.0; y.len()];
+        conv2d_forward_naive(&s, &x, &l.masked_weight(&wt), None, &mut y_ref);
+        assert_close(&format!("{h}x{w}"), &y, &y_ref, 18);
+    }
+}
+
+#[test]
+#[should_panic(
+    expected = "conv2d_sparse: weight [4, 3, 3, 3] but the layout was built for [4, 3, 5, 5]"
+)]
+fn op_names_a_weight_that_does_not_fit_the_layout() {
+    let l = Rc::new(SparseLayout::new(
+        [4, 3, 5, 5],
+        Conv2dOptions::default(),
+        &[true; 300],
+    ));
+    let x = Tensor::zeros(&[1, 3, 8, 8]);
+    let w = Tensor::zeros(&[4, 3, 3, 3]);
+    conv2d_sparse(&x, &w, None, &l);
+}
+
+#[test]
+#[should_panic(expected = "conv2d_sparse: conv2d: with groups=1")]
+fn op_names_an_input_that_does_not_fit() {
+    let l = Rc::new(SparseLayout::new(
+        [4, 3, 3, 3],
+        Conv2dOptions::default(),
+        &[true; 108],
+    ));
+    conv2d_sparse(
+        &Tensor::zeros(&[1, 2, 8, 8]),
+        &Tensor::zeros(&[4, 3, 3, 3]),
+        None,
+        &l,
+    );
+}
+
+#[test]
+#[should_panic(expected = "SparseLayout::new: mask has 10 entries for weight shape [4, 3, 3, 3]")]
+fn layout_names_a_mask_of_the_wrong_length() {
+    SparseLayout::new([4, 3, 3, 3], Conv2dOptions::default(), &[true; 10]);
+}
+
+#[test]
+#[should_panic(expected = "sparse_conv2d_forward: layout built for weight")]
+fn kernels_name_a_layout_for_other_options() {
+    let s = Conv2dShape::new(&[1, 1, 4, 4], &[1, 1, 3, 3], Conv2dOptions::default()).unwrap();
+    let opts = Conv2dOptions {
+        stride: (2, 2),
+        ..Conv2dOptions::default()
+    };
+    let l = SparseLayout::new([1, 1, 3, 3], opts, &[true; 9]);
+    let mut y = vec![0.0; 4];
+    sparse_conv2d_forward(
+        &s,
+        &l,
+        &[0.0; 16],
+        &[0.0; 9],
+        None,
+        &mut y,
+        KernelChoice::Best,
+    );
+}
