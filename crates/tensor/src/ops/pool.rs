@@ -10,39 +10,21 @@ const PARALLEL_MIN_OUTPUTS: usize = 1 << 15;
 
 /// Max-pools each (H, W) plane of `x`, writing the maximum into `y` and its
 /// index within the plane into `arg`. x is (planes, H, W), y and arg are
-/// (planes, OH, OW). The scan is PyTorch's: row-major through the window,
-/// taking a value if it is greater than the best so far or NaN. So among
-/// equal values the first wins, a NaN beats any number, and among several
-/// NaNs the last wins; a window of −∞ points at its first element.
+/// (planes, OH, OW). See [`max_pool2d_plane`] for which element wins.
 pub fn max_pool2d_forward(
     x: &[f32],
     (h, w): (usize, usize),
-    (kh, kw): (usize, usize),
-    (sh, sw): (usize, usize),
+    k: (usize, usize),
+    s: (usize, usize),
     y: &mut [f32],
     arg: &mut [u32],
 ) {
-    let (oh, ow) = ((h - kh) / sh + 1, (w - kw) / sw + 1);
+    let (oh, ow) = pooled_size((h, w), k, s);
     let planes = x.len() / (h * w);
     assert_eq!(y.len(), planes * oh * ow, "max_pool2d: output length");
+    assert_eq!(arg.len(), y.len(), "max_pool2d: argmax length");
     let pool_plane = |(xp, (yp, ap)): (&[f32], (&mut [f32], &mut [u32]))| {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut best = f32::NEG_INFINITY;
-                let mut best_i = (oy * sh) * w + ox * sw;
-                for ky in 0..kh {
-                    let row = (oy * sh + ky) * w + ox * sw;
-                    for (i, &v) in xp[row..row + kw].iter().enumerate() {
-                        if v > best || v.is_nan() {
-                            best = v;
-                            best_i = row + i;
-                        }
-                    }
-                }
-                yp[oy * ow + ox] = best;
-                ap[oy * ow + ox] = best_i as u32;
-            }
-        }
+        max_pool2d_plane(xp, (h, w), k, s, yp, ap)
     };
     if y.len() >= PARALLEL_MIN_OUTPUTS {
         x.par_chunks(h * w)
@@ -52,6 +34,57 @@ pub fn max_pool2d_forward(
         x.chunks(h * w)
             .zip(y.chunks_mut(oh * ow).zip(arg.chunks_mut(oh * ow)))
             .for_each(pool_plane);
+    }
+}
+
+/// (OH, OW) of a (H, W) plane pooled by windows `k` moved by `s`, no padding.
+pub fn pooled_size((h, w): (usize, usize), k: (usize, usize), s: (usize, usize)) -> (usize, usize) {
+    ((h - k.0) / s.0 + 1, (w - k.1) / s.1 + 1)
+}
+
+/// Max-pools one (H, W) plane `xp` into `yp` (OH, OW), with each window's
+/// argmax, an index into the plane, in `ap`.
+///
+/// The scan is PyTorch's: row-major through the window, taking a value if it
+/// is greater than the best so far or NaN. So among equal values the first
+/// wins, a NaN beats any number, and among several NaNs the last wins; a
+/// window of −∞ points at its first element.
+///
+/// The take-or-keep is written with bit masks rather than an `if` so that it
+/// compiles without branches: on real activations `v > best` is a coin
+/// toss, and the mispredicted branches made the branchy loop several times
+/// slower (LLVM turns plain `if`-selects back into branches here).
+pub fn max_pool2d_plane(
+    xp: &[f32],
+    (h, w): (usize, usize),
+    (kh, kw): (usize, usize),
+    (sh, sw): (usize, usize),
+    yp: &mut [f32],
+    ap: &mut [u32],
+) {
+    let (oh, ow) = pooled_size((h, w), (kh, kw), (sh, sw));
+    assert!(
+        h * w <= u32::MAX as usize,
+        "max_pool2d: a {h}x{w} plane is too large for u32 argmax indices"
+    );
+    let (xp, yp, ap) = (&xp[..h * w], &mut yp[..oh * ow], &mut ap[..oh * ow]);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let mut best = f32::NEG_INFINITY;
+            let mut best_i = ((oy * sh) * w + ox * sw) as u32;
+            for ky in 0..kh {
+                let row = (oy * sh + ky) * w + ox * sw;
+                for (i, &v) in xp[row..row + kw].iter().enumerate() {
+                    // All ones if v is taken, else all zeros.
+                    let take = ((v > best) | v.is_nan()) as u32;
+                    let m = take.wrapping_neg();
+                    best_i = (best_i & !m) | ((row + i) as u32 & m);
+                    best = f32::from_bits((best.to_bits() & !m) | (v.to_bits() & m));
+                }
+            }
+            yp[oy * ow + ox] = best;
+            ap[oy * ow + ox] = best_i;
+        }
     }
 }
 
