@@ -1,12 +1,13 @@
-//! Train the notebook's LeNet on CIFAR-10: dense, Hebbian-sparse,
-//! random-sparse or static-sparse.
+//! Train the notebook's LeNet on CIFAR-10: dense, or sparse with one of the
+//! prune/grow rules (the notebook's Hebbian rule, Hebbian growth, SET, RigL,
+//! random and static masks), every part of the rule an option.
 //!
 //! `cargo run --release --example cifar -- --help` lists the options. With no
 //! `--data`, it trains on the small real sample bundled in
-//! `datasets/cifar10-sample`.
+//! `datasets/cifar10-sample`, with a recipe that learns there in seconds.
 
-use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,84 +15,170 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{CommandFactory, Parser};
+use hebbsparse::checkpoint::{check_writable, read_checked};
 use hebbsparse::cifar::{load_cifar10, Cifar};
+use hebbsparse::export::{check_export_dir, export_layers, step_dir};
+use hebbsparse::sparse_conv::rules::{
+    Allocation, DropFraction, DropSchedule, Grow, GrowInit, Prune, Start,
+};
 use hebbsparse::sparse_conv::strength::{Measure, Method};
-use hebbsparse::train::{EpochEnd, Event, Mode, TrainConfig, TrainError, Trainer};
+use hebbsparse::sparse_conv::PruneDims;
+use hebbsparse::train::{
+    json_key, EpochEnd, Event, LrSchedule, Mode, TrainConfig, TrainError, Trainer, LAYER_NAMES,
+};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Map, Value};
 
-/// Train the notebook's LeNet on CIFAR-10 with dense, Hebbian-sparse,
-/// random-sparse or static-sparse convolutions.
+const PRESETS: &str = "\
+Presets (--mode) and the rule parts they set:
+  mode          prune      grow      grow-init  drop-fraction     stop-updates-at  start
+  dense         (plain Conv2d layers, no mask)
+  hebbian       strength   strength  kaiming    notebook          1                dense
+  random        random     random    kaiming    notebook          1                dense
+  static        (a random mask of k2 taps per group, never updated)
+  hebbian-grow  magnitude  strength  zero       0.3, cosine       0.75             random
+  set           magnitude  random    zero       0.3, constant     0.75             random
+  rigl          magnitude  gradient  zero       0.3, cosine       0.75             random
+Every part can be overridden by its own option. 'notebook' drops (k2 - k1)/k2 of each
+group, with k1 = --keep-fraction and k2 = --total-fraction of its taps.
+
+With no --data, the run uses the bundled 1,000-image sample and, unless the recipe
+options are given, a sample recipe (40 epochs, batch 16, lr 0.02 with cosine decay,
+augmentation, a mask update every 2 epochs) so that it learns within seconds.";
+
+/// Train the notebook's LeNet on CIFAR-10, dense or with a sparse prune/grow rule.
 #[derive(Parser, Debug)]
-#[command(name = "cifar", version)]
+#[command(name = "cifar", version, after_help = PRESETS)]
 struct Args {
     /// CIFAR-10 binary data: cifar-10-binary.tar.gz, the cifar-10-batches-bin
     /// directory, or a directory holding either [default: the bundled sample]
     #[arg(long)]
     data: Option<PathBuf>,
-    /// dense, hebbian, random or static
+    /// dense, hebbian, random, static, hebbian-grow, set or rigl (see below)
     #[arg(long, default_value = "hebbian")]
     mode: Mode,
-    /// Passes over the training set
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
-    epochs: u32,
-    /// Images per SGD step
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
-    batch_size: u32,
-    /// SGD learning rate
-    #[arg(long, default_value_t = 0.001)]
-    lr: f32,
+
+    // The recipe. `None` means the notebook's value, or the sample recipe's.
+    /// Passes over the training set [default: 2, the notebook's; 40 on the sample]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Recipe")]
+    epochs: Option<u32>,
+    /// Images per SGD step [default: 4; 16 on the sample]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Recipe")]
+    batch_size: Option<u32>,
+    /// SGD learning rate [default: 0.001; 0.02 on the sample]
+    #[arg(long, help_heading = "Recipe")]
+    lr: Option<f32>,
+    /// constant or cosine (decays to 0 at the end) [default: constant; cosine on the sample]
+    #[arg(long, help_heading = "Recipe")]
+    lr_schedule: Option<LrSchedule>,
     /// SGD momentum, in [0, 1)
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, help_heading = "Recipe")]
     momentum: f32,
     /// L2 weight decay added to every gradient
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, help_heading = "Recipe")]
     weight_decay: f32,
-    /// Batches between progress_connections [default: 2000, or a quarter
-    /// epoch if an epoch is shorter]
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Random crops (4-pixel padding) and horizontal flips [default: off; on for the sample]
+    #[arg(long, help_heading = "Recipe")]
+    augment: bool,
+    /// Batches between mask updates [default: 2000, or a quarter epoch if an
+    /// epoch is shorter; 2 epochs on the sample]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Recipe")]
     progress_every: Option<u32>,
     /// Batches between loss lines [default: 2000, or a quarter epoch if an
     /// epoch is shorter]
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Recipe")]
     log_every: Option<u32>,
-    /// Sample Hebbian strength on every N-th training forward pass
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
-    update_interval: u64,
-    /// coactivation or correlation
-    #[arg(long, default_value = "coactivation")]
-    strength: Measure,
-    /// How strength is computed: fast (a GEMM), bitcount (AND + popcount,
-    /// about 3× faster on CIFAR's shapes), or the notebook's single-unit,
-    /// grouped, reduced-redundancy, brute-force. All give the same
-    /// coactivation counts.
-    #[arg(long, default_value = "fast")]
-    strength_method: Method,
     /// Seed for the weights, the data order and the masks
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, help_heading = "Recipe")]
     seed: u64,
+
+    // The rule. `None` means the preset's value.
+    /// Which taps a group keeps: strength (all taps ranked, the notebook's),
+    /// magnitude or random (among the active taps) [default: from --mode]
+    #[arg(long, help_heading = "Prune/grow rule")]
+    prune: Option<Prune>,
+    /// Which taps not kept are grown: strength, random, gradient or none
+    /// [default: from --mode]
+    #[arg(long, help_heading = "Prune/grow rule")]
+    grow: Option<Grow>,
+    /// What grown and revived taps start from: kaiming or zero [default: from --mode]
+    #[arg(long, help_heading = "Prune/grow rule")]
+    grow_init: Option<GrowInit>,
+    /// Fraction of k2 replaced per update: notebook ((k2 - k1)/k2) or a
+    /// number in [0, 1] [default: from --mode]
+    #[arg(long, help_heading = "Prune/grow rule")]
+    drop_fraction: Option<DropFraction>,
+    /// constant or cosine (decays to 0 at --stop-updates-at) [default: from --mode]
+    #[arg(long, help_heading = "Prune/grow rule")]
+    drop_schedule: Option<DropSchedule>,
+    /// Fraction of training after which the mask stays fixed, in [0, 1]
+    /// [default: from --mode]
+    #[arg(long, help_heading = "Prune/grow rule")]
+    stop_updates_at: Option<f64>,
+    /// dense (all taps active until the first update) or random (k2 random
+    /// taps per group) [default: from --mode]
+    #[arg(long, help_heading = "Prune/grow rule")]
+    start: Option<Start>,
+    /// k1 = this fraction of a group's taps: the notebook's kept count
+    #[arg(long, default_value_t = 0.10, help_heading = "Prune/grow rule")]
+    keep_fraction: f64,
+    /// k2 = this fraction of a group's taps are active
+    #[arg(long, default_value_t = 0.15, help_heading = "Prune/grow rule")]
+    total_fraction: f64,
+    /// The groups taps are ranked in: kernel (each (out, in) kernel), filter or layer
+    #[arg(long, default_value = "kernel", help_heading = "Prune/grow rule")]
+    prune_dims: PruneDims,
+    /// How density is spread over layers: uniform, or erk (with --prune-dims layer)
+    #[arg(long, default_value = "uniform", help_heading = "Prune/grow rule")]
+    allocation: Allocation,
+    /// Sample Hebbian strength on every N-th training forward pass
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Hebbian strength")]
+    update_interval: Option<u64>,
+    /// coactivation or correlation [default: coactivation]
+    #[arg(long, help_heading = "Hebbian strength")]
+    strength: Option<Measure>,
+    /// How strength is computed: bitcount (AND + popcount, the fastest),
+    /// fast (a GEMM), or the notebook's single-unit, grouped,
+    /// reduced-redundancy, brute-force. All give the same coactivation
+    /// counts [default: bitcount]
+    #[arg(long, help_heading = "Hebbian strength")]
+    strength_method: Option<Method>,
+    /// A unit is active when its value is above this (coactivation only) [default: 0]
+    #[arg(long, help_heading = "Hebbian strength")]
+    threshold: Option<f32>,
+
     /// Worker threads [default: all cores]. Results do not depend on it.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Running")]
     threads: Option<u32>,
     /// Use only the first N training images
-    #[arg(long)]
+    #[arg(long, help_heading = "Running")]
     limit_train: Option<usize>,
     /// Use only the first N test images
-    #[arg(long)]
+    #[arg(long, help_heading = "Running")]
     limit_test: Option<usize>,
-    /// Save a checkpoint here after each epoch and on Ctrl-C
-    #[arg(long)]
+    /// Save a checkpoint here after each epoch and when interrupted (Ctrl-C, SIGTERM)
+    #[arg(long, help_heading = "Running")]
     checkpoint: Option<PathBuf>,
     /// Continue from this checkpoint (same settings; --epochs may be larger)
-    #[arg(long)]
+    #[arg(long, help_heading = "Running")]
     resume: Option<PathBuf>,
-    /// Write JSON metrics here: one object per log line, then a summary
-    #[arg(long)]
+    /// Append JSON lines here, written as they happen: the settings, loss
+    /// lines, mask updates, per-epoch test accuracy, and a summary
+    #[arg(long, help_heading = "Running")]
     metrics: Option<PathBuf>,
-    /// Random crops (4-pixel padding) and horizontal flips
-    #[arg(long)]
-    augment: bool,
+    /// Write each sparse layer's weights, mask and strength (.npy) and an
+    /// index.json to this folder at the end
+    #[arg(long, help_heading = "Running")]
+    export: Option<PathBuf>,
+    /// With --export, also write them at every mask update, to DIR/step-NNNNNNNNN
+    #[arg(long, requires = "export", help_heading = "Running")]
+    export_every_update: bool,
+    /// A name for this run in the metrics file (the report groups runs by it)
+    /// [default: the mode]
+    #[arg(long, help_heading = "Running")]
+    label: Option<String>,
     /// Hide the progress bar
-    #[arg(long)]
+    #[arg(long, help_heading = "Running")]
     quiet: bool,
 }
 
@@ -103,38 +190,199 @@ fn bundled_sample() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/cifar10-sample")
 }
 
-/// The run's settings from the options.
+/// The sample recipe applies when there is no --data and no recipe option.
+fn sample_recipe(args: &Args) -> bool {
+    args.data.is_none()
+        && args.epochs.is_none()
+        && args.batch_size.is_none()
+        && args.lr.is_none()
+        && args.lr_schedule.is_none()
+        && args.progress_every.is_none()
+}
+
+/// The run's settings from the options: the recipe (the notebook's, or the
+/// sample's), the preset rule of --mode, then each part given explicitly.
 fn config_from(args: &Args) -> TrainConfig {
-    TrainConfig {
-        mode: args.mode,
-        epochs: args.epochs as usize,
-        batch_size: args.batch_size as usize,
-        lr: args.lr,
-        momentum: args.momentum,
-        weight_decay: args.weight_decay,
-        progress_every: args.progress_every.map(|v| v as usize),
-        log_every: args.log_every.map(|v| v as usize),
-        update_interval: args.update_interval,
-        strength: args.strength,
-        strength_method: args.strength_method,
-        seed: args.seed,
-        augment: args.augment,
-        ..TrainConfig::default()
+    let mut c = TrainConfig::for_mode(args.mode);
+    if sample_recipe(args) {
+        c.epochs = 40;
+        c.batch_size = 16;
+        c.lr = 0.02;
+        c.lr_schedule = LrSchedule::Cosine;
+        c.augment = true;
+        // 1,000 images in batches of 16: 63 batches an epoch.
+        c.progress_every = Some(126);
     }
+    c.epochs = args.epochs.map_or(c.epochs, |v| v as usize);
+    c.batch_size = args.batch_size.map_or(c.batch_size, |v| v as usize);
+    c.lr = args.lr.unwrap_or(c.lr);
+    c.lr_schedule = args.lr_schedule.unwrap_or(c.lr_schedule);
+    c.augment |= args.augment;
+    c.momentum = args.momentum;
+    c.weight_decay = args.weight_decay;
+    c.progress_every = args.progress_every.map(|v| v as usize).or(c.progress_every);
+    c.log_every = args.log_every.map(|v| v as usize);
+    c.seed = args.seed;
+    let r = &mut c.rule;
+    r.prune = args.prune.unwrap_or(r.prune);
+    r.grow = args.grow.unwrap_or(r.grow);
+    r.grow_init = args.grow_init.unwrap_or(r.grow_init);
+    r.drop_fraction = args.drop_fraction.unwrap_or(r.drop_fraction);
+    r.drop_schedule = args.drop_schedule.unwrap_or(r.drop_schedule);
+    r.stop_updates_at = args.stop_updates_at.unwrap_or(r.stop_updates_at);
+    r.start = args.start.unwrap_or(r.start);
+    c.keep_fraction = args.keep_fraction;
+    c.total_fraction = args.total_fraction;
+    c.prune_dims = args.prune_dims;
+    c.allocation = args.allocation;
+    c.update_interval = args.update_interval.unwrap_or(c.update_interval);
+    c.strength = args.strength.unwrap_or(c.strength);
+    c.strength_method = args.strength_method.unwrap_or(c.strength_method);
+    c.threshold = args.threshold.unwrap_or(c.threshold);
+    c
+}
+
+/// Combinations of options that cannot mean anything.
+fn nonsense(args: &Args, c: &TrainConfig) -> Option<String> {
+    let rule_parts = [
+        ("--prune", args.prune.is_some()),
+        ("--grow", args.grow.is_some()),
+        ("--grow-init", args.grow_init.is_some()),
+        ("--drop-fraction", args.drop_fraction.is_some()),
+        ("--drop-schedule", args.drop_schedule.is_some()),
+        ("--stop-updates-at", args.stop_updates_at.is_some()),
+        ("--start", args.start.is_some()),
+        ("--update-interval", args.update_interval.is_some()),
+        ("--strength", args.strength.is_some()),
+        ("--strength-method", args.strength_method.is_some()),
+        ("--threshold", args.threshold.is_some()),
+        ("--export", args.export.is_some()),
+    ];
+    let given: Vec<&str> = rule_parts
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| *name)
+        .collect();
+    if c.mode == Mode::Dense {
+        return (!given.is_empty()).then(|| {
+            format!(
+                "--mode dense has no mask, so {} means nothing; choose a sparse --mode",
+                given.join(", ")
+            )
+        });
+    }
+    if c.mode == Mode::Static && !c.rule.updates() {
+        let moving: Vec<&str> = given
+            .iter()
+            .copied()
+            .filter(|g| !matches!(*g, "--start" | "--stop-updates-at" | "--export"))
+            .collect();
+        if !moving.is_empty() {
+            return Some(format!(
+                "--mode static never updates its mask, so {} means nothing \
+                 (give --stop-updates-at to let it move, or use --mode set)",
+                moving.join(", ")
+            ));
+        }
+    }
+    let strength_opts: Vec<&str> = given
+        .iter()
+        .copied()
+        .filter(|g| {
+            matches!(
+                *g,
+                "--update-interval" | "--strength" | "--strength-method" | "--threshold"
+            )
+        })
+        .collect();
+    if !c.rule.uses_strength() && !strength_opts.is_empty() {
+        return Some(format!(
+            "this rule (prune {}, grow {}) reads no Hebbian strength, so {} means nothing",
+            c.rule.prune.name(),
+            c.rule.grow.name(),
+            strength_opts.join(", ")
+        ));
+    }
+    if args.threshold.is_some() && c.strength == Measure::Correlation {
+        return Some("--threshold applies to coactivation, not to --strength correlation".into());
+    }
+    if c.rule.grow == Grow::None && args.drop_schedule.is_some() && !c.rule.updates() {
+        return Some("--drop-schedule needs mask updates (--stop-updates-at > 0)".into());
+    }
+    None
 }
 
 /// Checks what clap's parsers cannot, before any data is loaded, and exits
 /// as clap does (a usage message and exit code 2) on a bad value.
 fn validate(args: &Args) {
-    let problem = config_from(args).validate().err().or_else(|| {
-        (args.limit_train == Some(0) || args.limit_test == Some(0))
-            .then(|| "--limit-train and --limit-test must be at least 1".to_string())
-    });
+    let config = config_from(args);
+    let problem = config
+        .validate()
+        .err()
+        .or_else(|| nonsense(args, &config))
+        .or_else(|| {
+            (args.limit_train == Some(0) || args.limit_test == Some(0))
+                .then(|| "--limit-train and --limit-test must be at least 1".to_string())
+        });
     if let Some(msg) = problem {
         Args::command()
             .error(clap::error::ErrorKind::ValueValidation, msg)
             .exit();
     }
+}
+
+/// The metrics file: one JSON object per line, each written and flushed as
+/// it happens, so an interrupted or killed run keeps every line so far.
+struct Metrics {
+    file: Option<File>,
+    path: PathBuf,
+}
+
+impl Metrics {
+    fn line(&mut self, v: Value) -> Result<(), String> {
+        let Some(f) = self.file.as_mut() else {
+            return Ok(());
+        };
+        writeln!(f, "{v}")
+            .and_then(|_| f.flush())
+            .map_err(|e| format!("cannot write metrics to {}: {e}", self.path.display()))
+    }
+}
+
+/// Opens --metrics (appending when resuming) and checks the other paths, all
+/// before the data is loaded, so a bad path costs nothing.
+fn check_paths(args: &Args) -> Result<Metrics, String> {
+    if let Some(p) = &args.resume {
+        read_checked(p).map_err(|e| format!("--resume: {e}"))?;
+    }
+    if let Some(p) = &args.checkpoint {
+        check_writable(p).map_err(|e| format!("--checkpoint: {e}"))?;
+    }
+    if let Some(dir) = &args.export {
+        check_export_dir(dir)?;
+    }
+    let file = match &args.metrics {
+        Some(p) if p.is_dir() => {
+            return Err(format!(
+                "--metrics: {} is a directory, not a file",
+                p.display()
+            ))
+        }
+        Some(p) => Some(
+            OpenOptions::new()
+                .create(true)
+                .append(args.resume.is_some())
+                .write(true)
+                .truncate(args.resume.is_none())
+                .open(p)
+                .map_err(|e| format!("--metrics: cannot open {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    Ok(Metrics {
+        file,
+        path: args.metrics.clone().unwrap_or_default(),
+    })
 }
 
 fn main() -> ExitCode {
@@ -157,18 +405,44 @@ fn main() -> ExitCode {
     }
 }
 
+/// A number stays a number in JSON; everything else is a string.
+fn settings_json(trainer: &Trainer, train_len: usize) -> Map<String, Value> {
+    trainer
+        .config
+        .settings(train_len)
+        .into_iter()
+        .map(|(k, v)| {
+            let value = match (v.parse::<i64>(), v.parse::<f64>(), v.as_str()) {
+                (Ok(i), _, _) => json!(i),
+                (_, Ok(x), _) if x.is_finite() => json!(x),
+                (_, _, "true") => json!(true),
+                (_, _, "false") => json!(false),
+                _ => json!(v),
+            };
+            (json_key(k), value)
+        })
+        .collect()
+}
+
 fn run(args: Args) -> Result<ExitCode, String> {
+    let mut metrics = check_paths(&args)?;
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n as usize)
             .build_global()
             .map_err(|e| e.to_string())?;
     }
-    if args.data.is_none() {
+    let config = config_from(&args);
+    if sample_recipe(&args) {
         println!(
-            "note: no --data given, so this trains on the bundled 1,000-image sample. The \
-             notebook's 2-epoch recipe is too short to learn much there (expect about 10%); \
-             try --epochs 20 --lr 0.005, or --data for the full CIFAR-10 (see README.md)."
+            "note: no --data, so this trains on the bundled 1,000-image sample with a sample \
+             recipe: {} epochs, batch {}, lr {} with cosine decay, augmentation, a mask update \
+             every {} batches. The notebook's recipe (2 epochs, batch 4, lr 0.001) is only 500 \
+             steps here, too short to learn; it is the default with --data.",
+            config.epochs,
+            config.batch_size,
+            config.lr,
+            config.progress_every.unwrap_or(0)
         );
     }
     let data_path = args.data.clone().unwrap_or_else(bundled_sample);
@@ -192,7 +466,6 @@ fn run(args: Args) -> Result<ExitCode, String> {
         test.len()
     );
 
-    let config = config_from(&args);
     let mut trainer = match &args.resume {
         Some(path) => {
             let t = Trainer::resume(config, path, train.len()).map_err(|e| e.to_string())?;
@@ -206,32 +479,31 @@ fn run(args: Args) -> Result<ExitCode, String> {
         }
         None => Trainer::new(config).map_err(|e| e.to_string())?,
     };
+    let settings = trainer.config.settings(train.len());
+    let mut config_line = settings_json(&trainer, train.len());
+    config_line.insert("type".into(), json!("config"));
+    config_line.insert("epochs".into(), json!(trainer.config.epochs));
+    config_line.insert("test_images".into(), json!(test.len()));
+    config_line.insert("resumed".into(), json!(args.resume.is_some()));
+    let label = args
+        .label
+        .clone()
+        .unwrap_or_else(|| trainer.config.mode.name().to_string());
+    config_line.insert("label".into(), json!(label));
+    metrics.line(Value::Object(config_line))?;
 
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        // A second Ctrl-C while the first is being handled ends the process.
+        // Ctrl-C and SIGTERM (what `timeout` and job schedulers send) both
+        // ask the loop to stop after the current batch; a second one while
+        // the first is being handled ends the process at once.
         let _ = ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);
             }
         });
     }
-    let mut metrics = match &args.metrics {
-        Some(p) => {
-            // A resumed run adds to the metrics of the run it continues.
-            let file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .append(args.resume.is_some())
-                .truncate(args.resume.is_none())
-                .open(p);
-            Some(BufWriter::new(file.map_err(|e| {
-                format!("cannot create {}: {e}", p.display())
-            })?))
-        }
-        None => None,
-    };
 
     let started = Instant::now();
     while !trainer.finished() {
@@ -248,38 +520,63 @@ fn run(args: Args) -> Result<ExitCode, String> {
             .progress_chars("=> "),
         );
         bar.set_message(format!("{}/{}", trainer.epoch + 1, trainer.config.epochs));
-        let mut metric_err = None;
-        let outcome = trainer.run_epoch(&train, &|| stop.load(Ordering::SeqCst), &mut |event| match event {
-            Event::Batch { done, total } => {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-            }
-            Event::Log { epoch, batch, loss } => {
-                bar.suspend(|| println!("[{epoch}, {batch:5}] loss: {loss:.3}"));
-                if let Some(m) = metrics.as_mut() {
-                    let line = format!("{{\"type\": \"log\", \"epoch\": {epoch}, \"batch\": {batch}, \"loss\": {loss:.6}}}");
-                    if let Err(e) = writeln!(m, "{line}") {
-                        metric_err = Some(e);
-                    }
+        let mut side_err: Option<String> = None;
+        let export_every = args.export.as_ref().filter(|_| args.export_every_update);
+        let outcome = trainer.run_epoch(&train, &|| stop.load(Ordering::SeqCst), &mut |event| {
+            let result = match event {
+                Event::Batch { done, total } => {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                    Ok(())
                 }
-            }
-            Event::Progress { step, stats } => {
-                let parts: Vec<String> = stats
-                    .iter()
-                    .map(|s| format!("kept {} revived {} regrown {} dropped {}", s.kept, s.revived, s.regrown, s.dropped))
-                    .collect();
-                bar.suspend(|| println!("progress_connections at step {step}: {}", parts.join(" | ")));
+                Event::Log { epoch, batch, step, loss } => {
+                    bar.suspend(|| println!("[{epoch}, {batch:5}] loss: {loss:.3}"));
+                    metrics.line(json!({"type": "log", "epoch": epoch, "batch": batch, "step": step, "loss": loss}))
+                }
+                Event::Progress { step, epoch, stats, layers } => {
+                    let parts: Vec<String> = stats
+                        .iter()
+                        .map(|s| format!("kept {} revived {} regrown {} dropped {}", s.kept, s.revived, s.regrown, s.dropped))
+                        .collect();
+                    bar.suspend(|| println!("mask update at step {step}: {}", parts.join(" | ")));
+                    let mut r = Ok(());
+                    for (name, s) in LAYER_NAMES.iter().zip(stats) {
+                        r = r.and(metrics.line(json!({
+                            "type": "progress", "step": step, "epoch": epoch, "layer": name,
+                            "kept": s.kept, "revived": s.revived, "regrown": s.regrown,
+                            "dropped": s.dropped, "reset": s.reset, "active": s.active, "total": s.total
+                        })));
+                    }
+                    if let Some(dir) = export_every {
+                        let dir = step_dir(dir, step);
+                        r = r.and(
+                            export_layers(&dir, &LAYER_NAMES, layers, &settings, step, epoch)
+                                .map_err(|e| format!("cannot export to {}: {e}", dir.display())),
+                        );
+                    }
+                    r
+                }
+            };
+            if let Err(e) = result {
+                side_err.get_or_insert(e);
             }
         });
         bar.finish_and_clear();
-        if let Some(e) = metric_err {
-            return Err(format!("cannot write metrics: {e}"));
+        if let Some(e) = side_err {
+            return Err(e);
         }
         match outcome {
             Ok(EpochEnd::Finished) => {
                 if let Some(p) = &args.checkpoint {
                     trainer.save(p, train.len()).map_err(|e| e.to_string())?;
                 }
+                let eval = trainer.evaluate(&test).map_err(|e| e.to_string())?;
+                println!(
+                    "epoch {}: test accuracy {:.2} %",
+                    trainer.epoch,
+                    100.0 * eval.accuracy()
+                );
+                metrics.line(json!({"type": "epoch", "epoch": trainer.epoch, "step": trainer.global_step, "test_accuracy": eval.accuracy()}))?;
             }
             Ok(EpochEnd::Interrupted) => {
                 eprintln!(
@@ -287,13 +584,19 @@ fn run(args: Args) -> Result<ExitCode, String> {
                     trainer.epoch + 1,
                     trainer.batch_in_epoch
                 );
-                if let Some(p) = &args.checkpoint {
-                    trainer.save(p, train.len()).map_err(|e| e.to_string())?;
-                    eprintln!(
-                        "checkpoint saved to {}; continue with --resume {}",
-                        p.display(),
-                        p.display()
-                    );
+                match &args.checkpoint {
+                    Some(p) => {
+                        trainer.save(p, train.len()).map_err(|e| e.to_string())?;
+                        eprintln!(
+                            "checkpoint saved to {}; continue with the same options and --resume {}",
+                            p.display(),
+                            p.display()
+                        );
+                    }
+                    None => eprintln!(
+                        "nothing was saved: run with --checkpoint FILE to be able to continue \
+                         an interrupted run with --resume FILE"
+                    ),
                 }
                 return Ok(ExitCode::from(130));
             }
@@ -331,15 +634,34 @@ fn run(args: Args) -> Result<ExitCode, String> {
         println!("conv density: {}", d.join(", "));
     }
     println!(
-        "training: {:.0} images/s ({} images in {:.1} s)",
+        "training: {:.0} images/s ({} images in {:.1} s); evaluation: {:.0} images/s",
         trainer.train_images as f64 / trainer.train_seconds.max(1e-9),
         trainer.train_images,
-        trainer.train_seconds
+        trainer.train_seconds,
+        trainer.eval_images as f64 / trainer.eval_seconds.max(1e-9),
     );
-    if let Some(m) = metrics.as_mut() {
-        writeln!(m, "{}", trainer.summary_json(&eval))
-            .and_then(|_| m.flush())
-            .map_err(|e| format!("cannot write metrics: {e}"))?;
+    if let Some(dir) = &args.export {
+        let layers = trainer.net.sparse_layers();
+        export_layers(
+            dir,
+            &LAYER_NAMES,
+            &layers,
+            &settings,
+            trainer.global_step,
+            trainer.epoch,
+        )
+        .map_err(|e| format!("cannot export to {}: {e}", dir.display()))?;
+        println!("exported the sparse layers to {}", dir.display());
+    }
+    let mut summary: Value =
+        serde_json::from_str(&trainer.summary_json(&eval)).map_err(|e| e.to_string())?;
+    summary["label"] = json!(label);
+    metrics.line(summary)?;
+    if sample_recipe(&args) {
+        println!(
+            "next: train on the full CIFAR-10 with --data (see README.md), and draw a run's \
+             metrics with: cargo run --release --example report -- METRICS.jsonl"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

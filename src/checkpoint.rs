@@ -11,13 +11,15 @@
 //! u64, then its items):
 //!
 //! ```text
-//! settings          string: every setting but --epochs, must match on resume
+//! settings          string: every setting but --epochs, one "--option=value"
+//!                   per line; must match on resume
 //! epoch, batch_in_epoch, global_step, running_count, train_images
 //! running_loss, train_seconds                          f64
+//! eval_images (u64), eval_seconds (f64)
 //! parameters        count, then each as a list of f32 (LeNet::parameters order)
 //! momentum          per parameter: present (0/1), then a list of f32
 //! sparse layers     count, then each: mask (list of u8), strength (list of
-//!                   f32), strength_samples, passes, rng state (4 × u64)
+//!                   f64), strength_samples, passes, rng state (4 × u64)
 //! ```
 //!
 //! All numbers are little-endian. A file with the wrong magic, version,
@@ -31,7 +33,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"HEBBCKPT";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// FNV-1a, 64-bit: simple and enough to catch corruption (not tampering).
 pub fn fnv1a(bytes: &[u8]) -> u64 {
@@ -61,6 +63,12 @@ impl Writer {
         self.buf.extend_from_slice(s.as_bytes());
     }
     pub fn f32s(&mut self, v: &[f32]) {
+        self.u64(v.len() as u64);
+        for x in v {
+            self.buf.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    pub fn f64s(&mut self, v: &[f64]) {
         self.u64(v.len() as u64);
         for x in v {
             self.buf.extend_from_slice(&x.to_le_bytes());
@@ -125,6 +133,14 @@ impl<'a> Reader<'a> {
             .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
             .collect())
     }
+    pub fn f64s(&mut self, what: &str) -> Result<Vec<f64>, String> {
+        let n = self.len(what, 8)?;
+        Ok(self
+            .take(8 * n, what)?
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect())
+    }
     pub fn bools(&mut self, what: &str) -> Result<Vec<bool>, String> {
         let n = self.len(what, 1)?;
         Ok(self.take(n, what)?.iter().map(|&b| b != 0).collect())
@@ -141,12 +157,30 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Frames `payload` and writes it atomically to `path`.
+/// Frames `payload` and writes it atomically to `path`. On failure the
+/// temporary file is removed and the previous checkpoint, if any, is intact.
 pub fn write_atomic(path: &Path, payload: &[u8]) -> io::Result<()> {
+    let tmp = tmp_path(path);
+    let result = write_then_rename(path, &tmp, payload);
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `PATH.tmp`, where a checkpoint is written before it is renamed.
+pub fn tmp_path(path: &Path) -> PathBuf {
     let mut tmp = PathBuf::from(path);
     tmp.as_mut_os_string().push(".tmp");
+    tmp
+}
+
+fn write_then_rename(path: &Path, tmp: &Path, payload: &[u8]) -> io::Result<()> {
+    if path.is_dir() {
+        return Err(io::Error::other("it is a directory"));
+    }
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = File::create(tmp)?;
         f.write_all(MAGIC)?;
         f.write_all(&FORMAT_VERSION.to_le_bytes())?;
         f.write_all(&(payload.len() as u64).to_le_bytes())?;
@@ -154,7 +188,7 @@ pub fn write_atomic(path: &Path, payload: &[u8]) -> io::Result<()> {
         f.write_all(&fnv1a(payload).to_le_bytes())?;
         f.sync_all()?;
     }
-    fs::rename(&tmp, path)?;
+    fs::rename(tmp, path)?;
     // Make the rename itself durable.
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if let Ok(d) = File::open(dir) {
@@ -162,6 +196,30 @@ pub fn write_atomic(path: &Path, payload: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Checks, before a run starts, that a checkpoint can be written at `path`:
+/// not a directory, its folder exists, and a file can be made there. The
+/// probe file is removed again.
+pub fn check_writable(path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        return Err(format!("{} is a directory, not a file", path.display()));
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(format!(
+            "{}: the folder {} does not exist",
+            path.display(),
+            dir.display()
+        ));
+    }
+    let probe = tmp_path(path);
+    File::create(&probe)
+        .and_then(|_| fs::remove_file(&probe))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Reads and checks the frame; returns the payload.

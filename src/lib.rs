@@ -8,9 +8,13 @@
 //!   SGD with momentum, cross-entropy).
 //! * [`sparse_conv`]: Hebbian connection strength and the `DSConv2d` layer.
 //! * [`cifar`]: the CIFAR-10/100 binary loader.
-//! * [`train`]: the notebook's recipe as a resumable training loop;
-//!   [`checkpoint`] is its file format.
+//! * [`train`]: the resumable training loop, its settings (the notebook's
+//!   recipe and the rule presets) and its events; [`checkpoint`] is its file
+//!   format.
+//! * [`export`]: the sparse layers' weights, masks and strength as `.npy`
+//!   files with a JSON index, for study in numpy or in the report.
 pub mod checkpoint;
+pub mod export;
 pub mod train;
 
 pub use cifar;

@@ -12,50 +12,125 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use cifar::{BatchConfig, Batches, Normalize, Split};
+use sparse_conv::rules::Allocation;
 use sparse_conv::strength::{Measure, Method, StrengthConfig};
-use sparse_conv::{DSConfig, LeNet, ProgressStats, Selection};
+use sparse_conv::{DSConfig, DSConv2d, LeNet, ProgressStats, PruneDims, Rule};
 use tensor::optim::{Sgd, SgdConfig};
 use tensor::{no_grad, Rng, Tensor};
 
 use crate::checkpoint::{read_checked, write_atomic, Reader, Writer};
 
+/// The settings entry for the size of the training set, which `--data` and
+/// `--limit-train` decide.
+pub const TRAIN_IMAGES_KEY: &str = "training images (--data, --limit-train)";
+
+/// A setting's key for JSON: the option without its dashes, `-` as `_`
+/// (`--batch-size` is `batch_size`); the training set size is `train_images`.
+pub fn json_key(key: &str) -> String {
+    if key == TRAIN_IMAGES_KEY {
+        return "train_images".into();
+    }
+    key.trim_start_matches("--").replace('-', "_")
+}
+
 /// The notebook's logging and progress interval, in batches.
 pub const NOTEBOOK_INTERVAL: usize = 2000;
 
+/// The network and rule a run trains: dense, or a preset prune/grow rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Plain Conv2d layers.
     Dense,
-    /// DSConv2d, pruned and regrown by Hebbian strength.
+    /// The notebook's rule: all taps ranked by Hebbian strength.
     Hebbian,
-    /// DSConv2d, pruned and regrown at random (the notebook's baseline).
+    /// The notebook's schedule and counts, random prune and growth.
     Random,
-    /// DSConv2d with a fixed random mask.
+    /// A random mask fixed at the start.
     Static,
+    /// Magnitude prune, Hebbian growth, zero init.
+    HebbianGrow,
+    /// Magnitude prune, random growth (SET).
+    Set,
+    /// Magnitude prune, gradient growth, cosine drop fraction (RigL).
+    Rigl,
 }
 
 impl Mode {
+    pub const ALL: [Mode; 7] = [
+        Mode::Dense,
+        Mode::Hebbian,
+        Mode::Random,
+        Mode::Static,
+        Mode::HebbianGrow,
+        Mode::Set,
+        Mode::Rigl,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Mode::Dense => "dense",
             Mode::Hebbian => "hebbian",
             Mode::Random => "random",
             Mode::Static => "static",
+            Mode::HebbianGrow => "hebbian-grow",
+            Mode::Set => "set",
+            Mode::Rigl => "rigl",
         }
+    }
+
+    /// The preset's rule; `None` for dense.
+    pub fn rule(self) -> Option<Rule> {
+        Some(match self {
+            Mode::Dense => return None,
+            Mode::Hebbian => Rule::notebook(),
+            Mode::Random => Rule::random(),
+            Mode::Static => Rule::static_mask(),
+            Mode::HebbianGrow => Rule::hebbian_grow(),
+            Mode::Set => Rule::set(),
+            Mode::Rigl => Rule::rigl(),
+        })
     }
 }
 
 impl FromStr for Mode {
     type Err = String;
     fn from_str(s: &str) -> Result<Mode, String> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+                format!("unknown mode {s:?}: expected {}", names.join(", "))
+            })
+    }
+}
+
+/// How the learning rate moves over training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LrSchedule {
+    Constant,
+    /// lr · ½(1 + cos(π · step / total steps)).
+    Cosine,
+}
+
+impl FromStr for LrSchedule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "dense" => Ok(Mode::Dense),
-            "hebbian" => Ok(Mode::Hebbian),
-            "random" => Ok(Mode::Random),
-            "static" => Ok(Mode::Static),
+            "constant" => Ok(LrSchedule::Constant),
+            "cosine" => Ok(LrSchedule::Cosine),
             _ => Err(format!(
-                "unknown mode {s:?}: expected dense, hebbian, random or static"
+                "unknown lr schedule {s:?}: expected constant or cosine"
             )),
+        }
+    }
+}
+
+impl LrSchedule {
+    pub fn name(self) -> &'static str {
+        match self {
+            LrSchedule::Constant => "constant",
+            LrSchedule::Cosine => "cosine",
         }
     }
 }
@@ -67,46 +142,68 @@ pub struct TrainConfig {
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f32,
+    pub lr_schedule: LrSchedule,
     pub momentum: f32,
     pub weight_decay: f32,
-    /// Batches between progress_connections; `None` is the notebook's 2,000,
-    /// or a quarter epoch when an epoch is shorter than that.
+    /// Batches between mask updates; `None` is the notebook's 2,000, or a
+    /// quarter epoch when an epoch is shorter than that.
     pub progress_every: Option<usize>,
     /// Batches between loss lines; `None` as for `progress_every`.
     pub log_every: Option<usize>,
+    /// The prune/grow rule of the sparse modes (ignored by dense).
+    pub rule: Rule,
+    pub keep_fraction: f64,
+    pub total_fraction: f64,
+    pub prune_dims: PruneDims,
+    pub allocation: Allocation,
     pub update_interval: u64,
     pub strength: Measure,
     /// How strength is computed; every method gives the same coactivation
     /// counts, so this only changes the speed (bitcount is fastest on CIFAR).
     pub strength_method: Method,
+    /// A unit is active when its value is above this (coactivation only).
+    pub threshold: f32,
     pub seed: u64,
     pub normalize: Normalize,
     pub augment: bool,
 }
 
 impl Default for TrainConfig {
-    /// The notebook's recipe.
+    /// The notebook's recipe and rule.
     fn default() -> Self {
+        TrainConfig::for_mode(Mode::Hebbian)
+    }
+}
+
+impl TrainConfig {
+    /// The notebook's recipe with `mode`'s preset rule.
+    pub fn for_mode(mode: Mode) -> TrainConfig {
+        let ds = DSConfig::default();
         TrainConfig {
-            mode: Mode::Hebbian,
+            mode,
             epochs: 2,
             batch_size: 4,
             lr: 0.001,
+            lr_schedule: LrSchedule::Constant,
             momentum: 0.9,
             weight_decay: 0.0,
             progress_every: None,
             log_every: None,
-            update_interval: 20,
+            rule: mode.rule().unwrap_or_default(),
+            keep_fraction: ds.keep_fraction,
+            total_fraction: ds.total_fraction,
+            prune_dims: ds.prune_dims,
+            allocation: Allocation::Uniform,
+            update_interval: ds.update_interval,
             strength: Measure::Coactivation,
-            strength_method: Method::Fast,
+            strength_method: Method::Bitcount,
+            threshold: 0.0,
             seed: 0,
             normalize: Normalize::HALF,
             augment: false,
         }
     }
-}
 
-impl TrainConfig {
     fn batch_config(&self) -> BatchConfig {
         BatchConfig {
             batch_size: self.batch_size,
@@ -119,21 +216,18 @@ impl TrainConfig {
     }
 
     fn sparse_config(&self) -> Option<DSConfig> {
-        let selection = match self.mode {
-            Mode::Dense => return None,
-            Mode::Hebbian => Selection::Hebbian,
-            Mode::Random => Selection::Random,
-            Mode::Static => Selection::Static,
-        };
+        self.mode.rule()?;
         Some(DSConfig {
+            keep_fraction: self.keep_fraction,
+            total_fraction: self.total_fraction,
+            prune_dims: self.prune_dims,
             update_interval: self.update_interval,
             strength: StrengthConfig {
                 measure: self.strength,
                 method: self.strength_method,
-                ..StrengthConfig::default()
+                threshold: self.threshold,
             },
-            selection,
-            ..DSConfig::default()
+            rule: self.rule,
         })
     }
 
@@ -161,6 +255,28 @@ impl TrainConfig {
                 self.weight_decay
             ));
         }
+        if self.mode == Mode::Dense {
+            return Ok(());
+        }
+        if !(self.keep_fraction > 0.0
+            && self.keep_fraction <= self.total_fraction
+            && self.total_fraction <= 1.0)
+        {
+            return Err(format!(
+                "want 0 < --keep-fraction ≤ --total-fraction ≤ 1, got {} and {}",
+                self.keep_fraction, self.total_fraction
+            ));
+        }
+        self.rule.validate()?;
+        if self.allocation == Allocation::Erk && self.prune_dims != PruneDims::Layer {
+            return Err(
+                "--allocation erk spreads density across whole layers: use it with --prune-dims layer"
+                    .into(),
+            );
+        }
+        if self.threshold.is_nan() {
+            return Err("--threshold must be a number".into());
+        }
         Ok(())
     }
 
@@ -169,15 +285,97 @@ impl TrainConfig {
         explicit.unwrap_or_else(|| NOTEBOOK_INTERVAL.min((batches_per_epoch / 4).max(1)))
     }
 
-    /// The settings a resumed run must share with the checkpoint (all but the
-    /// number of epochs), as text, so a mismatch can be shown.
-    fn fingerprint(&self, train_len: usize) -> String {
-        format!(
-            "mode={} batch_size={} lr={} momentum={} weight_decay={} progress_every={:?} update_interval={} strength={:?} strength_method={:?} seed={} normalize={:?} augment={} train_images={train_len}",
-            self.mode.name(), self.batch_size, self.lr, self.momentum, self.weight_decay, self.progress_every,
-            self.update_interval, self.strength, self.strength_method, self.seed, self.normalize, self.augment
-        )
+    /// Batches in an epoch of `train_len` images.
+    pub fn batches_per_epoch(&self, train_len: usize) -> usize {
+        train_len.div_ceil(self.batch_size.max(1))
     }
+
+    /// Every setting that decides the run's numbers, as (option name as the
+    /// command line spells it, value). Defaults are resolved, so an option
+    /// given at its default value reads the same as one left out. `--epochs`
+    /// is not here: a resumed run may train for longer.
+    pub fn settings(&self, train_len: usize) -> Vec<(&'static str, String)> {
+        let per_epoch = self.batches_per_epoch(train_len);
+        let mut v: Vec<(&'static str, String)> = vec![
+            ("--mode", self.mode.name().into()),
+            ("--batch-size", self.batch_size.to_string()),
+            ("--lr", self.lr.to_string()),
+            ("--lr-schedule", self.lr_schedule.name().into()),
+            ("--momentum", self.momentum.to_string()),
+            ("--weight-decay", self.weight_decay.to_string()),
+            ("--seed", self.seed.to_string()),
+            ("--augment", self.augment.to_string()),
+            ("--normalize", format!("{:?}", self.normalize)),
+            (TRAIN_IMAGES_KEY, train_len.to_string()),
+        ];
+        if self.mode == Mode::Dense {
+            return v;
+        }
+        let r = &self.rule;
+        v.extend([
+            (
+                "--progress-every",
+                TrainConfig::interval(self.progress_every, per_epoch).to_string(),
+            ),
+            ("--prune", r.prune.name().into()),
+            ("--grow", r.grow.name().into()),
+            ("--grow-init", r.grow_init.name().into()),
+            ("--drop-fraction", r.drop_fraction.to_string()),
+            ("--drop-schedule", r.drop_schedule.name().into()),
+            ("--stop-updates-at", r.stop_updates_at.to_string()),
+            ("--start", r.start.name().into()),
+            ("--keep-fraction", self.keep_fraction.to_string()),
+            ("--total-fraction", self.total_fraction.to_string()),
+            ("--prune-dims", self.prune_dims.name().into()),
+            ("--allocation", self.allocation.name().into()),
+            ("--update-interval", self.update_interval.to_string()),
+            ("--strength", self.strength.name().into()),
+            ("--strength-method", self.strength_method.name().into()),
+            ("--threshold", self.threshold.to_string()),
+        ]);
+        v
+    }
+
+    /// The settings a checkpoint records, one `option=value` per line.
+    fn fingerprint(&self, train_len: usize) -> String {
+        self.settings(train_len)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect()
+    }
+}
+
+/// The options whose values differ between two fingerprints, as
+/// "--option (checkpoint: a, this run: b)".
+fn fingerprint_diff(saved: &str, ours: &str) -> Vec<String> {
+    let parse = |s: &str| -> Vec<(String, String)> {
+        s.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let (a, b) = (parse(saved), parse(ours));
+    let get = |m: &[(String, String)], k: &str| {
+        m.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| "(not set)".into())
+    };
+    let mut keys: Vec<&String> = a.iter().chain(&b).map(|(k, _)| k).collect();
+    keys.dedup();
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for k in keys {
+        if seen.contains(&k) {
+            continue;
+        }
+        seen.push(k);
+        let (x, y) = (get(&a, k), get(&b, k));
+        if x != y {
+            out.push(format!("{k} (checkpoint: {x}, this run: {y})"));
+        }
+    }
+    out
 }
 
 #[derive(Debug)]
@@ -215,14 +413,20 @@ pub enum Event<'a> {
     Log {
         epoch: usize,
         batch: usize,
+        step: u64,
         loss: f64,
     },
-    /// A progress_connections step, one entry per sparse layer.
+    /// A mask update: one entry per sparse layer, named as [`LAYER_NAMES`].
     Progress {
         step: u64,
+        epoch: usize,
         stats: &'a [ProgressStats],
+        layers: &'a [&'a DSConv2d],
     },
 }
+
+/// The names of the LeNet's sparse layers, in `sparse_layers` order.
+pub const LAYER_NAMES: [&str; 2] = ["conv1", "conv2"];
 
 /// The LeNet has 10 outputs: a split must be CIFAR-10-shaped.
 fn check_split(split: &Split) -> Result<(), TrainError> {
@@ -277,13 +481,16 @@ pub struct Trainer {
     /// Seconds and images spent in training steps (not evaluation).
     pub train_seconds: f64,
     pub train_images: u64,
+    /// Seconds and images spent in evaluation.
+    pub eval_seconds: f64,
+    pub eval_images: u64,
 }
 
 impl Trainer {
     pub fn new(config: TrainConfig) -> Result<Trainer, TrainError> {
         config.validate().map_err(TrainError::Config)?;
         let mut rng = Rng::seed(config.seed);
-        let net = LeNet::new(config.sparse_config(), &mut rng)
+        let net = LeNet::with_allocation(config.sparse_config(), config.allocation, &mut rng)
             .map_err(|e| TrainError::Config(e.to_string()))?;
         let opt = Sgd::new(
             net.parameters(),
@@ -303,11 +510,31 @@ impl Trainer {
             running_count: 0,
             train_seconds: 0.0,
             train_images: 0,
+            eval_seconds: 0.0,
+            eval_images: 0,
         })
     }
 
     pub fn finished(&self) -> bool {
         self.epoch >= self.config.epochs
+    }
+
+    /// The learning rate of step `step` (0-based) of `total` steps.
+    pub fn lr_at(&self, step: u64, total: u64) -> f32 {
+        match self.config.lr_schedule {
+            LrSchedule::Constant => self.config.lr,
+            LrSchedule::Cosine => {
+                let t = step as f64 / total.max(1) as f64;
+                (self.config.lr as f64 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())) as f32
+            }
+        }
+    }
+
+    /// Whether a mask update follows step `step` (1-based) of `total`.
+    pub fn update_due(&self, step: u64, total: u64, progress_every: u64) -> bool {
+        self.config.mode.rule().is_some()
+            && step.is_multiple_of(progress_every)
+            && self.config.rule.in_window(step, total)
     }
 
     /// Trains the rest of the current epoch. Checks `should_stop` after each
@@ -324,6 +551,7 @@ impl Trainer {
         check_split(train)?;
         let mut batches = Batches::new(train, &self.config.batch_config(), self.epoch as u64);
         let total = batches.num_batches();
+        let total_steps = (total * self.config.epochs) as u64;
         let log_every = TrainConfig::interval(self.config.log_every, total);
         let progress_every = TrainConfig::interval(self.config.progress_every, total) as u64;
         batches.skip_to(self.batch_in_epoch);
@@ -331,6 +559,14 @@ impl Trainer {
         for batch in batches {
             let start = Instant::now();
             let n = batch.labels.len();
+            let step = self.global_step + 1;
+            let due = self.update_due(step, total_steps, progress_every);
+            // Strength is sampled only while an update may still read it.
+            let window_open = self.config.rule.in_window(step, total_steps);
+            for l in self.net.sparse_layers_mut() {
+                l.set_sampling(window_open);
+            }
+            self.opt.config.lr = self.lr_at(self.global_step, total_steps);
             let x = Tensor::from_vec(batch.x, &[n, 3, 32, 32]);
             let value = self.net.train_step(&mut self.opt, &x, &batch.labels);
             if !value.is_finite() {
@@ -341,24 +577,25 @@ impl Trainer {
                 });
             }
             self.batch_in_epoch += 1;
-            self.global_step += 1;
-            // Dense has no mask and a static mask never changes: only hebbian
-            // and random runs have progress steps.
-            let dynamic = matches!(self.config.mode, Mode::Hebbian | Mode::Random);
-            if dynamic && self.global_step.is_multiple_of(progress_every) {
+            self.global_step = step;
+            if due {
                 let opt = &mut self.opt;
                 let stats: Vec<ProgressStats> = self
                     .net
                     .sparse_layers_mut()
                     .into_iter()
-                    .map(|l| l.progress_connections(Some(opt)))
+                    .map(|l| l.update(Some(opt), step, total_steps))
                     .collect();
+                self.train_seconds += start.elapsed().as_secs_f64();
                 on_event(Event::Progress {
-                    step: self.global_step,
+                    step,
+                    epoch: self.epoch + 1,
                     stats: &stats,
+                    layers: &self.net.sparse_layers(),
                 });
+            } else {
+                self.train_seconds += start.elapsed().as_secs_f64();
             }
-            self.train_seconds += start.elapsed().as_secs_f64();
             self.train_images += n as u64;
             self.running_loss += value as f64;
             self.running_count += 1;
@@ -366,6 +603,7 @@ impl Trainer {
                 on_event(Event::Log {
                     epoch: self.epoch + 1,
                     batch: self.batch_in_epoch,
+                    step,
                     loss: self.running_loss / self.running_count as f64,
                 });
                 self.running_loss = 0.0;
@@ -400,6 +638,7 @@ impl Trainer {
             ..self.config.batch_config()
         };
         self.net.set_training(false);
+        let start = Instant::now();
         no_grad(|| {
             for batch in Batches::new(test, &cfg, 0) {
                 let n = batch.labels.len();
@@ -415,6 +654,8 @@ impl Trainer {
                 }
             }
         });
+        self.eval_seconds += start.elapsed().as_secs_f64();
+        self.eval_images += test.len() as u64;
         self.net.set_training(true);
         Ok(eval)
     }
@@ -442,6 +683,8 @@ impl Trainer {
         }
         w.f64(self.running_loss);
         w.f64(self.train_seconds);
+        w.u64(self.eval_images);
+        w.f64(self.eval_seconds);
         let params = self.net.parameters();
         w.u64(params.len() as u64);
         for p in &params {
@@ -456,7 +699,7 @@ impl Trainer {
         for l in layers {
             let s = l.state();
             w.bools(&s.mask);
-            w.f32s(&s.strength);
+            w.f64s(&s.strength);
             w.u64(s.strength_samples);
             w.u64(s.passes);
             for r in s.rng {
@@ -483,8 +726,10 @@ impl Trainer {
         let saved = r.str("settings").map_err(bad)?;
         let ours = t.config.fingerprint(train_len);
         if saved != ours {
+            let diff = fingerprint_diff(&saved, &ours);
             return Err(bad(format!(
-                "it was made with different settings.\n  checkpoint: {saved}\n  this run:   {ours}"
+                "it was made with different settings; these differ:\n  {}",
+                diff.join("\n  ")
             )));
         }
         t.epoch = r.u64("epoch").map_err(bad)? as usize;
@@ -494,6 +739,8 @@ impl Trainer {
         t.train_images = r.u64("images").map_err(bad)?;
         t.running_loss = r.f64("running loss").map_err(bad)?;
         t.train_seconds = r.f64("seconds").map_err(bad)?;
+        t.eval_images = r.u64("evaluated images").map_err(bad)?;
+        t.eval_seconds = r.f64("evaluation seconds").map_err(bad)?;
         let params = t.net.parameters();
         if r.u64("parameter count").map_err(bad)? as usize != params.len() {
             return Err(bad("it holds a different number of parameters".into()));
@@ -522,7 +769,7 @@ impl Trainer {
         }
         for layer in t.net.sparse_layers_mut() {
             let mask = r.bools("mask").map_err(bad)?;
-            let strength = r.f32s("strength").map_err(bad)?;
+            let strength = r.f64s("strength").map_err(bad)?;
             let strength_samples = r.u64("samples").map_err(bad)?;
             let passes = r.u64("passes").map_err(bad)?;
             let mut rng = [0u64; 4];
@@ -551,7 +798,7 @@ impl Trainer {
                 .join(", ")
         };
         format!(
-            "{{\"type\": \"summary\", \"mode\": \"{}\", \"seed\": {}, \"epochs\": {}, \"batch_size\": {}, \"steps\": {}, \"test_accuracy\": {:.6}, \"per_class_accuracy\": [{}], \"conv_density\": [{}], \"train_images_per_second\": {:.2}, \"train_seconds\": {:.3}}}",
+            "{{\"type\": \"summary\", \"mode\": \"{}\", \"seed\": {}, \"epochs\": {}, \"batch_size\": {}, \"steps\": {}, \"test_accuracy\": {:.6}, \"per_class_accuracy\": [{}], \"conv_density\": [{}], \"train_images_per_second\": {:.2}, \"eval_images_per_second\": {:.2}, \"train_seconds\": {:.3}}}",
             self.config.mode.name(),
             self.config.seed,
             self.epoch,
@@ -561,6 +808,7 @@ impl Trainer {
             list(&eval.per_class()),
             list(&self.conv_density()),
             self.train_images as f64 / self.train_seconds.max(1e-9),
+            self.eval_images as f64 / self.eval_seconds.max(1e-9),
             self.train_seconds
         )
     }

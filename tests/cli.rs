@@ -2,7 +2,9 @@
 //! short real run with a metrics file. `cargo test` builds the examples before
 //! it runs the tests, so the binary sits beside the test binaries.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use hebbsparse::tensor::npy::read_npy;
 use std::process::Command;
 
 fn example() -> PathBuf {
@@ -105,8 +107,312 @@ fn a_short_run_prints_the_notebook_report_and_writes_metrics() {
     assert!(stdout.contains("[1,    10] loss: "), "{stdout}");
     assert!(stdout.contains("Accuracy of plane : "), "{stdout}");
     assert!(stdout.contains("conv density: 0.120, 0.120"), "{stdout}");
-    let json = std::fs::read_to_string(&metrics).unwrap();
-    let lines: Vec<&str> = json.lines().collect();
-    assert_eq!(lines.len(), 3, "two loss lines and a summary: {json}");
-    assert!(lines[2].contains("\"mode\": \"hebbian\"") && lines[2].contains("\"test_accuracy\""));
+    let lines = read_metrics(&metrics);
+    let types: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+    // 20 batches: mask updates every 5 (a quarter epoch), two layers each,
+    // and a loss line every 10.
+    let mut want = vec!["config"];
+    want.extend(["progress", "progress", "progress", "progress", "log"]);
+    want.extend(["progress", "progress", "progress", "progress", "log"]);
+    want.extend(["epoch", "summary"]);
+    assert_eq!(types, want);
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["mode"], "hebbian");
+    assert!(summary["test_accuracy"].as_f64().is_some());
+    assert!(summary["eval_images_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(lines[0]["batch_size"], 4);
+    assert_eq!(lines[0]["prune"], "strength");
+}
+
+fn read_metrics(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hebbsparse-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// The shortest real run: 80 images, one epoch.
+fn short() -> Command {
+    let mut c = Command::new(example());
+    c.args([
+        "--limit-train",
+        "80",
+        "--limit-test",
+        "50",
+        "--epochs",
+        "1",
+        "--quiet",
+    ]);
+    c
+}
+
+#[test]
+fn every_preset_runs_and_reports_its_density() {
+    for (mode, density) in [
+        ("dense", None),
+        ("hebbian", Some("0.120, 0.120")),
+        ("random", Some("0.120, 0.120")),
+        ("static", Some("0.120, 0.120")),
+        ("hebbian-grow", Some("0.120, 0.120")),
+        ("set", Some("0.120, 0.120")),
+        ("rigl", Some("0.120, 0.120")),
+    ] {
+        let out = short().args(["--mode", mode]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        match density {
+            Some(d) => assert!(
+                stdout.contains(&format!("conv density: {d}")),
+                "{mode}: {stdout}"
+            ),
+            None => assert!(!stdout.contains("conv density"), "{stdout}"),
+        }
+    }
+}
+
+#[test]
+fn nonsense_combinations_exit_with_code_2_naming_the_option() {
+    for (args, names) in [
+        (&["--mode", "dense", "--prune", "magnitude"][..], "--prune"),
+        (
+            &["--mode", "set", "--strength", "correlation"],
+            "--strength",
+        ),
+        (&["--mode", "static", "--grow", "random"], "--grow"),
+        (&["--allocation", "erk"], "--prune-dims layer"),
+        (&["--stop-updates-at", "1.5"], "--stop-updates-at"),
+        (&["--drop-fraction", "2"], "drop fraction"),
+        (
+            &["--mode", "set", "--prune", "strength"],
+            "--drop-fraction notebook",
+        ),
+        (
+            &["--keep-fraction", "0.5", "--total-fraction", "0.2"],
+            "--keep-fraction",
+        ),
+        (
+            &["--strength", "correlation", "--threshold", "0.5"],
+            "--threshold",
+        ),
+        (&["--export-every-update"], "--export"),
+        (&["--grow", "sideways"], "gradient"),
+    ] {
+        let out = Command::new(example()).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(names), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn bad_paths_are_refused_before_any_data_is_loaded() {
+    // The data path does not exist either: the path checks must come first.
+    let dir = tmp("a-folder");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (args, expect) in [
+        (
+            vec!["--checkpoint".to_string(), dir.display().to_string()],
+            "directory",
+        ),
+        (
+            vec!["--checkpoint".into(), "/no/such/folder/x.ckpt".into()],
+            "does not exist",
+        ),
+        (
+            vec!["--metrics".into(), dir.display().to_string()],
+            "directory",
+        ),
+        (
+            vec!["--metrics".into(), "/no/such/folder/m.jsonl".into()],
+            "--metrics",
+        ),
+        (
+            vec!["--resume".into(), "/no/such/x.ckpt".into()],
+            "--resume",
+        ),
+        (vec!["--export".into(), "/proc/version".into()], "--export"),
+    ] {
+        let out = Command::new(example())
+            .args(["--data", "/no/such/cifar"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert!(
+            !err.contains("/no/such/cifar"),
+            "{args:?} loaded data first: {err}"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "stray temporary files: {leftovers:?}");
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_keeps_the_metrics_and_saves_a_checkpoint_that_resumes() {
+    use std::time::{Duration, Instant};
+    let (ckpt, metrics) = (tmp("term.ckpt"), tmp("term.jsonl"));
+    let _ = std::fs::remove_file(&ckpt);
+    let args = [
+        "--epochs",
+        "50",
+        "--log-every",
+        "5",
+        "--quiet",
+        "--limit-test",
+        "20",
+    ];
+    let child = Command::new(example())
+        .args(args)
+        .arg("--checkpoint")
+        .arg(&ckpt)
+        .arg("--metrics")
+        .arg(&metrics)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it is training (a loss line is in the metrics), then TERM.
+    let start = Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains("\"log\"")) {
+        assert!(start.elapsed() < Duration::from_secs(120), "no loss line");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: sending a signal to our own child process by its pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("checkpoint saved"), "{err}");
+    let lines = read_metrics(&metrics);
+    assert!(lines.len() >= 2 && lines[0]["type"] == "config");
+    assert!(!tmp("term.ckpt.tmp").exists());
+    // The checkpoint resumes and finishes the first epoch (--epochs may
+    // differ on resume; every other setting is the same).
+    let out = Command::new(example())
+        .args([
+            "--epochs",
+            "1",
+            "--log-every",
+            "5",
+            "--quiet",
+            "--limit-test",
+            "20",
+        ])
+        .arg("--resume")
+        .arg(&ckpt)
+        .arg("--metrics")
+        .arg(&metrics)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("resumed from"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = read_metrics(&metrics);
+    assert!(after.len() > lines.len(), "a resumed run appends");
+    assert_eq!(after[..lines.len()], lines[..], "earlier lines are kept");
+}
+
+#[test]
+fn an_export_round_trips_through_the_npy_reader() {
+    let dir = tmp("export");
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = short()
+        .args(["--mode", "set", "--export-every-update"])
+        .arg("--export")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["settings"]["mode"], "set");
+    let mut densities = Vec::new();
+    for layer in index["layers"].as_array().unwrap() {
+        let shape: Vec<usize> = layer["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        for key in ["weight", "mask", "strength"] {
+            let t = read_npy(dir.join(layer[key].as_str().unwrap())).unwrap();
+            assert_eq!(t.shape(), &shape[..], "{key}");
+        }
+        let mask = read_npy(dir.join(layer["mask"].as_str().unwrap()))
+            .unwrap()
+            .to_vec();
+        let w = read_npy(dir.join(layer["weight"].as_str().unwrap()))
+            .unwrap()
+            .to_vec();
+        assert!(mask.iter().zip(&w).all(|(m, w)| *m == 1.0 || *w == 0.0));
+        densities.push(format!(
+            "{:.3}",
+            mask.iter().sum::<f32>() as f64 / mask.len() as f64
+        ));
+    }
+    assert!(
+        stdout.contains(&format!("conv density: {}", densities.join(", "))),
+        "{stdout} vs {densities:?}"
+    );
+    // One step folder per mask update: 20 batches, every 5, and SET stops
+    // updating after 75% of training: steps 5, 10 and 15.
+    let steps = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("step-")
+        })
+        .count();
+    assert_eq!(steps, 3);
+    assert!(dir.join("step-000000005/conv2.mask.npy").exists());
+}
+
+#[test]
+fn the_first_run_on_the_sample_learns_well_above_chance() {
+    // The README's command exactly: no options at all.
+    let out = Command::new(example()).arg("--quiet").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("sample recipe"), "{stdout}");
+    let acc: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Accuracy of the network on the 500 test images: "))
+        .and_then(|v| v.trim_end_matches(" %").parse().ok())
+        .expect("an accuracy line");
+    assert!(acc >= 20.0, "{acc}% is too close to chance (10%): {stdout}");
 }

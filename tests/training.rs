@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use hebbsparse::cifar::{load_cifar10, Split};
+use hebbsparse::sparse_conv::rules::{Grow, Rule};
 use hebbsparse::sparse_conv::strength::Measure;
-use hebbsparse::train::{EpochEnd, Event, Mode, TrainConfig, TrainError, Trainer};
+use hebbsparse::train::{EpochEnd, Event, LrSchedule, Mode, TrainConfig, TrainError, Trainer};
 
 fn sample() -> (Split, Split) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/cifar10-sample");
@@ -94,12 +95,11 @@ fn hebbian_run_on_the_sample_learns_and_keeps_k2_per_kernel() {
 
 fn small_config(mode: Mode, epochs: usize) -> TrainConfig {
     TrainConfig {
-        mode,
         epochs,
         progress_every: Some(15),
         update_interval: 3,
         seed: 7,
-        ..TrainConfig::default()
+        ..TrainConfig::for_mode(mode)
     }
 }
 
@@ -113,18 +113,24 @@ fn run_to_end(t: &mut Trainer, train: &Split) {
 }
 
 #[test]
-fn one_epoch_plus_a_resumed_epoch_equals_two_straight() {
+fn one_epoch_plus_a_resumed_epoch_equals_two_straight_for_every_preset() {
     let (train, _) = sample();
     let train = train.take(160); // 40 batches per epoch
-    for mode in [Mode::Hebbian, Mode::Random, Mode::Static] {
-        let mut straight = Trainer::new(small_config(mode, 2)).unwrap();
+    for mode in Mode::ALL {
+        // The cosine learning rate too, so that its position is restored.
+        let config = |epochs| TrainConfig {
+            lr_schedule: LrSchedule::Cosine,
+            ..small_config(mode, epochs)
+        };
+        let mut straight = Trainer::new(config(2)).unwrap();
         run_to_end(&mut straight, &train);
 
+        // Stopped after its first epoch of two, as a killed run would be.
         let path = tmp(&format!("resume-{}.ckpt", mode.name()));
-        let mut first = Trainer::new(small_config(mode, 1)).unwrap();
-        run_to_end(&mut first, &train);
+        let mut first = Trainer::new(config(2)).unwrap();
+        first.run_epoch(&train, &|| false, &mut |_| {}).unwrap();
         first.save(&path, train.len()).unwrap();
-        let mut resumed = Trainer::resume(small_config(mode, 2), &path, train.len()).unwrap();
+        let mut resumed = Trainer::resume(config(2), &path, train.len()).unwrap();
         assert_eq!(resumed.epoch, 1);
         run_to_end(&mut resumed, &train);
 
@@ -313,12 +319,12 @@ fn hebbian_training_is_bitwise_identical_across_thread_counts() {
                 };
                 let mut t = Trainer::new(config).unwrap();
                 run_to_end(&mut t, &train);
-                let strengths: Vec<u32> = t
+                let strengths: Vec<u64> = t
                     .net
                     .sparse_layers()
                     .iter()
                     .flat_map(|l| l.strength().to_vec())
-                    .map(f32::to_bits)
+                    .map(f64::to_bits)
                     .collect();
                 (weights(&t), strengths)
             })
@@ -339,4 +345,104 @@ fn data_that_is_not_ten_classes_is_an_error() {
         Err(TrainError::Config(m)) if m.contains("10 outputs")
     ));
     assert!(t.evaluate(&odd).is_err());
+}
+
+/// A mask update happens every `progress_every` steps inside the rule's
+/// window and never after it, and the counts it reports add up.
+#[test]
+fn mask_updates_stop_at_the_end_of_the_window() {
+    let (train, _) = sample();
+    let train = train.take(200); // 50 batches per epoch, 100 steps
+    for mode in [Mode::Set, Mode::Rigl, Mode::HebbianGrow, Mode::Hebbian] {
+        let config = TrainConfig {
+            progress_every: Some(10),
+            ..small_config(mode, 2)
+        };
+        let stop = config.rule.stop_updates_at;
+        let mut t = Trainer::new(config).unwrap();
+        let mut steps = Vec::new();
+        while !t.finished() {
+            t.run_epoch(&train, &|| false, &mut |e| {
+                if let Event::Progress {
+                    step,
+                    stats,
+                    layers,
+                    ..
+                } = e
+                {
+                    steps.push(step);
+                    for (s, l) in stats.iter().zip(layers) {
+                        assert_eq!(s.active, l.active());
+                        assert_eq!(s.kept + s.revived + s.regrown, s.active);
+                    }
+                }
+            })
+            .unwrap();
+        }
+        let want: Vec<u64> = (1..=10)
+            .map(|k| 10 * k)
+            .filter(|&s| s as f64 <= stop * 100.0)
+            .collect();
+        assert_eq!(steps, want, "{mode:?}");
+    }
+}
+
+/// Resuming with different rule settings is refused, naming each differing
+/// option as the command line spells it; an option given at its default
+/// value is no difference.
+#[test]
+fn a_resume_with_other_settings_names_the_options() {
+    let (train, _) = sample();
+    let train = train.take(40);
+    let mut t = Trainer::new(small_config(Mode::Hebbian, 1)).unwrap();
+    run_to_end(&mut t, &train);
+    let path = tmp("settings.ckpt");
+    t.save(&path, train.len()).unwrap();
+    let other = TrainConfig {
+        rule: Rule {
+            grow: Grow::Random,
+            stop_updates_at: 0.5,
+            ..Rule::notebook()
+        },
+        ..small_config(Mode::Hebbian, 1)
+    };
+    match Trainer::resume(other, &path, train.len()) {
+        Err(TrainError::Checkpoint(m)) => {
+            assert!(
+                m.contains("--grow (checkpoint: strength, this run: random)"),
+                "{m}"
+            );
+            assert!(m.contains("--stop-updates-at"), "{m}");
+            assert!(!m.contains("--lr "), "{m}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("other settings were accepted"),
+    }
+    // 40 images in batches of 4: 10 batches, so the default interval is
+    // min(2000, 10/4) = 2; saying so explicitly is the same run.
+    let mut t = Trainer::new(TrainConfig {
+        progress_every: None,
+        ..small_config(Mode::Hebbian, 1)
+    })
+    .unwrap();
+    run_to_end(&mut t, &train);
+    t.save(&path, train.len()).unwrap();
+    let explicit = TrainConfig {
+        progress_every: Some(2),
+        ..small_config(Mode::Hebbian, 1)
+    };
+    assert!(Trainer::resume(explicit, &path, train.len()).is_ok());
+}
+
+#[test]
+fn the_cosine_learning_rate_falls_from_lr_to_zero() {
+    let t = Trainer::new(TrainConfig {
+        lr: 0.1,
+        lr_schedule: LrSchedule::Cosine,
+        ..small_config(Mode::Dense, 1)
+    })
+    .unwrap();
+    assert_eq!(t.lr_at(0, 100), 0.1);
+    assert!((t.lr_at(50, 100) - 0.05).abs() < 1e-7);
+    assert!(t.lr_at(100, 100).abs() < 1e-7);
 }

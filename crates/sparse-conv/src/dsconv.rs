@@ -1,21 +1,22 @@
-//! DSConv2d: a convolution whose connections are pruned and regrown by their
-//! accumulated Hebbian strength.
+//! DSConv2d: a convolution that keeps only some of its connections, and
+//! updates which ones by a prune/grow rule ([`crate::rules`]).
+//!
+//! The layer holds three things: the forward pass, the mask, and the state
+//! the rules read (accumulated Hebbian strength, the random stream).
 //!
 //! Life cycle:
-//! 1. Forward is exactly Conv2d's. In training mode, every `update_interval`-th
-//!    forward pass (passes 0, N, 2N, …) also adds that pass's strength to an
-//!    accumulated, weight-shaped strength tensor.
-//! 2. [`DSConv2d::progress_connections`], called by the training loop on its
-//!    own schedule, ranks the connections of every group (by default every
-//!    (out, in) kernel) by accumulated strength: the top k1 are kept, the next
-//!    k2 − k1 are regrown with fresh values, the rest are pruned (zeroed and
-//!    masked). The accumulated strength is then reset.
-//! 3. After every optimiser step, [`DSConv2d::enforce_mask`] sets masked
+//! 1. Construction draws Conv2d's weights; a rule with `Start::Random` then
+//!    masks all but k2 random taps per group.
+//! 2. Forward is Conv2d's on the masked weight (see [`ConvPath`] for how).
+//!    In training mode, while sampling is on and the rule reads strength,
+//!    every `update_interval`-th forward pass (passes 0, N, 2N, …) adds that
+//!    pass's strength to an accumulated, weight-shaped tensor (kept in f64,
+//!    so coactivation counts stay exact however long the interval).
+//! 3. [`DSConv2d::update`], called by the training loop on its own schedule,
+//!    applies the rule to every group (by default every (out, in) kernel),
+//!    then resets the accumulated strength.
+//! 4. After every optimiser step, [`DSConv2d::enforce_mask`] sets masked
 //!    weights and their momentum to exactly zero, so SGD cannot revive them.
-//!
-//! The `Random` selection ranks at random instead (the notebook's
-//! `prune_randomly` baseline); `Static` fixes a random mask with k2 connections
-//! per group at construction and never changes it.
 
 use std::fmt;
 
@@ -23,7 +24,9 @@ use tensor::nn::{kaiming_uniform_bound, Conv2d, DEFAULT_KAIMING_A};
 use tensor::optim::Sgd;
 use tensor::{Conv2dOptions, Conv2dShape, Rng, Tensor};
 
-use crate::strength::{accumulate_strength, StrengthConfig};
+pub use crate::rules::ProgressStats;
+use crate::rules::{update_group, Group, Grow, GrowInit, Rule, Start};
+use crate::strength::{accumulate_strength, Measure, StrengthConfig};
 
 /// Which connections are ranked against each other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,40 +39,43 @@ pub enum PruneDims {
     Layer,
 }
 
-/// How `progress_connections` chooses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Selection {
-    /// By accumulated Hebbian strength.
-    Hebbian,
-    /// At random, with the same counts (the notebook's `prune_randomly`).
-    Random,
-    /// A random mask fixed at construction; progress does nothing.
-    Static,
+impl PruneDims {
+    pub fn name(self) -> &'static str {
+        match self {
+            PruneDims::Kernel => "kernel",
+            PruneDims::Filter => "filter",
+            PruneDims::Layer => "layer",
+        }
+    }
 }
 
-/// What a regrown connection starts from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Regrow {
-    /// Uniform in ±1/√fan_in: the distribution the layer was initialised from
-    /// (PyTorch's kaiming-uniform with a = √5).
-    Kaiming,
-    /// Zero; it becomes trainable again but starts from nothing.
-    Zero,
+impl std::str::FromStr for PruneDims {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kernel" => Ok(PruneDims::Kernel),
+            "filter" => Ok(PruneDims::Filter),
+            "layer" => Ok(PruneDims::Layer),
+            _ => Err(format!(
+                "unknown prune dims {s:?}: expected kernel, filter or layer"
+            )),
+        }
+    }
 }
 
 /// The layer's settings; `Default` gives the notebook's.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DSConfig {
-    /// k1 = max(⌊keep_fraction · n⌋, 1) strongest connections are kept.
+    /// k1 = max(⌊keep_fraction · n⌋, 1): the notebook's kept count, which
+    /// sets the notebook's drop fraction (k2 − k1)/k2.
     pub keep_fraction: f64,
-    /// k2 = max(⌊total_fraction · n⌋, 1) connections are active after progress.
+    /// k2 = max(⌊total_fraction · n⌋, 1) taps are active per group.
     pub total_fraction: f64,
     pub prune_dims: PruneDims,
     /// Strength is sampled on every `update_interval`-th training forward pass.
     pub update_interval: u64,
     pub strength: StrengthConfig,
-    pub regrow: Regrow,
-    pub selection: Selection,
+    pub rule: Rule,
 }
 
 impl Default for DSConfig {
@@ -80,35 +86,16 @@ impl Default for DSConfig {
             prune_dims: PruneDims::Kernel,
             update_interval: 20,
             strength: StrengthConfig::default(),
-            regrow: Regrow::Kaiming,
-            selection: Selection::Hebbian,
+            rule: Rule::notebook(),
         }
     }
-}
-
-/// What one progress step did, summed over the layer's groups.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProgressStats {
-    /// Among the top k1: connections that were active and keep their weight.
-    pub kept: usize,
-    /// Among the top k1: connections that were pruned before and come back
-    /// with a fresh value (their strength does not depend on their weight).
-    pub revived: usize,
-    /// The next k2 − k1: re-initialised (fresh value or zero).
-    pub regrown: usize,
-    /// Connections active before and pruned now.
-    pub dropped: usize,
-    /// Active connections after the step.
-    pub active: usize,
-    /// All connections of the layer.
-    pub total: usize,
 }
 
 /// Everything of the layer's state that is not a parameter, for checkpoints.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DSConvState {
     pub mask: Vec<bool>,
-    pub strength: Vec<f32>,
+    pub strength: Vec<f64>,
     pub strength_samples: u64,
     pub passes: u64,
     pub rng: [u64; 4],
@@ -130,15 +117,19 @@ pub struct DSConv2d {
     pub config: DSConfig,
     /// Weight-shaped; false means pruned (the weight is held at zero).
     mask: Vec<bool>,
-    /// Weight-shaped accumulated strength since the last progress step.
-    strength: Vec<f32>,
+    /// Weight-shaped accumulated strength since the last update.
+    strength: Vec<f64>,
+    /// One sampled pass's strength, before it is added to `strength`.
+    scratch: Vec<f32>,
     strength_samples: u64,
     /// Training forward passes so far; decides which are sampled.
     passes: u64,
     training: bool,
-    /// The layer's own stream: tie-breaks, regrowth values, random masks.
+    /// Off once the rule's update window has closed: nothing will read the
+    /// strength any more, so it is not sampled.
+    sampling: bool,
+    /// The layer's own stream: tie-breaks, grown values, random masks.
     rng: Rng,
-    history: Vec<ProgressStats>,
 }
 
 impl DSConv2d {
@@ -168,6 +159,7 @@ impl DSConv2d {
         if c.update_interval == 0 {
             return Err(DSConfigError("update_interval must be at least 1".into()));
         }
+        c.rule.validate().map_err(DSConfigError)?;
         if in_channels == 0 || out_channels == 0 || kernel.0 == 0 || kernel.1 == 0 {
             return Err(DSConfigError(format!(
                 "channels and kernel sizes must be at least 1, got {in_channels} in, {out_channels} out, kernel {kernel:?}"
@@ -190,20 +182,34 @@ impl DSConv2d {
             config,
             mask: vec![true; n],
             strength: vec![0.0; n],
+            scratch: Vec::new(),
             strength_samples: 0,
             passes: 0,
             training: true,
+            sampling: true,
             rng: own_rng,
-            history: Vec::new(),
         };
-        if config.selection == Selection::Static {
-            // The fixed mask: k2 random connections per group, from the start.
-            // It is made by the same random selection a progress step uses,
-            // but it is the layer's starting point, not a step of its history.
-            layer.select(Ranking::Random);
-            layer.history.clear();
+        if config.rule.start == Start::Random {
+            layer.mask_at_random();
         }
         Ok(layer)
+    }
+
+    /// The starting mask of `Start::Random`: k2 taps per group chosen at
+    /// random (by random keys, as an update breaks ties), the rest zeroed.
+    fn mask_at_random(&mut self) {
+        let (n, _, k2) = self.group_sizes();
+        let mut w = self.conv.weight.data_mut();
+        for (wg, mg) in w.chunks_mut(n).zip(self.mask.chunks_mut(n)) {
+            let mut order: Vec<(u64, usize)> = (0..n).map(|i| (self.rng.next_u64(), i)).collect();
+            order.sort_unstable();
+            for (rank, &(_, i)) in order.iter().enumerate() {
+                mg[i] = rank < k2;
+                if !mg[i] {
+                    wg[i] = 0.0;
+                }
+            }
+        }
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -223,30 +229,61 @@ impl DSConv2d {
         self.training
     }
 
-    /// Conv2d's forward. In training mode it counts the pass, and on a
-    /// sampled pass of a Hebbian layer it also accumulates strength.
+    /// Turns strength sampling off (once no update will read it) or on.
+    /// Passes are counted either way.
+    pub fn set_sampling(&mut self, on: bool) {
+        self.sampling = on;
+    }
+
+    /// Conv2d's forward on the masked weight. In training mode it counts the
+    /// pass, and on a sampled pass of a rule that reads strength it also
+    /// accumulates strength.
     pub fn forward(&mut self, x: &Tensor) -> Tensor {
         let y = self.conv.forward(x);
         if self.training {
-            let hebbian = self.config.selection == Selection::Hebbian;
-            // An empty batch has no activity to measure.
             let sampled = self.passes.is_multiple_of(self.config.update_interval);
-            if hebbian && sampled && y.numel() > 0 {
-                let s = Conv2dShape::new(x.shape(), self.conv.weight.shape(), self.conv.opts)
-                    .expect("conv2d accepted these shapes");
-                accumulate_strength(
-                    &s,
-                    &x.data(),
-                    &y.data(),
-                    &self.config.strength,
-                    &mut self.strength,
-                )
-                .expect("strength of a forward pass that just ran");
-                self.strength_samples += 1;
+            // An empty batch has no activity to measure.
+            if self.sampling && self.config.rule.uses_strength() && sampled && y.numel() > 0 {
+                self.sample_strength(x, &y);
             }
             self.passes += 1;
         }
         y
+    }
+
+    /// Adds one pass's strength to the accumulated strength.
+    fn sample_strength(&mut self, x: &Tensor, y: &Tensor) {
+        let s = Conv2dShape::new(x.shape(), self.conv.weight.shape(), self.conv.opts)
+            .expect("conv2d accepted these shapes");
+        let (x, y) = (x.data(), y.data());
+        // Coactivation counts are integers computed in f32, exact below 2^24:
+        // a pass counts at most B·OH·OW per tap, so a batch that could reach
+        // 2^24 is counted in slices of images. Correlation is a mean over the
+        // batch, not a count, and is computed whole.
+        let per_image = s.out_pixels().max(1);
+        let images = match self.config.strength.measure {
+            Measure::Coactivation => ((1usize << 24) / per_image).clamp(1, s.batch),
+            Measure::Correlation => s.batch,
+        };
+        let (x_img, y_img) = (x.len() / s.batch, y.len() / s.batch);
+        for b0 in (0..s.batch).step_by(images) {
+            let nb = images.min(s.batch - b0);
+            let sub = Conv2dShape { batch: nb, ..s };
+            self.scratch.clear();
+            self.scratch.resize(self.strength.len(), 0.0);
+            accumulate_strength(
+                &sub,
+                &x[b0 * x_img..(b0 + nb) * x_img],
+                &y[b0 * y_img..(b0 + nb) * y_img],
+                &self.config.strength,
+                &mut self.scratch,
+            )
+            .expect("strength of a forward pass that just ran");
+            for (a, &v) in self.strength.iter_mut().zip(&self.scratch) {
+                *a += v as f64;
+            }
+        }
+        self.strength_samples += 1;
     }
 
     /// Connections per group, and k1, k2 for that group size.
@@ -266,36 +303,72 @@ impl DSConv2d {
         )
     }
 
-    /// The progress step of the layer's selection mode (see the module docs).
-    /// Pass the optimiser so that re-initialised and pruned connections start
-    /// from zero momentum.
-    pub fn progress_connections(&mut self, opt: Option<&mut Sgd>) -> ProgressStats {
-        match self.config.selection {
-            Selection::Hebbian => self.select_and_reset(Ranking::Strength, opt),
-            Selection::Random => self.select_and_reset(Ranking::Random, opt),
-            Selection::Static => {
-                let active = self.density_count();
-                ProgressStats {
-                    kept: active,
-                    active,
-                    total: self.mask.len(),
-                    ..Default::default()
-                }
-            }
+    /// Taps each group replaces at `step` of `total_steps`: the rule's drop
+    /// fraction of k2, rounded.
+    pub fn drop_count(&self, step: u64, total_steps: u64) -> usize {
+        let (_, k1, k2) = self.group_sizes();
+        let notebook = (k2 - k1) as f64 / k2 as f64;
+        let f = self
+            .config
+            .rule
+            .drop_fraction_at(notebook, step, total_steps);
+        ((f * k2 as f64).round() as usize).min(k2)
+    }
+
+    /// Whether the update at the end of the next step needs the dense weight
+    /// gradient (gradient growth).
+    pub fn needs_dense_grad(&self) -> bool {
+        self.config.rule.grow == Grow::Gradient
+    }
+
+    /// A mask update by the layer's rule, as at `step` of `total_steps`.
+    /// Pass the optimiser so that new and pruned taps start from zero
+    /// momentum. Gradient growth reads the weight's gradient, which must be
+    /// that of the step just taken.
+    pub fn update(&mut self, opt: Option<&mut Sgd>, step: u64, total_steps: u64) -> ProgressStats {
+        let (n, _, k2) = self.group_sizes();
+        let n_drop = self.drop_count(step, total_steps);
+        let rule = self.config.rule;
+        let bound = kaiming_uniform_bound(self.conv.fan_in(), DEFAULT_KAIMING_A);
+        let mut init = |rng: &mut Rng| match rule.grow_init {
+            GrowInit::Kaiming => rng.uniform(-bound, bound),
+            GrowInit::Zero => 0.0,
+        };
+        let grad = if rule.grow == Grow::Gradient {
+            let g = self.conv.weight.grad();
+            Some(g.unwrap_or_else(|| vec![0.0; self.mask.len()]))
+        } else {
+            None
+        };
+        let mut stats = ProgressStats::default();
+        let mut fresh = Vec::new();
+        let mut fresh_group = Vec::new();
+        let mut w = self.conv.weight.data_mut();
+        for (gi, (wg, mg)) in w.chunks_mut(n).zip(self.mask.chunks_mut(n)).enumerate() {
+            let group = Group {
+                weight: wg,
+                mask: mg,
+                strength: &self.strength[gi * n..(gi + 1) * n],
+                grad: grad.as_ref().map(|g| &g[gi * n..(gi + 1) * n]),
+            };
+            fresh_group.clear();
+            let s = update_group(
+                &rule,
+                group,
+                k2,
+                n_drop,
+                &mut self.rng,
+                &mut init,
+                &mut fresh_group,
+            );
+            fresh.extend(fresh_group.iter().map(|&i| gi * n + i));
+            stats.add(&s);
         }
-    }
-
-    /// The notebook's baseline: the same counts as a progress step, chosen at
-    /// random.
-    pub fn prune_randomly(&mut self, opt: Option<&mut Sgd>) -> ProgressStats {
-        self.select_and_reset(Ranking::Random, opt)
-    }
-
-    /// Selects, then zeroes the momentum of every connection that was pruned
-    /// or given a fresh value: a new weight starts with no velocity.
-    fn select_and_reset(&mut self, ranking: Ranking, opt: Option<&mut Sgd>) -> ProgressStats {
-        let (stats, fresh) = self.select(ranking);
+        drop(w);
+        self.strength.iter_mut().for_each(|s| *s = 0.0);
+        self.strength_samples = 0;
         if let Some(opt) = opt {
+            // A new weight starts with no velocity.
             if let Some(buf) = opt.momentum_buffer_mut(&self.conv.weight) {
                 for &i in &fresh {
                     buf[i] = 0.0;
@@ -304,75 +377,6 @@ impl DSConv2d {
             self.enforce_mask(opt);
         }
         stats
-    }
-
-    /// Ranks every group and applies keep / regrow / prune. Returns the
-    /// stats and the indices that got a fresh value.
-    fn select(&mut self, ranking: Ranking) -> (ProgressStats, Vec<usize>) {
-        let (n, k1, k2) = self.group_sizes();
-        let bound = kaiming_uniform_bound(self.conv.fan_in(), DEFAULT_KAIMING_A);
-        let mut stats = ProgressStats {
-            total: self.mask.len(),
-            ..Default::default()
-        };
-        let mut w = self.conv.weight.data_mut();
-        let mut order: Vec<(f32, u64, usize)> = Vec::with_capacity(n);
-        let mut fresh = Vec::new();
-        for (g, (wg, (mg, sg))) in w
-            .chunks_mut(n)
-            .zip(self.mask.chunks_mut(n).zip(self.strength.chunks(n)))
-            .enumerate()
-        {
-            // Rank by strength, strongest first; ties (and the Random ranking,
-            // where every strength counts as equal) are broken by a random key
-            // from the layer's seeded stream, then by index.
-            order.clear();
-            for (i, &strength) in sg.iter().enumerate() {
-                let s = match ranking {
-                    Ranking::Strength => strength,
-                    Ranking::Random => 0.0,
-                };
-                order.push((s, self.rng.next_u64(), i));
-            }
-            order.sort_unstable_by(|a, b| {
-                b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
-            });
-            for (rank, &(_, _, i)) in order.iter().enumerate() {
-                let was_active = mg[i];
-                if rank < k1 {
-                    if was_active {
-                        stats.kept += 1;
-                    } else {
-                        // Pruned before, so its weight is 0, yet strong: strength
-                        // does not depend on the weight. It comes back as a
-                        // regrown connection does.
-                        wg[i] = fresh_value(self.config.regrow, bound, &mut self.rng);
-                        fresh.push(g * n + i);
-                        stats.revived += 1;
-                    }
-                    mg[i] = true;
-                } else if rank < k2 {
-                    // The notebook's rule: this band is re-initialised even if
-                    // it was active, so it starts over from a fresh value.
-                    wg[i] = fresh_value(self.config.regrow, bound, &mut self.rng);
-                    mg[i] = true;
-                    fresh.push(g * n + i);
-                    stats.regrown += 1;
-                } else {
-                    if was_active {
-                        stats.dropped += 1;
-                    }
-                    wg[i] = 0.0;
-                    mg[i] = false;
-                }
-            }
-        }
-        drop(w);
-        stats.active = self.density_count();
-        self.strength.iter_mut().for_each(|s| *s = 0.0);
-        self.strength_samples = 0;
-        self.history.push(stats);
-        (stats, fresh)
     }
 
     /// Sets masked weights, and their momentum in `opt`, to exactly zero. Call
@@ -399,17 +403,18 @@ impl DSConv2d {
         &self.mask
     }
 
-    fn density_count(&self) -> usize {
+    /// Active connections.
+    pub fn active(&self) -> usize {
         self.mask.iter().filter(|&&m| m).count()
     }
 
     /// Fraction of connections active.
     pub fn density(&self) -> f64 {
-        self.density_count() as f64 / self.mask.len() as f64
+        self.active() as f64 / self.mask.len() as f64
     }
 
-    /// Accumulated strength since the last progress step, weight-shaped.
-    pub fn strength(&self) -> &[f32] {
+    /// Accumulated strength since the last update, weight-shaped.
+    pub fn strength(&self) -> &[f64] {
         &self.strength
     }
 
@@ -418,16 +423,9 @@ impl DSConv2d {
         self.strength_samples
     }
 
-    /// Training forward passes seen (in every selection mode).
+    /// Training forward passes seen.
     pub fn passes(&self) -> u64 {
         self.passes
-    }
-
-    /// One entry per progress step that changed the mask (Hebbian or Random
-    /// selection, and each `prune_randomly`); a Static layer's stays empty.
-    /// Not part of [`DSConvState`]: after a resume it starts empty again.
-    pub fn history(&self) -> &[ProgressStats] {
-        &self.history
     }
 
     pub fn state(&self) -> DSConvState {
@@ -456,18 +454,4 @@ impl DSConv2d {
         self.rng = Rng::from_state(state.rng);
         Ok(())
     }
-}
-
-/// The value a regrown or revived connection starts from.
-fn fresh_value(regrow: Regrow, bound: f32, rng: &mut Rng) -> f32 {
-    match regrow {
-        Regrow::Kaiming => rng.uniform(-bound, bound),
-        Regrow::Zero => 0.0,
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Ranking {
-    Strength,
-    Random,
 }

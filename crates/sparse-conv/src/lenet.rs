@@ -10,7 +10,8 @@ use tensor::nn::{Conv2d, Linear, MaxPool2d};
 use tensor::optim::Sgd;
 use tensor::{Conv2dOptions, Rng, Tensor};
 
-use crate::dsconv::{DSConfig, DSConfigError, DSConv2d};
+use crate::dsconv::{DSConfig, DSConfigError, DSConv2d, PruneDims};
+use crate::rules::{erk_densities, Allocation};
 
 pub enum ConvLayer {
     Dense(Conv2d),
@@ -73,9 +74,38 @@ impl LeNet {
     /// `sparse: None` builds the dense model; `Some(config)` makes both convs
     /// DSConv2d with that configuration.
     pub fn new(sparse: Option<DSConfig>, rng: &mut Rng) -> Result<LeNet, DSConfigError> {
+        LeNet::with_allocation(sparse, Allocation::Uniform, rng)
+    }
+
+    /// As [`LeNet::new`], with the target density spread over the two convs
+    /// by `allocation`. ERK gives each conv its own total fraction (and scales
+    /// the keep fraction with it); it needs whole-layer groups.
+    pub fn with_allocation(
+        sparse: Option<DSConfig>,
+        allocation: Allocation,
+        rng: &mut Rng,
+    ) -> Result<LeNet, DSConfigError> {
+        let (c1, c2) = match (sparse, allocation) {
+            (Some(c), Allocation::Erk) => {
+                if c.prune_dims != PruneDims::Layer {
+                    return Err(DSConfigError(
+                        "ERK allocates density across whole layers: it needs layer prune dims"
+                            .into(),
+                    ));
+                }
+                let d = erk_densities(&[[6, 3, 5, 5], [16, 6, 5, 5]], c.total_fraction);
+                let per_layer = |d: f64| DSConfig {
+                    total_fraction: d,
+                    keep_fraction: (c.keep_fraction * d / c.total_fraction).min(d),
+                    ..c
+                };
+                (Some(per_layer(d[0])), Some(per_layer(d[1])))
+            }
+            _ => (sparse, sparse),
+        };
         Ok(LeNet {
-            conv1: ConvLayer::new(3, 6, sparse, rng)?,
-            conv2: ConvLayer::new(6, 16, sparse, rng)?,
+            conv1: ConvLayer::new(3, 6, c1, rng)?,
+            conv2: ConvLayer::new(6, 16, c2, rng)?,
             fc1: Linear::new(16 * 5 * 5, 120, true, rng),
             fc2: Linear::new(120, 84, true, rng),
             fc3: Linear::new(84, 10, true, rng),

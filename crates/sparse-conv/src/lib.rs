@@ -6,13 +6,18 @@
 //! * [`strength`]: the strength measures (coactivation, correlation), with the
 //!   notebook's four implementations kept for study and a fast one, the
 //!   default, which is one conv weight-gradient GEMM.
-//! * [`dsconv`]: the `DSConv2d` layer: samples strength during training,
-//!   prunes and regrows per kernel in `progress_connections`, and holds its
-//!   mask through every optimiser step.
+//! * [`dsconv`]: the `DSConv2d` layer: its forward pass, its mask, and the
+//!   state the rules read (strength sampled during training, a seeded
+//!   stream); it holds the mask through every optimiser step.
+//! * [`rules`]: the prune/grow rules a mask update applies per group: the
+//!   notebook's, Hebbian growth, SET, RigL, random and static masks; the
+//!   drop-fraction schedule, the update window, ERK density allocation.
 //! * [`lenet`]: the notebook's LeNet, with dense or DSConv2d convolutions.
 pub mod dsconv;
 pub mod lenet;
+pub mod rules;
 pub mod strength;
 
-pub use dsconv::{DSConfig, DSConv2d, ProgressStats, PruneDims, Regrow, Selection};
+pub use dsconv::{DSConfig, DSConv2d, PruneDims};
+pub use rules::{ProgressStats, Rule};
 pub use lenet::LeNet;

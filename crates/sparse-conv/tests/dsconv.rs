@@ -1,8 +1,10 @@
 //! DSConv2d: mask invariants through training, strength sampling, ties,
 //! regrowth bounds, the random and static baselines, and a hand-checked case.
+//! (The rules themselves are tested in `rules.rs`.)
 
+use sparse_conv::rules::{GrowInit, Rule};
 use sparse_conv::strength::{strength, StrengthConfig};
-use sparse_conv::{DSConfig, DSConv2d, PruneDims, Regrow, Selection};
+use sparse_conv::{DSConfig, DSConv2d, PruneDims};
 use tensor::optim::{Sgd, SgdConfig};
 use tensor::{Conv2dOptions, Conv2dShape, Rng, Tensor};
 
@@ -63,6 +65,7 @@ fn mask_holds_exactly_k2_per_group_through_training() {
             },
         );
         let mut rng = Rng::seed(seed + 100);
+        let mut updates = 0;
         for step in 0..40 {
             let x = Tensor::uniform(&[3, 4, 9, 7], -1.0, 1.0, &mut rng);
             let y = l.forward(&x);
@@ -72,7 +75,8 @@ fn mask_holds_exactly_k2_per_group_through_training() {
             opt.step();
             l.enforce_mask(&mut opt);
             if step % 7 == 6 {
-                l.progress_connections(Some(&mut opt));
+                l.update(Some(&mut opt), 1, 1);
+                updates += 1;
                 assert!(
                     active_per_group(&l, n).iter().all(|&c| c == k2),
                     "{dims:?} step {step}"
@@ -83,7 +87,7 @@ fn mask_holds_exactly_k2_per_group_through_training() {
             }
             assert_masked_weights_and_momentum_zero(&l, &mut opt);
         }
-        assert_eq!(l.history().len(), 5);
+        assert_eq!(updates, 5);
     }
 }
 
@@ -105,9 +109,9 @@ fn strength_accumulates_over_sampled_passes_only() {
     }
     assert_eq!((l.passes(), l.strength_samples()), (7, 3));
     for (acc, v) in l.strength().iter().zip(&one) {
-        assert_eq!(*acc, 3.0 * v);
+        assert_eq!(*acc, 3.0 * *v as f64);
     }
-    l.progress_connections(None);
+    l.update(None, 1, 1);
     assert!(
         l.strength().iter().all(|&v| v == 0.0),
         "progress resets the strength"
@@ -141,7 +145,7 @@ fn all_zero_strength_ties_are_broken_by_the_seed() {
     // No forward pass at all: every strength is 0, every connection ties.
     let run = |seed| {
         let mut l = layer(2, 3, (5, 5), DSConfig::default(), seed);
-        let stats = l.progress_connections(None);
+        let stats = l.update(None, 1, 1);
         (l.mask().to_vec(), stats)
     };
     let (mask, stats) = run(11);
@@ -149,9 +153,17 @@ fn all_zero_strength_ties_are_broken_by_the_seed() {
     assert!(mask
         .chunks(25)
         .all(|g| g.iter().filter(|&&m| m).count() == 3));
+    // All 25 were active: 2 kept, 1 regrown in place (so reset), and the
+    // 23 not kept count as dropped.
     assert_eq!(
-        (stats.kept, stats.revived, stats.regrown, stats.dropped),
-        (12, 0, 6, 6 * 22)
+        (
+            stats.kept,
+            stats.revived,
+            stats.regrown,
+            stats.dropped,
+            stats.reset
+        ),
+        (12, 0, 6, 6 * 23, 6)
     );
     assert_eq!(run(11).0, mask, "same seed, same choice");
     assert_ne!(run(12).0, mask, "another seed breaks ties differently");
@@ -171,7 +183,7 @@ fn regrown_values_lie_within_the_kaiming_bound() {
         .backward();
     opt.step(); // momentum = 1 everywhere, weights = −0.1
     l.weight().data_mut().fill(10.0);
-    let stats = l.progress_connections(Some(&mut opt));
+    let stats = l.update(Some(&mut opt), 1, 1);
     // All were active: 2 kept and 1 regrown per kernel, the rest dropped.
     assert_eq!((stats.kept, stats.revived, stats.regrown), (48, 0, 24));
     let bound = 1.0 / (6.0f32 * 25.0).sqrt();
@@ -191,18 +203,21 @@ fn regrown_values_lie_within_the_kaiming_bound() {
         }
     }
     assert_eq!((kept, fresh), (48, 24));
-    // With Regrow::Zero the regrown connections start at exactly zero.
+    // With zero grow-init the regrown connections start at exactly zero.
     let mut z = layer(
         6,
         4,
         (5, 5),
         DSConfig {
-            regrow: Regrow::Zero,
+            rule: Rule {
+                grow_init: GrowInit::Zero,
+                ..Rule::notebook()
+            },
             ..DSConfig::default()
         },
         13,
     );
-    let s = z.progress_connections(None);
+    let s = z.update(None, 1, 1);
     let zeros_active = z
         .weight()
         .data()
@@ -220,28 +235,28 @@ fn random_and_static_baselines_keep_the_counts() {
         6,
         (5, 5),
         DSConfig {
-            selection: Selection::Random,
+            rule: Rule::random(),
             ..DSConfig::default()
         },
         17,
     );
     assert_eq!(r.density(), 1.0, "random mode starts dense, like hebbian");
-    let stats = r.progress_connections(None);
+    let stats = r.update(None, 1, 1);
     assert_eq!(stats.active, 18 * 3);
     let first = r.mask().to_vec();
-    r.prune_randomly(None);
+    r.update(None, 1, 1);
     assert!(r
         .mask()
         .chunks(25)
         .all(|g| g.iter().filter(|&&m| m).count() == 3));
     assert_ne!(r.mask(), &first[..], "a random step chooses anew");
 
-    let mut s = layer(
+    let s = layer(
         3,
         6,
         (5, 5),
         DSConfig {
-            selection: Selection::Static,
+            rule: Rule::static_mask(),
             ..DSConfig::default()
         },
         17,
@@ -259,8 +274,10 @@ fn random_and_static_baselines_keep_the_counts() {
         .zip(&fixed)
         .all(|(w, &m)| m || *w == 0.0);
     assert!(zeroed, "a static layer's masked weights start at zero");
-    s.progress_connections(None);
-    assert_eq!(s.mask(), &fixed[..], "a static mask never changes");
+    assert!(
+        !s.config.rule.in_window(1, 100),
+        "a static mask is never updated"
+    );
 }
 
 #[test]
@@ -286,7 +303,7 @@ fn hand_computed_strengths_pick_the_expected_connections() {
     l.forward(&x);
     assert_eq!(l.strength(), &[3.0, 1.0, 2.0, 1.0]);
     let w_before = l.weight().to_vec();
-    let stats = l.progress_connections(None);
+    let stats = l.update(None, 1, 1);
     assert_eq!(l.mask(), &[true, false, true, false]);
     assert_eq!(
         l.weight().data()[0],
@@ -294,9 +311,17 @@ fn hand_computed_strengths_pick_the_expected_connections() {
         "the kept tap keeps its weight"
     );
     assert_eq!((l.weight().data()[1], l.weight().data()[3]), (0.0, 0.0));
+    // Taps 1, 2 and 3 were active and are not kept: dropped; tap 2 comes
+    // back as the regrown one, with a fresh value.
     assert_eq!(
-        (stats.kept, stats.revived, stats.regrown, stats.dropped),
-        (1, 0, 1, 2)
+        (
+            stats.kept,
+            stats.revived,
+            stats.regrown,
+            stats.dropped,
+            stats.reset
+        ),
+        (1, 0, 1, 3, 1)
     );
 }
 
