@@ -22,7 +22,7 @@ use hebbsparse::sparse_conv::rules::{
     Allocation, DropFraction, DropSchedule, Grow, GrowInit, Prune, Start,
 };
 use hebbsparse::sparse_conv::strength::{Measure, Method};
-use hebbsparse::sparse_conv::PruneDims;
+use hebbsparse::sparse_conv::{ConvPath, PruneDims};
 use hebbsparse::train::{
     json_key, EpochEnd, Event, LrSchedule, Mode, TrainConfig, TrainError, Trainer, LAYER_NAMES,
 };
@@ -147,6 +147,10 @@ struct Args {
     #[arg(long, help_heading = "Hebbian strength")]
     threshold: Option<f32>,
 
+    /// Kernels of the sparse layers: auto (sparse below the measured
+    /// crossover density, dense above), sparse or dense
+    #[arg(long, default_value = "auto", help_heading = "Running")]
+    conv_path: ConvPath,
     /// Worker threads [default: all cores]. Results do not depend on it.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Running")]
     threads: Option<u32>,
@@ -239,6 +243,7 @@ fn config_from(args: &Args) -> TrainConfig {
     c.strength = args.strength.unwrap_or(c.strength);
     c.strength_method = args.strength_method.unwrap_or(c.strength_method);
     c.threshold = args.threshold.unwrap_or(c.threshold);
+    c.conv_path = args.conv_path;
     c
 }
 

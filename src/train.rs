@@ -14,7 +14,7 @@ use std::time::Instant;
 use cifar::{BatchConfig, Batches, Normalize, Split};
 use sparse_conv::rules::Allocation;
 use sparse_conv::strength::{Measure, Method, StrengthConfig};
-use sparse_conv::{DSConfig, DSConv2d, LeNet, ProgressStats, PruneDims, Rule};
+use sparse_conv::{ConvPath, DSConfig, DSConv2d, LeNet, ProgressStats, PruneDims, Rule};
 use tensor::optim::{Sgd, SgdConfig};
 use tensor::{no_grad, Rng, Tensor};
 
@@ -163,6 +163,8 @@ pub struct TrainConfig {
     pub strength_method: Method,
     /// A unit is active when its value is above this (coactivation only).
     pub threshold: f32,
+    /// Sparse or dense kernels for the sparse layers.
+    pub conv_path: ConvPath,
     pub seed: u64,
     pub normalize: Normalize,
     pub augment: bool,
@@ -198,6 +200,7 @@ impl TrainConfig {
             strength: Measure::Coactivation,
             strength_method: Method::Bitcount,
             threshold: 0.0,
+            conv_path: ConvPath::Auto,
             seed: 0,
             normalize: Normalize::HALF,
             augment: false,
@@ -228,6 +231,7 @@ impl TrainConfig {
                 threshold: self.threshold,
             },
             rule: self.rule,
+            path: self.conv_path,
         })
     }
 
@@ -332,6 +336,9 @@ impl TrainConfig {
             ("--strength", self.strength.name().into()),
             ("--strength-method", self.strength_method.name().into()),
             ("--threshold", self.threshold.to_string()),
+            // The kernels sum in different orders: the same run, not the
+            // same bits.
+            ("--conv-path", self.conv_path.name().into()),
         ]);
         v
     }
@@ -565,6 +572,11 @@ impl Trainer {
             let window_open = self.config.rule.in_window(step, total_steps);
             for l in self.net.sparse_layers_mut() {
                 l.set_sampling(window_open);
+                // Gradient growth ranks inactive taps by the dense weight
+                // gradient of this step; only this step computes it.
+                if due && l.needs_dense_grad() {
+                    l.set_dense_grad(true);
+                }
             }
             self.opt.config.lr = self.lr_at(self.global_step, total_steps);
             let x = Tensor::from_vec(batch.x, &[n, 3, 32, 32]);

@@ -7,7 +7,9 @@
 //! Life cycle:
 //! 1. Construction draws Conv2d's weights; a rule with `Start::Random` then
 //!    masks all but k2 random taps per group.
-//! 2. Forward is Conv2d's on the masked weight (see [`ConvPath`] for how).
+//! 2. Forward is Conv2d's on the masked weight, computed by the sparse
+//!    kernels over the active taps only, or by the dense ones (see
+//!    [`ConvPath`]).
 //!    In training mode, while sampling is on and the rule reads strength,
 //!    every `update_interval`-th forward pass (passes 0, N, 2N, …) adds that
 //!    pass's strength to an accumulated, weight-shaped tensor (kept in f64,
@@ -19,8 +21,10 @@
 //!    weights and their momentum to exactly zero, so SGD cannot revive them.
 
 use std::fmt;
+use std::rc::Rc;
 
 use tensor::nn::{kaiming_uniform_bound, Conv2d, DEFAULT_KAIMING_A};
+use tensor::ops::sparse_conv2d::{conv2d_sparse, SparseLayout, SPARSE_CROSSOVER_DENSITY};
 use tensor::optim::Sgd;
 use tensor::{Conv2dOptions, Conv2dShape, Rng, Tensor};
 
@@ -63,6 +67,43 @@ impl std::str::FromStr for PruneDims {
     }
 }
 
+/// Which kernels compute the convolution. Both give the same numbers up to
+/// the order of summation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPath {
+    /// Sparse below [`SPARSE_CROSSOVER_DENSITY`], where the direct sparse
+    /// kernels are measured to be faster; dense above it.
+    Auto,
+    /// Always the direct sparse kernels over the active taps.
+    Sparse,
+    /// Always im2col + GEMM on the full masked weight.
+    Dense,
+}
+
+impl ConvPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvPath::Auto => "auto",
+            ConvPath::Sparse => "sparse",
+            ConvPath::Dense => "dense",
+        }
+    }
+}
+
+impl std::str::FromStr for ConvPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(ConvPath::Auto),
+            "sparse" => Ok(ConvPath::Sparse),
+            "dense" => Ok(ConvPath::Dense),
+            _ => Err(format!(
+                "unknown conv path {s:?}: expected auto, sparse or dense"
+            )),
+        }
+    }
+}
+
 /// The layer's settings; `Default` gives the notebook's.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DSConfig {
@@ -76,6 +117,7 @@ pub struct DSConfig {
     pub update_interval: u64,
     pub strength: StrengthConfig,
     pub rule: Rule,
+    pub path: ConvPath,
 }
 
 impl Default for DSConfig {
@@ -87,6 +129,7 @@ impl Default for DSConfig {
             update_interval: 20,
             strength: StrengthConfig::default(),
             rule: Rule::notebook(),
+            path: ConvPath::Auto,
         }
     }
 }
@@ -130,6 +173,12 @@ pub struct DSConv2d {
     sampling: bool,
     /// The layer's own stream: tie-breaks, grown values, random masks.
     rng: Rng,
+    /// The sparse kernels' tap lists, built from the mask on the first sparse
+    /// forward after the mask changed.
+    layout: Option<Rc<SparseLayout>>,
+    /// The next training forward uses the dense kernels, so the weight
+    /// gradient is dense (for gradient growth); off again after the update.
+    dense_grad: bool,
 }
 
 impl DSConv2d {
@@ -188,6 +237,8 @@ impl DSConv2d {
             training: true,
             sampling: true,
             rng: own_rng,
+            layout: None,
+            dense_grad: false,
         };
         if config.rule.start == Start::Random {
             layer.mask_at_random();
@@ -198,6 +249,7 @@ impl DSConv2d {
     /// The starting mask of `Start::Random`: k2 taps per group chosen at
     /// random (by random keys, as an update breaks ties), the rest zeroed.
     fn mask_at_random(&mut self) {
+        self.layout = None;
         let (n, _, k2) = self.group_sizes();
         let mut w = self.conv.weight.data_mut();
         for (wg, mg) in w.chunks_mut(n).zip(self.mask.chunks_mut(n)) {
@@ -235,11 +287,37 @@ impl DSConv2d {
         self.sampling = on;
     }
 
+    /// Whether the next forward runs the sparse kernels.
+    pub fn uses_sparse_path(&self) -> bool {
+        let sparse = match self.config.path {
+            ConvPath::Auto => self.density() < SPARSE_CROSSOVER_DENSITY,
+            ConvPath::Sparse => true,
+            ConvPath::Dense => false,
+        };
+        sparse && !(self.dense_grad && self.training)
+    }
+
+    /// Asks for a dense weight gradient from the next training step (the
+    /// update after it grows by gradient); steps that do not ask pay nothing.
+    pub fn set_dense_grad(&mut self, on: bool) {
+        self.dense_grad = on;
+    }
+
     /// Conv2d's forward on the masked weight. In training mode it counts the
     /// pass, and on a sampled pass of a rule that reads strength it also
     /// accumulates strength.
     pub fn forward(&mut self, x: &Tensor) -> Tensor {
-        let y = self.conv.forward(x);
+        let y = if self.uses_sparse_path() {
+            let (shape, opts) = (self.conv.weight.shape(), self.conv.opts);
+            let mask = &self.mask;
+            let layout = self.layout.get_or_insert_with(|| {
+                let shape: [usize; 4] = shape.try_into().expect("a conv weight is 4-d");
+                Rc::new(SparseLayout::new(shape, opts, mask))
+            });
+            conv2d_sparse(x, &self.conv.weight, self.conv.bias.as_ref(), layout)
+        } else {
+            self.conv.forward(x)
+        };
         if self.training {
             let sampled = self.passes.is_multiple_of(self.config.update_interval);
             // An empty batch has no activity to measure.
@@ -365,6 +443,8 @@ impl DSConv2d {
             stats.add(&s);
         }
         drop(w);
+        self.layout = None;
+        self.dense_grad = false;
         self.strength.iter_mut().for_each(|s| *s = 0.0);
         self.strength_samples = 0;
         if let Some(opt) = opt {
@@ -448,6 +528,7 @@ impl DSConv2d {
             )));
         }
         self.mask = state.mask;
+        self.layout = None;
         self.strength = state.strength;
         self.strength_samples = state.strength_samples;
         self.passes = state.passes;

@@ -18,6 +18,6 @@ pub mod lenet;
 pub mod rules;
 pub mod strength;
 
-pub use dsconv::{DSConfig, DSConv2d, PruneDims};
+pub use dsconv::{ConvPath, DSConfig, DSConv2d, PruneDims};
 pub use rules::{ProgressStats, Rule};
 pub use lenet::LeNet;

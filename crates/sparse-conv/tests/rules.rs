@@ -158,8 +158,18 @@ fn gradient_growth_picks_the_largest_dense_gradient_of_that_batch() {
     let mut l = layer(config, 7);
     let mut opt = Sgd::new(l.parameters(), SgdConfig::new(0.01, 0.9));
     let mut rng = Rng::seed(8);
+    // An ordinary step on the sparse kernels has no gradient at inactive taps.
     step(&mut l, &mut opt, &mut rng);
-    // The dense gradient the step left behind, at inactive taps too.
+    let sparse_grad = l.weight().grad().unwrap();
+    assert!(sparse_grad
+        .iter()
+        .zip(l.mask())
+        .all(|(g, &m)| m || *g == 0.0));
+    // The step before a gradient-growth update asks for the dense gradient,
+    // as the training loop does.
+    l.set_dense_grad(true);
+    assert!(!l.uses_sparse_path());
+    step(&mut l, &mut opt, &mut rng);
     let grad = l.weight().grad().unwrap();
     let inactive_with_grad = grad
         .iter()
@@ -173,6 +183,7 @@ fn gradient_growth_picks_the_largest_dense_gradient_of_that_batch() {
     let before_mask = l.mask().to_vec();
     let before_w = l.weight().to_vec();
     l.update(Some(&mut opt), 1, 10);
+    assert!(l.uses_sparse_path(), "the request ends with the update");
     for g in 0..before_mask.len() / 25 {
         let r = g * 25..(g + 1) * 25;
         let (gm, gw, gg) = (
