@@ -249,11 +249,11 @@ fn correlation_known_answer() {
 }
 
 #[test]
-fn default_config_is_fast_coactivation_at_zero() {
+fn default_config_is_bitcount_coactivation_at_zero() {
     let c = StrengthConfig::default();
     assert_eq!(
         (c.measure, c.method, c.threshold),
-        (Measure::Coactivation, Method::Fast, 0.0)
+        (Measure::Coactivation, Method::Bitcount, 0.0)
     );
 }
 

@@ -1,9 +1,9 @@
 //! Reverse-mode autograd on a define-by-run tape.
 //!
-//! Every op that has an input needing a gradient pushes a [`Record`] onto this
+//! Every op that has an input needing a gradient pushes a `Record` onto this
 //! thread's tape: its output and a closure that, given the gradient of the
 //! output, adds the gradients of the inputs. Tensor ids increase as tensors are
-//! made, so the tape is already in topological order and [`backward`] is just
+//! made, so the tape is already in topological order and [`Tensor::backward`] is just
 //! a reverse walk: no graph sort (the idea of dfdx's tape).
 //!
 //! Leaves (parameters, and inputs marked `requires_grad`) accumulate their

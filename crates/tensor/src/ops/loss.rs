@@ -42,7 +42,7 @@ impl Tensor {
         })
     }
 
-    /// Mean over the batch of −log softmax(x)[label]: PyTorch's
+    /// Mean over the batch of −log softmax(x)\[label\]: PyTorch's
     /// `F.cross_entropy(logits, labels)`. Panics on a label ≥ C.
     pub fn cross_entropy(&self, labels: &[usize]) -> Tensor {
         let (n, c) = check_logits("cross_entropy", self);
