@@ -19,5 +19,5 @@ pub mod rules;
 pub mod strength;
 
 pub use dsconv::{ConvPath, DSConfig, DSConv2d, PruneDims};
-pub use rules::{ProgressStats, Rule};
 pub use lenet::LeNet;
+pub use rules::{ProgressStats, Rule};
