@@ -416,3 +416,31 @@ fn the_first_run_on_the_sample_learns_well_above_chance() {
         .expect("an accuracy line");
     assert!(acc >= 20.0, "{acc}% is too close to chance (10%): {stdout}");
 }
+
+#[cfg(unix)]
+#[test]
+fn an_interrupt_without_checkpoint_says_how_to_keep_the_run() {
+    use std::time::{Duration, Instant};
+    let metrics = tmp("int.jsonl");
+    let child = Command::new(example())
+        .args(["--epochs", "50", "--log-every", "5", "--quiet"])
+        .arg("--metrics")
+        .arg(&metrics)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains("\"log\"")) {
+        assert!(start.elapsed() < Duration::from_secs(120), "no loss line");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: sending a signal to our own child process by its pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("run with --checkpoint FILE"), "{err}");
+}
