@@ -27,10 +27,14 @@
 //! eight AVX registers and streams the taps through it: one load and one FMA
 //! per tap and 8 outputs, and one store per output.
 //!
-//! The input gradient is the same loop on the other side: pad dy by the
-//! kernel reach, Hq = OH + 2(KH−1)·dy and Wq = OW + 2(KW−1)·dx, and each input
-//! plane c gathers from the (o, tap) entries that read it with the kernel
-//! flipped, off = o·Hq·Wq + (KH−1−ki)·dy·Wq + (KW−1−kj)·dx. The weight
+//! The input gradient is the same loop on the other side. Lay dy out with
+//! the same row length Wp, its Wp − OW gap columns zero, and (KH−1)·dy zero
+//! rows above and below (Hq = OH + 2(KH−1)·dy rows), after (KW−1)·dx leading
+//! zeros: the gap after a row is both its right border and the next row's
+//! left border. Each input plane c
+//! then gathers from the (o, tap) entries that read it, the kernel flipped,
+//! off = o·Q + (KH−1−ki)·dy·Wp + (KW−1−kj)·dx (Q floats per dy plane), and
+//! comes out directly in the padded input's layout, Hp·Wp long. The weight
 //! gradient of an active tap is a dot product of dy (laid out wide, with zeros
 //! in the Wp − OW gap columns) with the shifted input.
 //!
@@ -92,12 +96,14 @@ struct Plan {
     /// Padded input plane, Hp × Wp.
     hp: usize,
     wp: usize,
-    /// dy padded by the kernel reach, Hq × Wq.
-    hq: usize,
-    wq: usize,
+    /// dy padded for the input gradient: `lead` zeros, then Hq rows of
+    /// Wp floats (OW values, then Wp − OW zeros); `q_plane` floats per
+    /// output channel.
+    lead: usize,
+    q_plane: usize,
     /// Per entry of `by_output`: c·Hp·Wp + ki·dy·Wp + kj·dx.
     fwd_offs: Vec<usize>,
-    /// Per entry of `by_input`: o·Hq·Wq + (KH−1−ki)·dy·Wq + (KW−1−kj)·dx.
+    /// Per entry of `by_input`: o·q_plane + (KH−1−ki)·dy·Wp + (KW−1−kj)·dx.
     bwd_offs: Vec<usize>,
 }
 
@@ -266,7 +272,8 @@ impl SparseLayout {
         let hp = s.in_h + 2 * s.opts.padding.0;
         let wp = s.in_w + 2 * s.opts.padding.1;
         let hq = s.out_h() + 2 * (kh - 1) * dy;
-        let wq = s.out_w() + 2 * (kw - 1) * dx;
+        let lead = (kw - 1) * dx;
+        let q_plane = lead + hq * wp;
         let fwd_offs = self
             .by_output
             .iter()
@@ -275,15 +282,15 @@ impl SparseLayout {
         let bwd_offs = self
             .by_input
             .iter()
-            .map(|t| t.ch * hq * wq + (kh - 1 - t.ki) * dy * wq + (kw - 1 - t.kj) * dx)
+            .map(|t| t.ch * q_plane + (kh - 1 - t.ki) * dy * wp + (kw - 1 - t.kj) * dx)
             .collect();
         let p = Arc::new(Plan {
             in_h: s.in_h,
             in_w: s.in_w,
             hp,
             wp,
-            hq,
-            wq,
+            lead,
+            q_plane,
             fwd_offs,
             bwd_offs,
         });
@@ -379,8 +386,25 @@ fn pad_planes(x: &[f32], h: usize, w: usize, (py, px): (usize, usize), xp: &mut 
     xp.fill(0.0);
     for (src, dst) in x.chunks_exact(h * w).zip(xp.chunks_exact_mut(hp * wp)) {
         for iy in 0..h {
-            dst[(iy + py) * wp + px..][..w].copy_from_slice(&src[iy * w..][..w]);
+            copy_row(&mut dst[(iy + py) * wp + px..][..w], &src[iy * w..][..w]);
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short rows copied in and out of the
+/// wide layouts (10 to 32 floats in the LeNet): fixed 8-float copies are
+/// inlined, where a run-time length would call `memmove` for each row.
+#[inline(always)]
+fn copy_row(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    let src = &src[..n];
+    let mut d8 = dst.chunks_exact_mut(8);
+    let mut s8 = src.chunks_exact(8);
+    for (d, s) in (&mut d8).zip(&mut s8) {
+        d.copy_from_slice(s);
+    }
+    for (d, s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
+        *d = *s;
     }
 }
 
@@ -667,7 +691,7 @@ pub fn sparse_conv2d_forward(
                         gather_fma(src, &plan.fwd_offs[r], ws, bias_of(oc), yw, k);
                         let y_o = &mut y_b[oc * p..(oc + 1) * p]; // (OH, OW)
                         for (oy, row) in y_o.chunks_exact_mut(ow).enumerate() {
-                            row.copy_from_slice(&yw[oy * plan.wp..][..ow]);
+                            copy_row(row, &yw[oy * plan.wp..][..ow]);
                         }
                     }
                 }
@@ -738,7 +762,7 @@ pub fn sparse_conv2d_backward_input(
     let (c, h, wd, o) = (s.in_channels, s.in_h, s.in_w, s.out_channels);
     let (hw, p) = (h * wd, s.out_pixels());
     let (cg, og) = (s.group_in(), s.group_out());
-    let (oh, ow) = (s.out_h(), s.out_w());
+    let ow = s.out_w();
     let ipc = images_per_chunk(s, l);
     let parallel = run_parallel(s, l);
 
@@ -752,31 +776,37 @@ pub fn sparse_conv2d_backward_input(
         return;
     }
 
-    // Stride 1: the wide trick on dy padded by the kernel reach.
+    // Stride 1: the wide trick on dy padded by the kernel reach. dy rows
+    // keep the input's row length Wp, so the Wp − OW zeros after each row
+    // serve as the right border of that row and the left border of the next
+    // (a read left of column 0 lands in the previous row's gap), and the
+    // input gradient comes out in the padded input's own layout.
     let plan = l.plan(s);
-    let (hq, wq) = (plan.hq, plan.wq);
-    let (top, left) = (
-        (s.kernel_h - 1) * s.opts.dilation.0,
-        (s.kernel_w - 1) * s.opts.dilation.1,
-    );
+    let (wp, top) = (plan.wp, (s.kernel_h - 1) * s.opts.dilation.0);
     let (py, px) = s.opts.padding;
-    let q_len = og * hq * wq; // (O/g, Hq, Wq)
-    let wide = (plan.hp - 1) * wq + plan.wp; // dxw[iy·Wq + ix], padded coordinates
+    let padded = (py, px) != (0, 0);
+    let q_len = og * plan.q_plane; // (O/g, lead + Hq·Wp)
+    let wide = plan.hp * wp; // dxw[iy·Wp + ix], padded coordinates
+    let dxw_len = if padded { wide } else { 0 };
     let max_taps = l.max_taps();
     for_each_chunk(dx, ipc * c * hw, parallel, |chunk, dx_chunk| {
-        with_scratch(&SCRATCH, q_len + wide + max_taps, |buf| {
+        with_scratch(&SCRATCH, q_len + dxw_len + max_taps, |buf| {
             let (dyq, rest) = buf.split_at_mut(q_len);
-            let (dxw, ws) = rest.split_at_mut(wide);
-            // The border of dyq stays zero: each image overwrites the middle.
+            let (dxw, ws) = rest.split_at_mut(dxw_len);
+            // The zeros of dyq stay zero: each image overwrites only the
+            // OW values of each data row.
             dyq.fill(0.0);
             for (i, dx_b) in dx_chunk.chunks_mut(c * hw).enumerate() {
                 let b = chunk * ipc + i;
                 for g in 0..s.opts.groups {
                     let dy_bg = &dy[(b * o + g * og) * p..][..og * p]; // (O/g, OH, OW)
-                    for (src, dst) in dy_bg.chunks_exact(p).zip(dyq.chunks_exact_mut(hq * wq)) {
-                        for oy in 0..oh {
-                            dst[(oy + top) * wq + left..][..ow]
-                                .copy_from_slice(&src[oy * ow..][..ow]);
+                    for (src, dst) in dy_bg
+                        .chunks_exact(p)
+                        .zip(dyq.chunks_exact_mut(plan.q_plane))
+                    {
+                        let rows = &mut dst[plan.lead + top * wp..];
+                        for (oy, row) in src.chunks_exact(ow).enumerate() {
+                            copy_row(&mut rows[oy * wp..][..ow], row);
                         }
                     }
                     for ci in g * cg..(g + 1) * cg {
@@ -790,9 +820,14 @@ pub fn sparse_conv2d_backward_input(
                         for (wv, t) in ws.iter_mut().zip(&l.by_input[r.clone()]) {
                             *wv = w[t.wi];
                         }
+                        if !padded {
+                            // Hp × Wp is H × W: write the plane in place.
+                            gather_fma(dyq, &plan.bwd_offs[r], ws, 0.0, dx_c, k);
+                            continue;
+                        }
                         gather_fma(dyq, &plan.bwd_offs[r], ws, 0.0, dxw, k);
                         for (iy, row) in dx_c.chunks_exact_mut(wd).enumerate() {
-                            row.copy_from_slice(&dxw[(iy + py) * wq + px..][..wd]);
+                            copy_row(row, &dxw[(iy + py) * wp + px..][..wd]);
                         }
                     }
                 }
@@ -908,7 +943,7 @@ pub fn sparse_conv2d_backward_weight(
                 for b in 0..s.batch {
                     let dy_bo = &dy[(b * o + oc) * p..][..p]; // (OH, OW)
                     for (oy, row) in dy_bo.chunks_exact(ow).enumerate() {
-                        dyw[oy * plan.wp..][..ow].copy_from_slice(row);
+                        copy_row(&mut dyw[oy * plan.wp..][..ow], row);
                     }
                     let x_bg = &xs[(b * c + g * cg) * plane_p..][..cg * plane_p];
                     multi_dot(dyw, x_bg, offs, dots, k);
