@@ -119,8 +119,14 @@ impl LeNet {
 
     /// x is (B, 3, 32, 32); returns logits (B, 10).
     pub fn forward(&mut self, x: &Tensor) -> Tensor {
-        let h = self.pool.forward(&self.conv1.forward(x).relu()); // (B, 6, 14, 14)
-        let h = self.pool.forward(&self.conv2.forward(&h).relu()); // (B, 16, 5, 5)
+        // A dense conv block is one fused op (bitwise the same as the three).
+        let pool = self.pool;
+        let block = |conv: &mut ConvLayer, x: &Tensor| match conv {
+            ConvLayer::Dense(c) => c.forward_relu_pool(x, &pool),
+            sparse => pool.forward(&sparse.forward(x).relu()),
+        };
+        let h = block(&mut self.conv1, x); // (B, 6, 14, 14)
+        let h = block(&mut self.conv2, &h); // (B, 16, 5, 5)
         let h = self.fc1.forward(&h.flatten()).relu(); // (B, 120)
         let h = self.fc2.forward(&h).relu(); // (B, 84)
         self.fc3.forward(&h) // (B, 10)

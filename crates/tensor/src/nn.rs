@@ -1,7 +1,7 @@
 //! Layers with parameters (Conv2d, Linear) and MaxPool2d, initialised as
 //! PyTorch initialises them, from a seeded generator.
 
-use crate::ops::conv2d::Conv2dOptions;
+use crate::ops::conv2d::{Conv2dOptions, PoolOptions};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
@@ -70,6 +70,21 @@ impl Conv2d {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.conv2d(&self.weight, self.bias.as_ref(), self.opts)
+    }
+
+    /// `pool.forward(&self.forward(x).relu())` as one fused op
+    /// ([`Tensor::conv2d_relu_max_pool2d`]): bitwise the same result, with
+    /// less memory traffic.
+    pub fn forward_relu_pool(&self, x: &Tensor, pool: &MaxPool2d) -> Tensor {
+        x.conv2d_relu_max_pool2d(
+            &self.weight,
+            self.bias.as_ref(),
+            self.opts,
+            PoolOptions {
+                kernel: pool.kernel,
+                stride: pool.stride,
+            },
+        )
     }
 
     pub fn parameters(&self) -> Vec<Tensor> {
