@@ -1,0 +1,699 @@
+//! A small hand-written SVG toolkit for the report: a [`Plot`] with linear
+//! axes, round-number ticks, polylines, shaded bands, bars, dots and a legend,
+//! plus rectangle grids for kernels and heat maps.
+//!
+//! Every string that reaches the SVG goes through [`escape`], so each chart is
+//! well-formed XML and can be pasted into any page or opened on its own.
+
+use std::fmt::Write;
+
+/// Series colours (the colour-blind-friendly "Tableau 10" order).
+pub const PALETTE: [&str; 8] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+];
+
+/// The i-th series colour, cycling.
+pub fn colour(i: usize) -> &'static str {
+    PALETTE[i % PALETTE.len()]
+}
+
+/// Escapes text for XML content and attribute values. Control characters are
+/// not allowed in XML 1.0 at all, so they become spaces.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A tick spacing of 1, 2 or 5 × 10^k giving about `target` ticks over [lo, hi].
+pub fn nice_step(lo: f64, hi: f64, target: usize) -> f64 {
+    let raw = ((hi - lo).abs() / target.max(1) as f64).max(1e-12);
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let nice = match raw / magnitude {
+        r if r < 1.5 => 1.0,
+        r if r < 3.0 => 2.0,
+        r if r < 7.0 => 5.0,
+        _ => 10.0,
+    };
+    nice * magnitude
+}
+
+/// Widens [lo, hi] to whole tick steps, so an axis starts and ends on a tick.
+/// An empty or single-value range is opened up around its value.
+pub fn nice_range(lo: f64, hi: f64) -> (f64, f64) {
+    let (lo, hi) = match (lo.is_finite() && hi.is_finite(), hi > lo) {
+        (false, _) => (0.0, 1.0),
+        (true, true) => (lo, hi),
+        (true, false) if lo == 0.0 => (0.0, 1.0),
+        (true, false) => (lo - 0.1 * lo.abs(), hi + 0.1 * hi.abs()),
+    };
+    let step = nice_step(lo, hi, 5);
+    ((lo / step).floor() * step, (hi / step).ceil() * step)
+}
+
+/// The tick values inside [lo, hi], `step` apart, computed from whole
+/// multiples so they do not drift.
+fn ticks(lo: f64, hi: f64, step: f64) -> Vec<f64> {
+    let first = (lo / step - 1e-9).ceil() as i64;
+    let last = (hi / step + 1e-9).floor() as i64;
+    (first..=last).map(|k| k as f64 * step + 0.0).collect()
+}
+
+/// A tick label with just enough decimals for the step.
+fn tick_label(v: f64, step: f64) -> String {
+    let decimals = if step >= 1.0 {
+        0
+    } else {
+        (-step.log10()).ceil() as usize
+    };
+    format!("{:.*}", decimals, v + 0.0)
+}
+
+/// Ticks for a log(1 + y) axis reaching at least `max`: 0, then 1, 2, 5,
+/// 10, … up to the first ≥ `max`; thinned to 0 and powers of ten when that
+/// would crowd the axis.
+fn log_ticks(max: f64) -> Vec<f64> {
+    let mut all = vec![0.0];
+    let mut decade = 1.0;
+    'outer: loop {
+        for m in [1.0, 2.0, 5.0] {
+            all.push(m * decade);
+            if m * decade >= max {
+                break 'outer;
+            }
+        }
+        decade *= 10.0;
+    }
+    if all.len() > 7 {
+        let last = *all.last().unwrap();
+        all.retain(|&v| v == 0.0 || v == last || v.log10().fract() == 0.0);
+    }
+    all
+}
+
+/// Width of `text` in pixels at `size`, roughly (sans-serif averages ~0.6 em).
+fn text_width(text: &str, size: f64) -> f64 {
+    text.chars().count() as f64 * size * 0.6
+}
+
+/// Something drawn inside a plot, in data coordinates; laid out in
+/// [`Plot::finish`] once the axes are known.
+enum Mark {
+    Line {
+        points: Vec<(f64, f64)>,
+        colour: String,
+        dashed: bool,
+    },
+    /// (x, low, high) triples: the area between two curves.
+    Band {
+        points: Vec<(f64, f64, f64)>,
+        colour: String,
+    },
+    Dot {
+        x: f64,
+        y: f64,
+        colour: String,
+        tip: String,
+    },
+    Bar {
+        x0: f64,
+        x1: f64,
+        y: f64,
+        colour: String,
+        label: String,
+    },
+}
+
+/// A chart with a title, two labelled linear axes and a legend. The axis
+/// ranges follow the data; the x axis can instead hold named
+/// categories (for bar charts), category i spanning [i, i+1].
+pub struct Plot {
+    title: String,
+    x_label: String,
+    y_label: String,
+    width: f64,
+    height: f64,
+    x_range: Option<(f64, f64)>,
+    y_from_zero: bool,
+    y_log: bool,
+    x_whole: bool,
+    categories: Vec<String>,
+    marks: Vec<Mark>,
+    legend: Vec<(String, String)>,
+}
+
+const LEFT: f64 = 62.0;
+const RIGHT: f64 = 18.0;
+const BOTTOM: f64 = 42.0;
+const TITLE_SIZE: f64 = 14.0;
+const FONT_SIZE: f64 = 11.0;
+
+impl Plot {
+    pub fn new(title: &str, x_label: &str, y_label: &str, width: f64, height: f64) -> Plot {
+        Plot {
+            title: title.to_string(),
+            x_label: x_label.to_string(),
+            y_label: y_label.to_string(),
+            width,
+            height,
+            x_range: None,
+            y_from_zero: false,
+            y_log: false,
+            x_whole: false,
+            categories: Vec::new(),
+            marks: Vec::new(),
+            legend: Vec::new(),
+        }
+    }
+
+    /// Makes the y axis start at 0 (counts, accuracies).
+    pub fn y_from_zero(mut self) -> Plot {
+        self.y_from_zero = true;
+        self
+    }
+
+    /// Draws y on a log(1 + y) scale from 0, for counts spanning decades
+    /// (the first mask update drops hundreds of connections, later ones a
+    /// handful).
+    pub fn y_log(mut self) -> Plot {
+        self.y_log = true;
+        self
+    }
+
+    /// Keeps x ticks on whole numbers (epochs).
+    pub fn x_whole(mut self) -> Plot {
+        self.x_whole = true;
+        self
+    }
+
+    /// Turns the x axis into named categories; category i spans [i, i+1].
+    pub fn categories(mut self, names: Vec<String>) -> Plot {
+        self.x_range = Some((0.0, names.len().max(1) as f64));
+        self.categories = names;
+        self
+    }
+
+    pub fn line(&mut self, points: Vec<(f64, f64)>, colour: &str, dashed: bool) {
+        self.marks.push(Mark::Line {
+            points,
+            colour: colour.to_string(),
+            dashed,
+        });
+    }
+
+    pub fn band(&mut self, points: Vec<(f64, f64, f64)>, colour: &str) {
+        self.marks.push(Mark::Band {
+            points,
+            colour: colour.to_string(),
+        });
+    }
+
+    /// A dot; `tip` shows when the mouse rests on it.
+    pub fn dot(&mut self, x: f64, y: f64, colour: &str, tip: &str) {
+        self.marks.push(Mark::Dot {
+            x,
+            y,
+            colour: colour.to_string(),
+            tip: tip.to_string(),
+        });
+    }
+
+    /// A bar from 0 to `y` over [x0, x1], with `label` written above it.
+    pub fn bar(&mut self, x0: f64, x1: f64, y: f64, colour: &str, label: &str) {
+        self.marks.push(Mark::Bar {
+            x0,
+            x1,
+            y,
+            colour: colour.to_string(),
+            label: label.to_string(),
+        });
+    }
+
+    pub fn legend(&mut self, name: &str, colour: &str) {
+        self.legend.push((name.to_string(), colour.to_string()));
+    }
+
+    /// The data's extent along x (`along_x`) or y, over every mark.
+    fn extent(&self, along_x: bool) -> (f64, f64) {
+        let mut lo = f64::INFINITY;
+        let mut hi = f64::NEG_INFINITY;
+        let mut see = |v: f64| {
+            if v.is_finite() {
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+        };
+        for mark in &self.marks {
+            match mark {
+                Mark::Line { points, .. } => {
+                    for &(x, y) in points {
+                        see(if along_x { x } else { y });
+                    }
+                }
+                Mark::Band { points, .. } => {
+                    for &(x, a, b) in points {
+                        if along_x {
+                            see(x);
+                        } else {
+                            see(a);
+                            see(b);
+                        }
+                    }
+                }
+                Mark::Dot { x, y, .. } => see(if along_x { *x } else { *y }),
+                Mark::Bar { x0, x1, y, .. } => {
+                    if along_x {
+                        see(*x0);
+                        see(*x1);
+                    } else {
+                        see(0.0);
+                        see(*y);
+                    }
+                }
+            }
+        }
+        (lo, hi)
+    }
+
+    /// Lays out the legend in rows under the title; returns the rows'
+    /// (x, row) positions and the number of rows.
+    fn legend_layout(&self) -> (Vec<(f64, usize)>, usize) {
+        let mut places = Vec::new();
+        let (mut x, mut row) = (LEFT, 0);
+        for (name, _) in &self.legend {
+            let w = 18.0 + text_width(name, FONT_SIZE) + 14.0;
+            if x + w > self.width - RIGHT && x > LEFT {
+                x = LEFT;
+                row += 1;
+            }
+            places.push((x, row));
+            x += w;
+        }
+        let rows = if self.legend.is_empty() { 0 } else { row + 1 };
+        (places, rows)
+    }
+
+    /// Renders the plot as one `<svg>` element.
+    pub fn finish(self) -> String {
+        let (legend_places, legend_rows) = self.legend_layout();
+        let top = 30.0 + 16.0 * legend_rows as f64 + 8.0;
+        let (x0, x1) = self.x_range.unwrap_or_else(|| {
+            let (lo, hi) = self.extent(true);
+            if lo.is_finite() && hi > lo {
+                (lo, hi)
+            } else {
+                nice_range(lo, hi)
+            }
+        });
+        // y0, y1 and the y ticks live on the drawn scale: y, or log10(1 + y).
+        let log = self.y_log;
+        let fy = move |y: f64| {
+            if log {
+                y.max(0.0).ln_1p() / 10f64.ln()
+            } else {
+                y
+            }
+        };
+        let (lo, hi) = self.extent(false);
+        let (y0, y1, y_ticks) = if log {
+            let top_value = log_ticks(hi.max(1.0)).last().copied().unwrap_or(1.0);
+            let labels = log_ticks(top_value);
+            let ticks: Vec<(f64, String)> =
+                labels.iter().map(|&v| (fy(v), v.to_string())).collect();
+            (0.0, fy(top_value), ticks)
+        } else {
+            let lo = if self.y_from_zero { lo.min(0.0) } else { lo };
+            // A little headroom so a flat line does not sit on the frame.
+            let pad = 0.03 * (hi - lo);
+            let lo = if self.y_from_zero && lo >= 0.0 {
+                lo
+            } else {
+                lo - pad
+            };
+            let (y0, y1) = nice_range(lo, hi + pad);
+            let step = nice_step(y0, y1, 5);
+            let ticks = ticks(y0, y1, step)
+                .into_iter()
+                .map(|v| (v, tick_label(v, step)))
+                .collect();
+            (y0, y1, ticks)
+        };
+        let (pw, ph) = (self.width - LEFT - RIGHT, self.height - top - BOTTOM);
+        let px = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
+        let py = |y: f64| top + (1.0 - (fy(y) - y0) / (y1 - y0)) * ph;
+        let py_scale = |v: f64| top + (1.0 - (v - y0) / (y1 - y0)) * ph;
+
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="{FONT_SIZE}" role="img"><title>{t}</title>"#,
+            w = self.width,
+            h = self.height,
+            t = escape(&self.title)
+        );
+        let _ = write!(
+            s,
+            r##"<rect width="{}" height="{}" fill="#ffffff"/><text x="{}" y="20" font-size="{TITLE_SIZE}" font-weight="bold" text-anchor="middle">{}</text>"##,
+            self.width,
+            self.height,
+            self.width / 2.0,
+            escape(&self.title)
+        );
+
+        // Grid lines and ticks.
+        for (v, label) in y_ticks {
+            let y = py_scale(v);
+            let _ = write!(
+                s,
+                r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e6e6e6"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                LEFT + pw,
+                LEFT - 5.0,
+                y + 4.0,
+                label
+            );
+        }
+        let axis_y = top + ph;
+        if self.categories.is_empty() {
+            let mut x_step = nice_step(x0, x1, ((pw / 70.0) as usize).clamp(2, 8));
+            if self.x_whole {
+                x_step = x_step.max(1.0).round();
+            }
+            for v in ticks(x0, x1, x_step) {
+                let x = px(v);
+                let _ = write!(
+                    s,
+                    r##"<line x1="{x:.1}" y1="{axis_y:.1}" x2="{x:.1}" y2="{:.1}" stroke="#333333"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+                    axis_y + 4.0,
+                    axis_y + 16.0,
+                    tick_label(v, x_step)
+                );
+            }
+        } else {
+            for (i, name) in self.categories.iter().enumerate() {
+                let _ = write!(
+                    s,
+                    r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                    px(i as f64 + 0.5),
+                    axis_y + 16.0,
+                    escape(name)
+                );
+            }
+        }
+
+        // Data, bands first so lines and dots sit on top of them.
+        let mut ordered: Vec<&Mark> = self.marks.iter().collect();
+        ordered.sort_by_key(|m| match m {
+            Mark::Band { .. } => 0,
+            Mark::Bar { .. } => 1,
+            Mark::Line { .. } => 2,
+            Mark::Dot { .. } => 3,
+        });
+        for mark in ordered {
+            match mark {
+                Mark::Band { points, colour } => {
+                    let pts: Vec<_> = points
+                        .iter()
+                        .filter(|p| p.0.is_finite() && p.1.is_finite() && p.2.is_finite())
+                        .collect();
+                    if pts.len() < 2 {
+                        continue;
+                    }
+                    let mut path = String::new();
+                    for &&(x, _, hi) in &pts {
+                        let _ = write!(path, "{:.1},{:.1} ", px(x), py(hi));
+                    }
+                    for &&(x, lo, _) in pts.iter().rev() {
+                        let _ = write!(path, "{:.1},{:.1} ", px(x), py(lo));
+                    }
+                    let _ = write!(
+                        s,
+                        r#"<polygon points="{}" fill="{colour}" fill-opacity="0.18" stroke="none"/>"#,
+                        path.trim_end()
+                    );
+                }
+                Mark::Line {
+                    points,
+                    colour,
+                    dashed,
+                } => {
+                    // A non-finite value breaks the line rather than the chart.
+                    for piece in points.split(|p| !(p.0.is_finite() && p.1.is_finite())) {
+                        let mut path = String::new();
+                        for &(x, y) in piece {
+                            let _ = write!(path, "{:.1},{:.1} ", px(x), py(y));
+                        }
+                        let dash = if *dashed {
+                            r#" stroke-dasharray="5 3""#
+                        } else {
+                            ""
+                        };
+                        if piece.len() >= 2 {
+                            let _ = write!(
+                                s,
+                                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>"#,
+                                path.trim_end()
+                            );
+                        }
+                    }
+                }
+                Mark::Dot { x, y, colour, tip } => {
+                    if x.is_finite() && y.is_finite() {
+                        let _ = write!(
+                            s,
+                            r##"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{colour}" stroke="#ffffff" stroke-width="1"><title>{}</title></circle>"##,
+                            px(*x),
+                            py(*y),
+                            escape(tip)
+                        );
+                    }
+                }
+                Mark::Bar {
+                    x0: b0,
+                    x1: b1,
+                    y,
+                    colour,
+                    label,
+                } => {
+                    if !y.is_finite() {
+                        continue;
+                    }
+                    let (top_y, base) = (py(y.max(0.0)), py(y.min(0.0)));
+                    let _ = write!(
+                        s,
+                        r#"<rect x="{:.1}" y="{top_y:.1}" width="{:.1}" height="{:.1}" fill="{colour}" fill-opacity="0.55"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                        px(*b0),
+                        px(*b1) - px(*b0),
+                        base - top_y,
+                        (px(*b0) + px(*b1)) / 2.0,
+                        base - 8.0,
+                        escape(label)
+                    );
+                }
+            }
+        }
+
+        // Axes, axis labels, legend.
+        let _ = write!(
+            s,
+            r##"<polyline points="{LEFT},{top:.1} {LEFT},{axis_y:.1} {:.1},{axis_y:.1}" fill="none" stroke="#333333"/>"##,
+            LEFT + pw
+        );
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            LEFT + pw / 2.0,
+            self.height - 8.0,
+            escape(&self.x_label)
+        );
+        let _ = write!(
+            s,
+            r#"<text transform="translate(14 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
+            top + ph / 2.0,
+            escape(&self.y_label)
+        );
+        for ((name, colour), (x, row)) in self.legend.iter().zip(legend_places) {
+            let y = 34.0 + 16.0 * row as f64;
+            let _ = write!(
+                s,
+                r#"<rect x="{x:.1}" y="{:.1}" width="14" height="8" fill="{colour}"/><text x="{:.1}" y="{y:.1}">{}</text>"#,
+                y - 7.0,
+                x + 18.0,
+                escape(name)
+            );
+        }
+        s.push_str("</svg>");
+        s
+    }
+}
+
+/// "#rrggbb" for the colour a fraction `t` of the way from `a` to `b`.
+fn mix(a: [u8; 3], b: [u8; 3], t: f64) -> String {
+    let t = t.clamp(0.0, 1.0);
+    let c = |i: usize| (a[i] as f64 + (b[i] as f64 - a[i] as f64) * t).round() as u8;
+    format!("#{:02x}{:02x}{:02x}", c(0), c(1), c(2))
+}
+
+const WHITE: [u8; 3] = [255, 255, 255];
+const RED: [u8; 3] = [178, 24, 43];
+const BLUE: [u8; 3] = [33, 102, 172];
+const NAVY: [u8; 3] = [8, 48, 107];
+
+/// The taps of every (out, in) kernel of a conv weight of shape
+/// [O, C, KH, KW], as a matrix of small KH×KW grids: row o, column c. Pruned
+/// taps stay grey; active ones are red (positive weight) or blue (negative),
+/// darker for larger |w|, or black when no weight is given. Each kernel is a
+/// `<g class="kernel">` whose tooltip counts its active taps.
+pub fn kernel_grid(title: &str, shape: [usize; 4], mask: &[f32], weight: Option<&[f32]>) -> String {
+    let [o, c, kh, kw] = shape;
+    let taps = kh * kw;
+    // Cells shrink for big kernels so a grid stays a sensible size.
+    let cell = (36.0 / kh.max(kw) as f64).clamp(2.0, 8.0);
+    let gap = 4.0;
+    let (kernel_w, kernel_h) = (cell * kw as f64, cell * kh as f64);
+    let (left, top) = (46.0, 56.0);
+    let width =
+        (left + c as f64 * (kernel_w + gap) + 12.0).max(text_width(title, TITLE_SIZE) + 24.0);
+    let height = top + o as f64 * (kernel_h + gap) + 30.0;
+    let largest = weight
+        .map(|w| {
+            w.iter()
+                .zip(mask)
+                .filter(|(_, &m)| m != 0.0)
+                .fold(0.0f64, |acc, (&v, _)| acc.max((v as f64).abs()))
+        })
+        .unwrap_or(0.0);
+
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="{FONT_SIZE}" role="img"><title>{t}</title><rect width="{width:.0}" height="{height:.0}" fill="#ffffff"/><text x="{:.1}" y="20" font-size="{TITLE_SIZE}" font-weight="bold" text-anchor="middle">{t}</text>"##,
+        width / 2.0,
+        t = escape(title)
+    );
+    let _ = write!(
+        s,
+        r#"<text x="{:.1}" y="38" text-anchor="middle">input channel</text><text transform="translate(12 {:.1}) rotate(-90)" text-anchor="middle">output channel</text>"#,
+        left + c as f64 * (kernel_w + gap) / 2.0,
+        top + o as f64 * (kernel_h + gap) / 2.0
+    );
+    for ci in 0..c {
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="9">{ci}</text>"#,
+            left + ci as f64 * (kernel_w + gap) + kernel_w / 2.0,
+            top - 5.0
+        );
+    }
+    for oi in 0..o {
+        let y = top + oi as f64 * (kernel_h + gap);
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="9">{oi}</text>"#,
+            left - 4.0,
+            y + kernel_h / 2.0 + 3.0
+        );
+        for ci in 0..c {
+            let x = left + ci as f64 * (kernel_w + gap);
+            let base = (oi * c + ci) * taps;
+            let active = mask[base..base + taps]
+                .iter()
+                .filter(|&&m| m != 0.0)
+                .count();
+            let _ = write!(
+                s,
+                r##"<g class="kernel" transform="translate({x:.1} {y:.1})"><title>out {oi}, in {ci}: {active} of {taps} taps active</title><rect width="{kernel_w:.1}" height="{kernel_h:.1}" fill="#e8e8e8"/>"##
+            );
+            for t in 0..taps {
+                if mask[base + t] == 0.0 {
+                    continue;
+                }
+                let fill = match weight {
+                    Some(w) if largest > 0.0 => {
+                        let v = w[base + t] as f64;
+                        let strength = 0.25 + 0.75 * v.abs() / largest;
+                        mix(WHITE, if v >= 0.0 { RED } else { BLUE }, strength)
+                    }
+                    _ => "#222222".to_string(),
+                };
+                let _ = write!(
+                    s,
+                    r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{fill}"/>"#,
+                    (t % kw) as f64 * cell,
+                    (t / kw) as f64 * cell,
+                    cell - 0.6,
+                    cell - 0.6
+                );
+            }
+            s.push_str("</g>");
+        }
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// A KH×KW heat map of `values` in [0, 1] (row-major), each cell labelled
+/// with its value as a percentage: white at 0, dark blue at the largest
+/// value (sparse layers keep ~10% of taps, so a fixed 0–1 scale would be
+/// all pale).
+pub fn heat_map(title: &str, kh: usize, kw: usize, values: &[f64]) -> String {
+    let cell = (200.0 / kh.max(kw) as f64).clamp(14.0, 44.0);
+    let (left, top) = (40.0, 50.0);
+    let width = (left + cell * kw as f64 + 20.0)
+        .max(text_width(title, TITLE_SIZE) + 24.0)
+        .max(240.0);
+    let height = top + cell * kh as f64 + 30.0;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="{FONT_SIZE}" role="img"><title>{t}</title><rect width="{width:.0}" height="{height:.0}" fill="#ffffff"/><text x="{:.1}" y="20" font-size="{TITLE_SIZE}" font-weight="bold" text-anchor="middle">{t}</text>"##,
+        width / 2.0,
+        t = escape(title)
+    );
+    let _ = write!(
+        s,
+        r#"<text x="{:.1}" y="38" text-anchor="middle">kernel column kj</text><text transform="translate(12 {:.1}) rotate(-90)" text-anchor="middle">kernel row ki</text>"#,
+        left + cell * kw as f64 / 2.0,
+        top + cell * kh as f64 / 2.0
+    );
+    let largest = values.iter().copied().fold(0.0f64, f64::max);
+    for ki in 0..kh {
+        for kj in 0..kw {
+            let v = values[ki * kw + kj];
+            let shade = if largest > 0.0 { v / largest } else { 0.0 };
+            let (x, y) = (left + kj as f64 * cell, top + ki as f64 * cell);
+            let ink = if shade > 0.55 { "#ffffff" } else { "#222222" };
+            let _ = write!(
+                s,
+                r##"<rect class="tap" x="{x:.1}" y="{y:.1}" width="{cell:.1}" height="{cell:.1}" fill="{}" stroke="#d0d0d0"><title>({ki}, {kj}): {:.1}% of kernels</title></rect>"##,
+                mix(WHITE, NAVY, shade),
+                100.0 * v
+            );
+            if cell >= 24.0 {
+                let _ = write!(
+                    s,
+                    r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10" fill="{ink}">{:.0}</text>"#,
+                    x + cell / 2.0,
+                    y + cell / 2.0 + 3.5,
+                    100.0 * v
+                );
+            }
+        }
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{left}" y="{:.1}">% of kernels with that tap active</text>"#,
+        height - 10.0
+    );
+    s.push_str("</svg>");
+    s
+}

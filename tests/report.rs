@@ -1,0 +1,553 @@
+//! The report example end to end: fixture metrics files (two modes × two
+//! seeds, one run interrupted and resumed) and a fixture export folder go in,
+//! one HTML page comes out, and every chart in it must be well-formed XML
+//! with the expected titles and kernel counts. Then the bad inputs: a missing
+//! file, a malformed line, no runs, bad options.
+//!
+//! `cargo test` builds the examples before it runs the tests, so the binary
+//! sits beside the test binaries.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use hebbsparse::tensor::npy::write_npy;
+use hebbsparse::tensor::tensor::Tensor;
+
+fn example() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let bin = profile_dir
+        .join("examples")
+        .join(format!("report{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} missing: run through `cargo test`",
+        bin.display()
+    );
+    bin
+}
+
+/// A fresh folder for one test's files, kept after the run for inspection.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("report-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn report(args: &[&Path], extra: &[&str]) -> Output {
+    Command::new(example())
+        .args(args)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A small deterministic generator for fixture noise (splitmix64).
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+const STEPS_PER_EPOCH: u64 = 1000;
+const EPOCHS: u64 = 3;
+
+/// The metrics lines of one run as the cifar example writes them. With
+/// `interrupt_at`, the run stops there and is resumed from the checkpoint
+/// before it, repeating some steps.
+fn run_lines(mode: &str, seed: u64, interrupt_at: Option<u64>) -> String {
+    let mut noise = Noise(seed * 7919 + mode.len() as u64);
+    let sparse = mode != "dense";
+    let skill = if mode == "hebbian" { 0.44 } else { 0.40 };
+    let config = |resumed: bool| {
+        format!(
+            r#"{{"type":"config","mode":"{mode}","seed":{seed},"epochs":{EPOCHS},"batch_size":4,"lr":0.001,"momentum":0.9,"train_images":4000,"test_images":1000,"resumed":{resumed}}}"#
+        )
+    };
+    let mut out = config(false) + "\n";
+    let mut step = 250;
+    let mut resumed = false;
+    while step <= EPOCHS * STEPS_PER_EPOCH {
+        if Some(step) == interrupt_at && !resumed {
+            // Killed here; the checkpoint was 500 steps earlier.
+            resumed = true;
+            out += &config(true);
+            out.push('\n');
+            step -= 500;
+            continue;
+        }
+        let epoch = (step - 1) / STEPS_PER_EPOCH + 1;
+        let loss = 1.25 + 1.05 * (-(step as f64) / 900.0).exp() + 0.08 * noise.next();
+        let _ = writeln!(
+            out,
+            r#"{{"type":"log","epoch":{epoch},"batch":{},"step":{step},"loss":{loss:.6}}}"#,
+            step - (epoch - 1) * STEPS_PER_EPOCH
+        );
+        if sparse && step % 500 == 0 {
+            for (layer, total) in [("conv1", 450.0), ("conv2", 2400.0)] {
+                let target = (0.12f64 * total).round();
+                let (dropped, regrown, revived) = if step == 500 {
+                    (total - target, 0.0, 0.0)
+                } else {
+                    let d = (0.08 * target * (1.0 + noise.next())).round();
+                    let rv = (0.3 * d * noise.next()).round();
+                    (d, d - rv, rv)
+                };
+                let _ = writeln!(
+                    out,
+                    r#"{{"type":"progress","step":{step},"epoch":{epoch},"layer":"{layer}","kept":{},"revived":{revived},"regrown":{regrown},"dropped":{dropped},"active":{target},"total":{total}}}"#,
+                    target - revived - regrown
+                );
+            }
+        }
+        if step % STEPS_PER_EPOCH == 0 {
+            let acc = skill * (1.0 - 0.5 / epoch as f64) + 0.02 * noise.next();
+            let _ = writeln!(
+                out,
+                r#"{{"type":"epoch","epoch":{epoch},"step":{step},"test_accuracy":{acc:.4},"unknown_key":[1,2]}}"#
+            );
+        }
+        step += 250;
+    }
+    out += r#"{"type":"checkpoint_saved","path":"x"}"#;
+    out.push('\n');
+    let acc = skill * (1.0 - 0.5 / EPOCHS as f64) + 0.02 * noise.next();
+    let density = if sparse { "[0.12,0.12]" } else { "[]" };
+    let _ = writeln!(
+        out,
+        r#"{{"type":"summary","mode":"{mode}","seed":{seed},"epochs":{EPOCHS},"batch_size":4,"steps":{},"test_accuracy":{acc:.4},"per_class_accuracy":[0.4,0.5,0.3,0.2,0.3,0.4,0.5,0.5,0.6,0.5],"conv_density":{density},"train_images_per_second":{:.1},"eval_images_per_second":20000.0,"train_seconds":{:.2}}}"#,
+        EPOCHS * STEPS_PER_EPOCH,
+        5900.0 + 300.0 * noise.next(),
+        17.0 + noise.next()
+    );
+    out
+}
+
+/// Writes hebbian.jsonl (both seeds in sequence, seed 1 interrupted and
+/// resumed) and random.jsonl into `dir`.
+fn write_metrics(dir: &Path) -> Vec<PathBuf> {
+    let hebbian = dir.join("hebbian.jsonl");
+    let random = dir.join("random.jsonl");
+    std::fs::write(
+        &hebbian,
+        run_lines("hebbian", 0, None) + &run_lines("hebbian", 1, Some(1500)),
+    )
+    .unwrap();
+    std::fs::write(
+        &random,
+        run_lines("random", 0, None) + &run_lines("random", 1, None),
+    )
+    .unwrap();
+    vec![hebbian, random]
+}
+
+/// An export folder like `--export DIR` writes: conv1 [6,3,5,5] and conv2
+/// [16,6,5,5] with about 12% of taps active, the centre taps more often.
+fn write_export(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut noise = Noise(42);
+    let mut layers = Vec::new();
+    for (name, shape) in [("conv1", [6, 3, 5, 5]), ("conv2", [16, 6, 5, 5])] {
+        let n: usize = shape.iter().product();
+        let mut mask = vec![0f32; n];
+        let mut weight = vec![0f32; n];
+        for i in 0..n {
+            let (ki, kj) = ((i / 5) % 5, i % 5);
+            let centre = 4 - (ki as i32 - 2).abs() - (kj as i32 - 2).abs();
+            let p = 0.04 + 0.05 * centre.max(0) as f64;
+            mask[i] = f32::from(noise.next() < p);
+            weight[i] = (noise.next() - 0.5) as f32 * 0.4;
+        }
+        for (kind, values) in [("weight", &weight), ("mask", &mask), ("strength", &weight)] {
+            let t = Tensor::from_vec(values.clone(), &shape);
+            write_npy(dir.join(format!("{name}.{kind}.npy")), &t).unwrap();
+        }
+        let density = mask.iter().sum::<f32>() / n as f32;
+        layers.push(format!(
+            r#"{{"name":"{name}","shape":{shape:?},"density":{density},"weight":"{name}.weight.npy","mask":"{name}.mask.npy","strength":"{name}.strength.npy"}}"#
+        ));
+    }
+    let index = format!(
+        r#"{{"step":3000,"epoch":3,"settings":{{"mode":"hebbian","seed":"0","epochs":"3"}},"layers":[{}]}}"#,
+        layers.join(",")
+    );
+    std::fs::write(dir.join("index.json"), index).unwrap();
+}
+
+/// Checks that `xml` is one well-formed element: tags balance and nest,
+/// attributes are quoted and unique, `&` starts a known entity, no stray `<`.
+fn check_well_formed(xml: &str) -> Result<(), String> {
+    fn check_entities(text: &str) -> Result<(), String> {
+        let mut rest = text;
+        while let Some(i) = rest.find('&') {
+            rest = &rest[i + 1..];
+            let end = rest.find(';').ok_or("'&' without ';'")?;
+            let name = &rest[..end];
+            let ok = matches!(name, "amp" | "lt" | "gt" | "quot" | "apos")
+                || name
+                    .strip_prefix("#x")
+                    .is_some_and(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_hexdigit()))
+                || name
+                    .strip_prefix('#')
+                    .is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()));
+            if !ok {
+                return Err(format!("unknown entity &{name};"));
+            }
+        }
+        Ok(())
+    }
+    let is_name = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .next()
+                .is_some_and(|c| c.is_alphabetic() || c == '_' || c == ':')
+            && s.chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '_' | ':' | '-' | '.'))
+    };
+    let mut stack: Vec<&str> = Vec::new();
+    let mut roots = 0;
+    let mut rest = xml.trim();
+    while !rest.is_empty() {
+        let Some(lt) = rest.find('<') else {
+            check_entities(rest)?;
+            if !stack.is_empty() || rest.trim().is_empty() {
+                break;
+            }
+            return Err(format!("text outside the root: {rest:.40}"));
+        };
+        let text = &rest[..lt];
+        check_entities(text)?;
+        if stack.is_empty() && !text.trim().is_empty() {
+            return Err(format!("text outside the root: {text:.40}"));
+        }
+        rest = &rest[lt..];
+        if let Some(after) = rest.strip_prefix("<!--") {
+            let end = after.find("-->").ok_or("unclosed comment")?;
+            rest = &after[end + 3..];
+            continue;
+        }
+        if let Some(after) = rest.strip_prefix("</") {
+            let end = after.find('>').ok_or("unclosed end tag")?;
+            let name = after[..end].trim_end();
+            match stack.pop() {
+                Some(open) if open == name => {}
+                other => return Err(format!("</{name}> closes {other:?}")),
+            }
+            rest = &after[end + 1..];
+            continue;
+        }
+        // A start tag: name, then name="value" pairs, then > or />.
+        let body = &rest[1..];
+        let name_end = body
+            .find(|c: char| c.is_whitespace() || c == '>' || c == '/')
+            .ok_or("unclosed start tag")?;
+        let name = &body[..name_end];
+        if !is_name(name) {
+            return Err(format!("bad tag name {name:?}"));
+        }
+        if stack.is_empty() {
+            roots += 1;
+            if roots > 1 {
+                return Err("more than one root element".into());
+            }
+        }
+        let mut attrs = &body[name_end..];
+        let mut seen = Vec::new();
+        loop {
+            attrs = attrs.trim_start();
+            if let Some(after) = attrs.strip_prefix("/>") {
+                rest = after;
+                break;
+            }
+            if let Some(after) = attrs.strip_prefix('>') {
+                stack.push(name);
+                rest = after;
+                break;
+            }
+            let eq = attrs
+                .find('=')
+                .ok_or(format!("<{name}>: attribute without '='"))?;
+            let attr = attrs[..eq].trim();
+            if !is_name(attr) {
+                return Err(format!("<{name}>: bad attribute name {attr:?}"));
+            }
+            if seen.contains(&attr) {
+                return Err(format!("<{name}>: duplicate attribute {attr}"));
+            }
+            seen.push(attr);
+            let value = attrs[eq + 1..].trim_start();
+            let quote = value
+                .chars()
+                .next()
+                .filter(|&q| q == '"' || q == '\'')
+                .ok_or(format!("<{name}>: unquoted value of {attr}"))?;
+            let close = value[1..]
+                .find(quote)
+                .ok_or(format!("<{name}>: unterminated value of {attr}"))?;
+            let v = &value[1..1 + close];
+            if v.contains('<') {
+                return Err(format!("<{name}>: '<' in the value of {attr}"));
+            }
+            check_entities(v)?;
+            attrs = &value[close + 2..];
+        }
+    }
+    match (stack.last(), roots) {
+        (Some(open), _) => Err(format!("<{open}> never closed")),
+        (None, 0) => Err("no element".into()),
+        _ => Ok(()),
+    }
+}
+
+/// Every `<svg …>…</svg>` block of the page, in order.
+fn svg_blocks(html: &str) -> Vec<&str> {
+    let mut blocks = Vec::new();
+    let mut rest = html;
+    while let Some(start) = rest.find("<svg") {
+        let end = rest[start..].find("</svg>").expect("<svg> without </svg>") + start + 6;
+        blocks.push(&rest[start..end]);
+        rest = &rest[end..];
+    }
+    blocks
+}
+
+#[test]
+fn the_checker_rejects_broken_xml() {
+    assert!(check_well_formed(r#"<svg a="1"><g><rect/></g><text>a &amp; b</text></svg>"#).is_ok());
+    for bad in [
+        "<svg><g></svg>",
+        "<svg><text>a & b</text></svg>",
+        "<svg><text>a < b</text></svg>",
+        r#"<svg a=1></svg>"#,
+        r#"<svg a="1" a="2"></svg>"#,
+        r#"<svg a="x<y"></svg>"#,
+        "<svg></svg><svg></svg>",
+        "<svg>",
+        "<svg></g>",
+    ] {
+        assert!(check_well_formed(bad).is_err(), "accepted {bad}");
+    }
+}
+
+#[test]
+fn a_report_of_two_modes_two_seeds_and_an_export() {
+    let dir = scratch("full");
+    let files = write_metrics(&dir);
+    let export = dir.join("export");
+    write_export(&export);
+    let html_path = dir.join("report.html");
+    let out = Command::new(example())
+        .args(&files)
+        .arg("--export")
+        .arg(&export)
+        .arg("-o")
+        .arg(&html_path)
+        .args(["--title", "Fixture <runs> & more"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let html = std::fs::read_to_string(&html_path).unwrap();
+
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(html.contains("<h1>Fixture &lt;runs&gt; &amp; more</h1>"));
+    // Self-contained: nothing to fetch (the SVG namespace is a name, not a link).
+    for outside in ["<script", "<link", "src=", "url(", "@import"] {
+        assert!(!html.contains(outside), "the page has {outside}");
+    }
+    assert_eq!(
+        html.matches("http").count(),
+        html.matches("http://www.w3.org/2000/svg").count()
+    );
+    // The resumed run is one run, not two.
+    assert!(html.contains("4 runs in 2 groups"), "{html:.600}");
+
+    let blocks = svg_blocks(&html);
+    for (i, svg) in blocks.iter().enumerate() {
+        if let Err(e) = check_well_formed(svg) {
+            panic!("<svg> block {i} is not well-formed XML: {e}\n{svg:.300}");
+        }
+    }
+    let titled = |title: &str| -> &str {
+        let needle = format!("<title>{title}</title>");
+        blocks
+            .iter()
+            .find(|b| b.contains(&needle))
+            .unwrap_or_else(|| panic!("no chart titled {title:?}"))
+    };
+    for title in [
+        "Training loss",
+        "Test accuracy per mode",
+        "Test accuracy per epoch",
+        "Connection changes: conv1 (hebbian)",
+        "Connection changes: conv2 (hebbian)",
+        "Connection changes: conv1 (random)",
+        "Active connections (random)",
+    ] {
+        titled(title);
+    }
+    // A mean line and a min–max band per mode in the loss chart.
+    let loss = titled("Training loss");
+    assert_eq!(
+        loss.matches("<polyline points").count(),
+        2 + 1,
+        "2 lines + axes"
+    );
+    assert_eq!(loss.matches("<polygon").count(), 2);
+    // One bar per mode, one dot per seed.
+    let bars = titled("Test accuracy per mode");
+    assert_eq!(bars.matches("<title>seed ").count(), 4);
+
+    let conv1 = titled("Active taps: conv1 (6×3 kernels of 5×5)");
+    let conv2 = titled("Active taps: conv2 (16×6 kernels of 5×5)");
+    assert_eq!(conv1.matches(r#"class="kernel""#).count(), 6 * 3);
+    assert_eq!(conv2.matches(r#"class="kernel""#).count(), 16 * 6);
+    assert_eq!(html.matches(r#"class="kernel""#).count(), 6 * 3 + 16 * 6);
+    assert_eq!(
+        titled("Tap frequency: conv1")
+            .matches(r#"class="tap""#)
+            .count(),
+        25
+    );
+    assert_eq!(
+        titled("Tap frequency: conv2")
+            .matches(r#"class="tap""#)
+            .count(),
+        25
+    );
+
+    assert!(
+        html.contains("hebbian, seed 0, epoch 3, step 3000"),
+        "export header"
+    );
+
+    // The summary table: both modes, accuracy as mean ± std, density in %.
+    assert!(html.contains("<th>test accuracy</th>"));
+    assert!(html.contains("12.0% / 12.0%"), "conv density column");
+    assert!(html.matches(" ± ").count() >= 2);
+}
+
+#[test]
+fn labels_group_runs_and_are_escaped() {
+    let dir = scratch("labels");
+    let file = dir.join("m.jsonl");
+    let lines = [
+        r#"{"type":"config","mode":"hebbian","seed":0,"label":"k<2 & \"corr\""}"#,
+        r#"{"type":"log","epoch":1,"batch":10,"step":10,"loss":2.2}"#,
+        r#"{"type":"log","epoch":1,"batch":20,"step":20,"loss":null}"#,
+        r#"{"type":"epoch","epoch":1,"step":20,"test_accuracy":0.2}"#,
+        r#"{"type":"config","mode":"hebbian","seed":0}"#,
+        r#"{"type":"log","epoch":1,"batch":10,"step":10,"loss":2.1}"#,
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let html_path = dir.join("r.html");
+    let out = report(&[&file, Path::new("-o"), &html_path], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    assert!(html.contains("2 runs in 2 groups"));
+    assert!(html.contains("k&lt;2 &amp; &quot;corr&quot;"));
+    for svg in svg_blocks(&html) {
+        check_well_formed(svg).unwrap();
+    }
+}
+
+#[test]
+fn help_lists_the_options() {
+    let out = Command::new(example()).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for opt in ["METRICS", "--export", "--output", "-o", "--title"] {
+        assert!(text.contains(opt), "--help lacks {opt}");
+    }
+}
+
+#[test]
+fn bad_usage_exits_with_code_2() {
+    for args in [
+        &[][..],
+        &["--no-such-option", "m.jsonl"],
+        &["m.jsonl", "--export"],
+    ] {
+        let out = Command::new(example()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains("error"), "{args:?}");
+    }
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let dir = scratch("missing");
+    let missing = dir.join("no-such.jsonl");
+    let out = report(&[&missing, Path::new("-o"), &dir.join("r.html")], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no-such.jsonl"), "{}", stderr(&out));
+    assert!(!dir.join("r.html").exists());
+}
+
+#[test]
+fn a_malformed_line_is_named_by_file_and_line() {
+    let dir = scratch("malformed");
+    let file = dir.join("bad.jsonl");
+    let good = run_lines("hebbian", 0, None);
+    let mut lines: Vec<&str> = good.lines().collect();
+    lines.insert(2, r#"{"type":"log","step":30,"loss":2.0"#);
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = report(&[&file, Path::new("-o"), &dir.join("r.html")], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("{}:3", file.display())), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // Valid JSON, but a known line type missing what it needs.
+    std::fs::write(&file, "{\"type\":\"log\",\"loss\":2.0}\n").unwrap();
+    let out = report(&[&file, Path::new("-o"), &dir.join("r.html")], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("bad.jsonl:1") && err.contains("step"), "{err}");
+}
+
+#[test]
+fn no_runs_at_all_is_an_error() {
+    let dir = scratch("empty");
+    let file = dir.join("empty.jsonl");
+    std::fs::write(
+        &file,
+        "{\"type\":\"config\",\"mode\":\"dense\",\"seed\":0}\n\n{\"type\":\"future\",\"x\":1}\n",
+    )
+    .unwrap();
+    let out = report(&[&file, Path::new("-o"), &dir.join("r.html")], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no runs"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_broken_export_names_the_file() {
+    let dir = scratch("export");
+    let files = write_metrics(&dir);
+    let export = dir.join("export");
+    write_export(&export);
+    std::fs::remove_file(export.join("conv2.mask.npy")).unwrap();
+    let out = report(
+        &[
+            &files[0],
+            Path::new("--export"),
+            &export,
+            Path::new("-o"),
+            &dir.join("r.html"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("conv2.mask.npy"), "{}", stderr(&out));
+}
