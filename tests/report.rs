@@ -547,3 +547,34 @@ fn a_broken_export_names_the_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("conv2.mask.npy"), "{}", stderr(&out));
 }
+
+#[test]
+fn svg_dir_writes_each_chart_as_a_standalone_file() {
+    let dir = scratch("svgs");
+    let files = write_metrics(&dir);
+    let svgs = dir.join("svgs");
+    let out = Command::new(example())
+        .args(&files)
+        .arg("-o")
+        .arg(dir.join("r.html"))
+        .arg("--svg-dir")
+        .arg(&svgs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let html = std::fs::read_to_string(dir.join("r.html")).unwrap();
+    let names: Vec<String> = std::fs::read_dir(&svgs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), svg_blocks(&html).len(), "{names:?}");
+    assert!(
+        names.contains(&"training-loss.svg".to_string()),
+        "{names:?}"
+    );
+    for n in &names {
+        let svg = std::fs::read_to_string(svgs.join(n)).unwrap();
+        assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+        check_well_formed(&svg).unwrap_or_else(|e| panic!("{n}: {e}"));
+    }
+}

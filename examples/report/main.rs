@@ -41,6 +41,10 @@ struct Args {
     /// Page title
     #[arg(long, value_name = "T", default_value = "hebbsparse training report")]
     title: String,
+    /// Also write every chart as its own .svg file here, named after its
+    /// title (for pages that embed images, such as markdown)
+    #[arg(long, value_name = "DIR")]
+    svg_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -76,8 +80,12 @@ fn run(args: &Args) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()?;
     let groups = group_runs(&runs);
     let html = page(&args.title, &sources, &runs, &groups, &exports);
-    std::fs::write(&args.output, html)
+    std::fs::write(&args.output, &html)
         .map_err(|e| format!("cannot write {}: {e}", args.output.display()))?;
+    if let Some(dir) = &args.svg_dir {
+        let n = write_svgs(&html, dir)?;
+        println!("wrote {} to {}", plural(n, "chart"), dir.display());
+    }
     println!(
         "wrote {} ({} in {}, {})",
         args.output.display(),
@@ -86,6 +94,51 @@ fn run(args: &Args) -> Result<(), String> {
         plural(exports.len(), "export")
     );
     Ok(())
+}
+
+/// Writes each `<svg>…</svg>` of the page to `dir` as `<title slug>.svg`
+/// (a second chart of the same title gets `-2`, and so on). Returns how many.
+fn write_svgs(html: &str, dir: &std::path::Path) -> Result<usize, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut names: Vec<String> = Vec::new();
+    let mut rest = html;
+    while let Some(start) = rest.find("<svg ") {
+        let end = rest[start..]
+            .find("</svg>")
+            .map(|e| start + e + "</svg>".len())
+            .ok_or("an <svg> element without its end")?;
+        let svg = &rest[start..end];
+        let title = svg
+            .split_once("<title>")
+            .and_then(|(_, t)| t.split_once("</title>"))
+            .map_or("chart", |(t, _)| t);
+        let mut slug: String = title
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        while slug.contains("--") {
+            slug = slug.replace("--", "-");
+        }
+        let slug = slug.trim_matches('-').to_string();
+        let copies = names.iter().filter(|n| **n == slug).count();
+        let file = if copies == 0 {
+            format!("{slug}.svg")
+        } else {
+            format!("{slug}-{}.svg", copies + 1)
+        };
+        names.push(slug);
+        let path = dir.join(file);
+        std::fs::write(&path, format!("{svg}\n"))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        rest = &rest[end..];
+    }
+    Ok(names.len())
 }
 
 const STYLE: &str = "
