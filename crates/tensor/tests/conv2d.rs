@@ -338,3 +338,53 @@ fn wrong_output_length_is_named() {
     let mut y = vec![0.0; 5];
     conv2d_forward(&s, &[0.0; 16], &[0.0; 9], None, &mut y);
 }
+
+/// The direct (wide-row) forward kernel, portable and AVX2 + FMA, against
+/// the naive convolution on every stride-1 geometry it takes: odd channel
+/// counts (blocks of 6 with a ragged last one), groups, 1x1 and full-plane
+/// kernels, planes shorter than one 16-pixel block.
+#[test]
+fn direct_forward_kernels_match_naive() {
+    let geometries: [([usize; 4], [usize; 4], usize); 7] = [
+        ([2, 3, 32, 32], [6, 3, 5, 5], 1),
+        ([3, 6, 14, 14], [16, 6, 5, 5], 1),
+        ([1, 2, 5, 7], [7, 2, 3, 2], 1),
+        ([2, 4, 6, 5], [6, 2, 2, 3], 2),
+        ([1, 3, 4, 4], [13, 3, 1, 1], 1),
+        ([1, 2, 3, 3], [5, 2, 3, 3], 1),
+        ([2, 1, 2, 9], [1, 1, 2, 9], 1),
+    ];
+    let mut kernels = vec![Kernel::Portable];
+    if Kernel::best() != Kernel::Portable {
+        kernels.push(Kernel::best());
+    }
+    for (input, weight, groups) in geometries {
+        let opts = Conv2dOptions {
+            groups,
+            ..Conv2dOptions::default()
+        };
+        let s = Conv2dShape::new(&input, &weight, opts).unwrap();
+        let mut rng = Rng(7 + input.iter().sum::<usize>() as u32);
+        let x = rng.vec(s.input_shape().iter().product());
+        let w = rng.vec(s.weight_shape().iter().product());
+        let b = rng.vec(s.out_channels);
+        let mut want = vec![0.0; s.output_shape().iter().product()];
+        conv2d_forward_naive(&s, &x, &w, Some(&b), &mut want);
+        for &kernel in &kernels {
+            let mut got = vec![f32::NAN; want.len()];
+            conv2d_forward_direct(&s, &x, &w, Some(&b), &mut got, kernel);
+            assert_close(&format!("{input:?} {weight:?} {kernel:?}"), &got, &want);
+        }
+        // The public forward takes the direct path for these geometries.
+        let mut fast = vec![f32::NAN; want.len()];
+        conv2d_forward(&s, &x, &w, Some(&b), &mut fast);
+        let mut best = vec![0.0; want.len()];
+        conv2d_forward_direct(&s, &x, &w, Some(&b), &mut best, Kernel::best());
+        assert!(
+            fast.iter()
+                .zip(&best)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{input:?}: conv2d_forward is not the direct kernel"
+        );
+    }
+}
