@@ -58,9 +58,14 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 /// Density (active taps / all taps) above which the dense im2col + GEMM
-/// kernels are faster than these, measured on the LeNet convolutions
-/// (forward + backward, see `docs/sparse-kernels.md`).
-pub const SPARSE_CROSSOVER_DENSITY: f64 = 0.5;
+/// kernels on the masked weight are faster than these, for a training step
+/// (forward + both gradients), measured on the LeNet convolutions with
+/// balanced masks: the second conv (6→16, 5×5 on 14×14) breaks even between
+/// 52 % and 68 % at batch 4 and 64; the first (3→6 on 32×32) stays faster
+/// sparse even at 100 %. Forward alone breaks even at about 70 % (conv1)
+/// and 80 % (conv2). Below this value choose the sparse op. See
+/// `docs/sparse-kernels.md` for the tables.
+pub const SPARSE_CROSSOVER_DENSITY: f64 = 0.6;
 
 /// Which inner loops to run. `Best` uses AVX2 + FMA when the CPU has them
 /// (checked at run time) and the portable loops otherwise; `Portable` forces
