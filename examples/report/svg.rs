@@ -7,9 +7,11 @@
 
 use std::fmt::Write;
 
-/// Series colours (the colour-blind-friendly "Tableau 10" order).
-pub const PALETTE: [&str; 8] = [
+/// Series colours: the "Tableau 10" order, then two darker ones, so that
+/// the study's ten modes each get their own.
+pub const PALETTE: [&str; 12] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#393b79", "#ad494a",
 ];
 
 /// The i-th series colour, cycling.
