@@ -68,6 +68,9 @@ pub fn max_pool2d_plane(
         "max_pool2d: a {h}x{w} plane is too large for u32 argmax indices"
     );
     let (xp, yp, ap) = (&xp[..h * w], &mut yp[..oh * ow], &mut ap[..oh * ow]);
+    if (kh, kw, sh, sw) == (2, 2, 2, 2) {
+        return max_pool_2x2(xp, w, (oh, ow), yp, ap);
+    }
     for oy in 0..oh {
         for ox in 0..ow {
             let mut best = f32::NEG_INFINITY;
@@ -84,6 +87,36 @@ pub fn max_pool2d_plane(
             }
             yp[oy * ow + ox] = best;
             ap[oy * ow + ox] = best_i;
+        }
+    }
+}
+
+/// The scan of [`max_pool2d_plane`] for the common 2×2 window with stride 2,
+/// unrolled: the same four candidates in the same order, without the loop
+/// bookkeeping of the general case.
+fn max_pool_2x2(xp: &[f32], w: usize, (oh, ow): (usize, usize), yp: &mut [f32], ap: &mut [u32]) {
+    for oy in 0..oh {
+        let (top, bottom) = (
+            &xp[2 * oy * w..][..2 * ow],
+            &xp[(2 * oy + 1) * w..][..2 * ow],
+        );
+        let (yr, ar) = (&mut yp[oy * ow..][..ow], &mut ap[oy * ow..][..ow]);
+        for ox in 0..ow {
+            let i0 = (2 * oy * w + 2 * ox) as u32;
+            let candidates = [
+                (top[2 * ox], i0),
+                (top[2 * ox + 1], i0 + 1),
+                (bottom[2 * ox], i0 + w as u32),
+                (bottom[2 * ox + 1], i0 + w as u32 + 1),
+            ];
+            let (mut best, mut best_i) = (f32::NEG_INFINITY, i0);
+            for (v, i) in candidates {
+                let m = (((v > best) | v.is_nan()) as u32).wrapping_neg();
+                best_i = (best_i & !m) | (i & m);
+                best = f32::from_bits((best.to_bits() & !m) | (v.to_bits() & m));
+            }
+            yr[ox] = best;
+            ar[ox] = best_i;
         }
     }
 }
