@@ -15,7 +15,8 @@ use crate::rules::{erk_densities, Allocation};
 
 pub enum ConvLayer {
     Dense(Conv2d),
-    Sparse(DSConv2d),
+    /// Boxed: the sparse layer carries its mask state and is much larger.
+    Sparse(Box<DSConv2d>),
 }
 
 impl ConvLayer {
@@ -28,7 +29,15 @@ impl ConvLayer {
         let opts = Conv2dOptions::default();
         Ok(match sparse {
             None => ConvLayer::Dense(Conv2d::new(cin, cout, (5, 5), opts, true, rng)),
-            Some(cfg) => ConvLayer::Sparse(DSConv2d::new(cin, cout, (5, 5), opts, true, cfg, rng)?),
+            Some(cfg) => ConvLayer::Sparse(Box::new(DSConv2d::new(
+                cin,
+                cout,
+                (5, 5),
+                opts,
+                true,
+                cfg,
+                rng,
+            )?)),
         })
     }
 
