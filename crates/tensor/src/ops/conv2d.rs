@@ -1,5 +1,7 @@
-//! conv2d: geometry, the fast im2col + GEMM kernels (forward, and backward as
-//! two GEMMs), the naive direct convolution kept as oracle, and the autograd op.
+//! conv2d: geometry, the fast kernels (forward by a direct wide-row kernel
+//! for stride 1 and by im2col + GEMM otherwise; backward as two GEMMs), the
+//! naive direct convolution kept as oracle, the autograd op, and the fused
+//! conv2d → relu → max_pool2d op of a LeNet block.
 //!
 //! Layouts: input x is (B, C, H, W); weight w is (O, C/groups, KH, KW);
 //! output y is (B, O, OH, OW). All contiguous, row-major.
@@ -1022,7 +1024,7 @@ pub fn conv2d_backward_input_naive(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &
 // Backward: bias
 // ---------------------------------------------------------------------------
 
-/// db[o] = Σ_{b, oy, ox} dy[b, o, oy, ox]. OVERWRITES db.
+/// `db[o] = Σ_{b, oy, ox} dy[b, o, oy, ox]`. OVERWRITES db.
 /// dy is (B, O, OH, OW), db is (O). Sequential, in a fixed order (b, then
 /// the pixels of each (b, o) plane in 8 interleaved lanes): it is a few
 /// microseconds of memory traffic, not worth a thread.

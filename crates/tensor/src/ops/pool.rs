@@ -121,7 +121,7 @@ fn max_pool_2x2(xp: &[f32], w: usize, (oh, ow): (usize, usize), yp: &mut [f32], 
     }
 }
 
-/// dx[argmax] += dy, plane by plane. dx is (planes, H, W).
+/// `dx[argmax] += dy`, plane by plane. dx is (planes, H, W).
 pub fn max_pool2d_backward(
     dy: &[f32],
     arg: &[u32],
