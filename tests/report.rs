@@ -578,3 +578,39 @@ fn svg_dir_writes_each_chart_as_a_standalone_file() {
         check_well_formed(&svg).unwrap_or_else(|e| panic!("{n}: {e}"));
     }
 }
+
+/// The committed study: real metrics files and a real export, as the cifar
+/// example wrote them.
+#[test]
+fn the_report_runs_on_the_committed_study() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/study");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("metrics"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("notebook-")
+        })
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 30, "10 modes × 3 seeds");
+    let dir = scratch("study");
+    let out = Command::new(example())
+        .args(&files)
+        .arg("--export")
+        .arg(root.join("exports/notebook-hebbian-0"))
+        .arg("-o")
+        .arg(dir.join("study.html"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("30 runs in 10 groups, 1 export"));
+    let html = std::fs::read_to_string(dir.join("study.html")).unwrap();
+    let blocks = svg_blocks(&html);
+    assert!(blocks.len() > 20, "{} charts", blocks.len());
+    for svg in blocks {
+        check_well_formed(svg).unwrap();
+    }
+}

@@ -9,7 +9,9 @@
 //!   backward pass is a reverse walk of the tape. [`no_grad`] records nothing.
 //! * [`ops`]: the ops, one family per file, forward and backward side by side:
 //!   `elementwise` (add, mul, relu, sigmoid), `matmul` (matmul, linear),
-//!   `conv2d` (im2col + GEMM kernels and the naive oracle), `pool`
+//!   `conv2d` (a direct forward kernel for stride 1, im2col + GEMM for
+//!   the other forwards and for backward, the fused conv → ReLU → max-pool,
+//!   and the naive oracles), `pool`
 //!   (max_pool2d), `sparse_conv2d` (direct convolution over the active taps
 //!   of a masked weight, for sparse layers), `reduce` (sum, mean), `shape`
 //!   (reshape, flatten), `loss` (log_softmax, cross_entropy).
