@@ -664,8 +664,9 @@ fn run(args: Args) -> Result<ExitCode, String> {
     metrics.line(summary)?;
     if sample_recipe(&args) {
         println!(
-            "next: train on the full CIFAR-10 with --data (see README.md), and draw a run's \
-             metrics with: cargo run --release --example report -- METRICS.jsonl"
+            "next: compare rules (--mode static, set, rigl, hebbian-grow; docs/rules.md), train \
+             on the full CIFAR-10 with --data (see README.md), and draw a run's --metrics file \
+             with: cargo run --release --example report -- METRICS.jsonl"
         );
     }
     Ok(ExitCode::SUCCESS)
