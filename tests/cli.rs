@@ -267,39 +267,10 @@ fn bad_paths_are_refused_before_any_data_is_loaded() {
 #[cfg(unix)]
 #[test]
 fn sigterm_keeps_the_metrics_and_saves_a_checkpoint_that_resumes() {
-    use std::time::{Duration, Instant};
     let (ckpt, metrics) = (tmp("term.ckpt"), tmp("term.jsonl"));
     let _ = std::fs::remove_file(&ckpt);
-    let args = [
-        "--epochs",
-        "50",
-        "--log-every",
-        "5",
-        "--quiet",
-        "--limit-test",
-        "20",
-    ];
-    let child = Command::new(example())
-        .args(args)
-        .arg("--checkpoint")
-        .arg(&ckpt)
-        .arg("--metrics")
-        .arg(&metrics)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until it is training (a loss line is in the metrics), then TERM.
-    let start = Instant::now();
-    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains("\"log\"")) {
-        assert!(start.elapsed() < Duration::from_secs(120), "no loss line");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // SAFETY: sending a signal to our own child process by its pid.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let out = child.wait_with_output().unwrap();
+    let args = ["--limit-test", "20", "--checkpoint", ckpt.to_str().unwrap()];
+    let out = signal_during_training(&args, &metrics, libc::SIGTERM);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("checkpoint saved"), "{err}");
@@ -420,27 +391,36 @@ fn the_first_run_on_the_sample_learns_well_above_chance() {
 #[cfg(unix)]
 #[test]
 fn an_interrupt_without_checkpoint_says_how_to_keep_the_run() {
+    let out = signal_during_training(&[], &tmp("int.jsonl"), libc::SIGINT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("run with --checkpoint FILE"), "{err}");
+}
+
+/// Starts a long run with `--metrics metrics` and `args`, waits until it is
+/// training (a loss line is in the metrics), sends `signal`, and waits for
+/// it to end.
+#[cfg(unix)]
+fn signal_during_training(args: &[&str], metrics: &Path, signal: i32) -> std::process::Output {
     use std::time::{Duration, Instant};
-    let metrics = tmp("int.jsonl");
+    let _ = std::fs::remove_file(metrics);
     let child = Command::new(example())
         .args(["--epochs", "50", "--log-every", "5", "--quiet"])
+        .args(args)
         .arg("--metrics")
-        .arg(&metrics)
+        .arg(metrics)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains("\"log\"")) {
+    while !std::fs::read_to_string(metrics).is_ok_and(|m| m.contains("\"log\"")) {
         assert!(start.elapsed() < Duration::from_secs(120), "no loss line");
         std::thread::sleep(Duration::from_millis(50));
     }
     // SAFETY: sending a signal to our own child process by its pid.
     unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
+        libc::kill(child.id() as i32, signal);
     }
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
-    assert!(err.contains("run with --checkpoint FILE"), "{err}");
+    child.wait_with_output().unwrap()
 }

@@ -50,7 +50,10 @@
 //! over the images in order, so it is bitwise the same for any thread count.
 //! Small problems run on the calling thread ([`PARALLEL_MIN_FLOPS`]).
 
-use crate::ops::conv2d::{conv2d_backward_bias, Conv2dOptions, Conv2dShape, PARALLEL_MIN_FLOPS};
+use crate::ops::conv2d::{
+    check_len, conv2d_backward_bias, scratch_in as with_scratch, Conv2dOptions, Conv2dShape,
+    PARALLEL_MIN_FLOPS,
+};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -357,31 +360,6 @@ thread_local! {
     /// gradient with padding), separate so tasks run on this thread can
     /// still take `SCRATCH`.
     static BATCH_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` on a scratch slice of `len` floats with unspecified contents.
-fn with_scratch<R>(
-    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
-    len: usize,
-    f: impl FnOnce(&mut [f32]) -> R,
-) -> R {
-    key.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut v) => {
-            if v.len() < len {
-                v.resize(len, 0.0);
-            }
-            f(&mut v[..len])
-        }
-        // Re-entered on this thread: fall back to a fresh buffer.
-        Err(_) => f(&mut vec![0.0; len]),
-    })
-}
-
-fn check_len(op: &str, what: &str, expected: usize, actual: usize) {
-    assert_eq!(
-        expected, actual,
-        "{op}: {what} should have {expected} elements, got {actual}"
-    );
 }
 
 /// Copies the (C', H, W) planes of `x` into the middle of the zeroed
