@@ -23,7 +23,8 @@
 use std::fmt;
 use std::rc::Rc;
 
-use tensor::nn::{kaiming_uniform_bound, Conv2d, DEFAULT_KAIMING_A};
+use tensor::nn::{kaiming_uniform_bound, Conv2d, MaxPool2d, DEFAULT_KAIMING_A};
+use tensor::ops::conv2d::PoolOptions;
 use tensor::ops::sparse_conv2d::{conv2d_sparse, SparseLayout, SPARSE_CROSSOVER_DENSITY};
 use tensor::optim::Sgd;
 use tensor::{Conv2dOptions, Conv2dShape, Rng, Tensor};
@@ -301,6 +302,33 @@ impl DSConv2d {
     /// update after it grows by gradient); steps that do not ask pay nothing.
     pub fn set_dense_grad(&mut self, on: bool) {
         self.dense_grad = on;
+    }
+
+    /// Whether the next training forward pass samples strength.
+    fn samples_next_pass(&self) -> bool {
+        self.training
+            && self.sampling
+            && self.config.rule.uses_strength()
+            && self.passes.is_multiple_of(self.config.update_interval)
+    }
+
+    /// `pool(relu(forward(x)))`, the LeNet's conv block. A pass that samples
+    /// strength needs the conv's output itself and runs the three ops; every
+    /// other pass runs one fused op that never builds the full-size conv and
+    /// ReLU outputs (the same numbers).
+    pub fn forward_relu_pool(&mut self, x: &Tensor, pool: &MaxPool2d) -> Tensor {
+        if self.samples_next_pass() || self.uses_sparse_path() {
+            return pool.forward(&self.forward(x).relu());
+        }
+        if self.training {
+            self.passes += 1;
+        }
+        let opts = PoolOptions {
+            kernel: pool.kernel,
+            stride: pool.stride,
+        };
+        let (w, b) = (&self.conv.weight, self.conv.bias.as_ref());
+        x.conv2d_relu_max_pool2d(w, b, self.conv.opts, opts)
     }
 
     /// Conv2d's forward on the masked weight. In training mode it counts the

@@ -128,11 +128,12 @@ impl LeNet {
 
     /// x is (B, 3, 32, 32); returns logits (B, 10).
     pub fn forward(&mut self, x: &Tensor) -> Tensor {
-        // A dense conv block is one fused op (bitwise the same as the three).
+        // A conv block is one fused op where it can be (the same numbers as
+        // the three ops).
         let pool = self.pool;
         let block = |conv: &mut ConvLayer, x: &Tensor| match conv {
             ConvLayer::Dense(c) => c.forward_relu_pool(x, &pool),
-            sparse => pool.forward(&sparse.forward(x).relu()),
+            ConvLayer::Sparse(c) => c.forward_relu_pool(x, &pool),
         };
         let h = block(&mut self.conv1, x); // (B, 6, 14, 14)
         let h = block(&mut self.conv2, &h); // (B, 16, 5, 5)
