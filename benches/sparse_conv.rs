@@ -12,11 +12,21 @@
 //! machine), for k = 1, 3, 6, 9, 13, 17, 25 taps per kernel:
 //!
 //! SPARSE_SWEEP=1 cargo bench --bench sparse_conv
+//!
+//! The `sparse_fused` group times the fused conv2d_sparse → relu →
+//! max_pool2d op against the three separate tape ops, on the two LeNet
+//! blocks at batch 4 and 64 with 3 taps per kernel (12 %): forward alone
+//! (no_grad) and forward + backward of the sum, with the weight and bias
+//! gradients, and the input gradient for the second block only (the first
+//! block's input is the image):
+//!
+//! cargo bench --bench sparse_conv -- sparse_fused --warm-up-time 1 --measurement-time 3
 
 use criterion::{black_box, criterion_group, Criterion};
 use std::time::Instant;
 use tensor::ops::conv2d::*;
 use tensor::ops::sparse_conv2d::*;
+use tensor::Tensor;
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
     let mut s = seed;
@@ -225,7 +235,59 @@ fn sweep() {
     }
 }
 
-criterion_group!(benches, bench);
+/// Fused against separate tape ops on the LeNet blocks (see the module doc).
+fn bench_fused(c: &mut Criterion) {
+    // (name, C, H = W, O, input needs its gradient)
+    let convs = [
+        ("conv1 3x32x32->6", 3, 32, 6, false),
+        ("conv2 6x14x14->16", 6, 14, 16, true),
+    ];
+    let pool = PoolOptions {
+        kernel: (2, 2),
+        stride: (2, 2),
+    };
+    for (name, ch, hw, o, x_grad) in convs {
+        for batch in [4, 64] {
+            let x = Tensor::from_vec(data(batch * ch * hw * hw, 1), &[batch, ch, hw, hw]);
+            let x = if x_grad { x.requires_grad() } else { x };
+            let w = Tensor::from_vec(data(o * ch * 25, 2), &[o, ch, 5, 5]).requires_grad();
+            let bias = Tensor::from_vec(data(o, 3), &[o]).requires_grad();
+            let mask = balanced_mask(o * ch, 3, 9);
+            let l = std::rc::Rc::new(SparseLayout::new(
+                [o, ch, 5, 5],
+                Conv2dOptions::default(),
+                &mask,
+            ));
+            let fused = || conv2d_sparse_relu_max_pool2d(&x, &w, Some(&bias), &l, pool);
+            let separate = || {
+                conv2d_sparse(&x, &w, Some(&bias), &l)
+                    .relu()
+                    .max_pool2d(pool.kernel, pool.stride)
+            };
+            let step = |y: Tensor| {
+                y.sum().backward();
+                for t in [&x, &w, &bias] {
+                    t.zero_grad();
+                }
+            };
+            let mut g = c.benchmark_group(format!(
+                "sparse_fused/{name}/b{batch}/{:.0}%",
+                100.0 * l.density()
+            ));
+            g.bench_function("separate/forward", |b| {
+                b.iter(|| tensor::no_grad(|| black_box(separate())))
+            });
+            g.bench_function("fused/forward", |b| {
+                b.iter(|| tensor::no_grad(|| black_box(fused())))
+            });
+            g.bench_function("separate/fwd+bwd", |b| b.iter(|| step(separate())));
+            g.bench_function("fused/fwd+bwd", |b| b.iter(|| step(fused())));
+            g.finish();
+        }
+    }
+}
+
+criterion_group!(benches, bench, bench_fused);
 
 fn main() {
     if std::env::var_os("SPARSE_SWEEP").is_some() {

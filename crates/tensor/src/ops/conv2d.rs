@@ -1053,7 +1053,7 @@ pub fn conv2d_backward_bias(s: &Conv2dShape, dy: &[f32], db: &mut [f32]) {
 
 /// Sum of `v` with 8 independent accumulators (so the compiler can
 /// vectorise), combined in a fixed order.
-fn sum_lanes(v: &[f32]) -> f32 {
+pub(crate) fn sum_lanes(v: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let mut it = v.chunks_exact(8);
     for c in &mut it {

@@ -1,9 +1,11 @@
 //! Sparse conv2d for masked weights: a direct convolution that visits only
 //! the active taps of each kernel. Holds the tap lists ([`SparseLayout`]),
 //! the slice-level kernels (forward, backward-input, backward-weight at the
-//! active taps only), the SIMD inner loops with their portable twins, and the
-//! autograd op [`conv2d_sparse`]. The oracle is the dense naive convolution of
-//! `conv2d.rs` run on the masked weight ([`SparseLayout::masked_weight`]).
+//! active taps only), the SIMD inner loops with their portable twins, the
+//! autograd op [`conv2d_sparse`], and the fused sparse conv → relu →
+//! max-pool ([`conv2d_sparse_relu_max_pool2d`]) with its slice kernels. The
+//! oracle is the dense naive convolution of `conv2d.rs` run on the masked
+//! weight ([`SparseLayout::masked_weight`]).
 //!
 //! Layouts are those of `conv2d.rs`: x (B, C, H, W), w (O, C/groups, KH, KW),
 //! y (B, O, OH, OW). The weights stay in the dense tensor; the layout only
@@ -51,8 +53,8 @@
 //! Small problems run on the calling thread ([`PARALLEL_MIN_FLOPS`]).
 
 use crate::ops::conv2d::{
-    check_len, conv2d_backward_bias, scratch_in as with_scratch, Conv2dOptions, Conv2dShape,
-    PARALLEL_MIN_FLOPS,
+    check_len, conv2d_backward_bias, scratch_in as with_scratch, sum_lanes, Conv2dOptions,
+    Conv2dShape, PoolOptions, PARALLEL_MIN_FLOPS,
 };
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -1046,6 +1048,316 @@ pub fn conv2d_sparse(
                     *g += d;
                 }
             });
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Fused sparse conv2d → relu → max_pool2d
+// ---------------------------------------------------------------------------
+//
+// The sparse twin of conv2d.rs's fused op (see `conv2d_relu_pool_forward`
+// there for the idea). Forward runs the sparse convolution of one chunk of
+// images into scratch, relu-pools it at once, and keeps only the pooled
+// values and their argmaxes, so the two full-size tensors of the separate ops
+// (the conv output and the relu output) are never allocated:
+//
+// ```text
+// forward    y = conv(x, w ⊙ mask) + b;  r = relu(y);  pooled, arg = max_pool(r)
+// backward   dY[arg[q]] += (pooled[q] > 0 ? dpooled[q] : 0)   (zeros elsewhere)
+//            then dW (active taps), db and dx from dY, as conv2d_sparse's backward
+// ```
+//
+// Backward rebuilds the whole dY once (one tensor of the conv output's size,
+// where the separate ops build two: the pool's scatter and relu's mask) and
+// hands it to the kernels above unchanged: the weight gradient is a sum over
+// the batch, and running it once on the whole batch keeps it the same
+// function of the data whatever the thread count. Every floating-point
+// operation is the one the separate ops perform, in the same order, so the
+// fused op is bitwise equal to conv2d_sparse → relu → max_pool2d.
+
+thread_local! {
+    /// One chunk's conv output (forward), or the whole batch's rebuilt dY
+    /// (backward, on the calling thread); separate from `SCRATCH`, which the
+    /// kernels called on that buffer take for themselves.
+    static FUSED_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// pooled = max_pool2d(relu(conv(x, w ⊙ mask) + bias)), with each window's
+/// argmax (an index into its (OH, OW) plane, as
+/// [`crate::ops::pool::max_pool2d_plane`] picks it). OVERWRITES pooled and
+/// arg, both (B, O, PH, PW). x is (B, C, H, W), w is (O, C/groups, KH, KW)
+/// (entries outside the mask are ignored), bias is (O).
+#[allow(clippy::too_many_arguments)] // the operands of three ops in one
+pub fn sparse_conv2d_relu_pool_forward(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    pool: PoolOptions,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    pooled: &mut [f32],
+    arg: &mut [u32],
+    k: KernelChoice,
+) {
+    let op = "sparse_conv2d_relu_pool_forward";
+    l.check(op, s);
+    check_len(op, "x", s.input_shape().iter().product(), x.len());
+    check_len(op, "w", s.weight_shape().iter().product(), w.len());
+    if let Some(b) = bias {
+        check_len(op, "bias", s.out_channels, b.len());
+    }
+    let pp = pool.output_shape(s).iter().product();
+    check_len(op, "pooled", pp, pooled.len());
+    check_len(op, "arg", pp, arg.len());
+    let (chw, o, p) = (
+        s.in_channels * s.in_h * s.in_w,
+        s.out_channels,
+        s.out_pixels(),
+    );
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let (ph, pw) = pool.pooled_size(s);
+    let per_image = o * ph * pw; // pooled values of one image
+    if pp == 0 {
+        return;
+    }
+    // The sparse forward's own chunks: a pure function of shape and taps.
+    let ipc = images_per_chunk(s, l);
+    let chunk = |ci: usize, (pooled_c, arg_c): (&mut [f32], &mut [u32])| {
+        let b0 = ci * ipc;
+        let nb = pooled_c.len() / per_image;
+        // The chunk as a batch of its own: the kernel keeps it in one piece
+        // on this thread (its chunk size for nb ≤ ipc images is nb).
+        let sc = Conv2dShape { batch: nb, ..*s };
+        with_scratch(&FUSED_SCRATCH, nb * o * p, |y| {
+            let x_c = &x[b0 * chw..(b0 + nb) * chw];
+            sparse_conv2d_forward(&sc, l, x_c, w, bias, y, k); // (nb, O, OH, OW)
+            for v in y.iter_mut() {
+                *v = crate::ops::elementwise::relu(*v);
+            }
+            let planes = y.chunks_exact(p).zip(
+                pooled_c
+                    .chunks_exact_mut(ph * pw)
+                    .zip(arg_c.chunks_exact_mut(ph * pw)),
+            );
+            for (yp, (pp, ap)) in planes {
+                crate::ops::pool::max_pool2d_plane(yp, (oh, ow), pool.kernel, pool.stride, pp, ap);
+            }
+        });
+    };
+    let items = pooled
+        .chunks_mut(ipc * per_image)
+        .zip(arg.chunks_mut(ipc * per_image));
+    if run_parallel(s, l) && s.batch > ipc {
+        items
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(ci, item)| chunk(ci, item));
+    } else {
+        items.enumerate().for_each(|(ci, item)| chunk(ci, item));
+    }
+}
+
+/// dY (B, O, OH, OW) of the fused op from the saved `pooled` values and
+/// argmaxes and the pooled gradient `dpooled` (all (B, O, PH, PW)): each
+/// pooled gradient scattered back to its argmax through relu's mask, in
+/// the order max_pool2d's backward adds them. OVERWRITES dy, and `sums`
+/// (B, O) with each dY plane's sum as [`conv2d_backward_bias`] takes it,
+/// while the plane is still in cache. Planes are independent, so the chunks
+/// of images may run in any order.
+#[allow(clippy::too_many_arguments)] // three saved tensors and two outputs
+fn relu_pool_grad(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    pool: PoolOptions,
+    pooled: &[f32],
+    arg: &[u32],
+    dpooled: &[f32],
+    dy: &mut [f32],
+    sums: &mut [f32],
+) {
+    let (o, p) = (s.out_channels, s.out_pixels());
+    let (ph, pw) = pool.pooled_size(s);
+    let q = ph * pw; // pooled values per plane
+    let planes_per_chunk = images_per_chunk(s, l) * o;
+    let chunk = |ci: usize, (dy_c, sums_c): (&mut [f32], &mut [f32])| {
+        let q0 = ci * planes_per_chunk * q;
+        let planes = dy_c.chunks_exact_mut(p).zip(sums_c.iter_mut());
+        for (i, (plane, sum)) in planes.enumerate() {
+            let r = q0 + i * q..q0 + (i + 1) * q;
+            plane.fill(0.0);
+            for ((&v, &a), &d) in pooled[r.clone()]
+                .iter()
+                .zip(&arg[r.clone()])
+                .zip(&dpooled[r])
+            {
+                // relu(y) > 0 exactly where y > 0, and the pooled value is
+                // relu(y) at the argmax, so it stands in for y in relu's
+                // gradient.
+                plane[a as usize] += crate::ops::elementwise::relu_grad(v, d);
+            }
+            *sum = sum_lanes(plane);
+        }
+    };
+    let (dy_len, sums_len) = (planes_per_chunk * p, planes_per_chunk);
+    if run_parallel(s, l) && s.batch * o > planes_per_chunk {
+        let items = dy.par_chunks_mut(dy_len).zip(sums.par_chunks_mut(sums_len));
+        items.enumerate().for_each(|(ci, item)| chunk(ci, item));
+    } else {
+        let items = dy.chunks_mut(dy_len).zip(sums.chunks_mut(sums_len));
+        items.enumerate().for_each(|(ci, item)| chunk(ci, item));
+    }
+}
+
+/// Backward of [`sparse_conv2d_relu_pool_forward`] from the pooled gradient
+/// `dpooled` and the saved `pooled` values and argmaxes (all (B, O, PH, PW)).
+/// OVERWRITES each of dw (O, C/groups, KH, KW; exactly 0.0 at inactive taps),
+/// db (O) and dx (B, C, H, W) that is given; pass `None` for gradients nobody
+/// needs.
+#[allow(clippy::too_many_arguments)] // the three optional gradients read best named
+pub fn sparse_conv2d_relu_pool_backward(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    pool: PoolOptions,
+    x: &[f32],
+    w: &[f32],
+    pooled: &[f32],
+    arg: &[u32],
+    dpooled: &[f32],
+    dw: Option<&mut [f32]>,
+    db: Option<&mut [f32]>,
+    dx: Option<&mut [f32]>,
+    k: KernelChoice,
+) {
+    let op = "sparse_conv2d_relu_pool_backward";
+    l.check(op, s);
+    let pp: usize = pool.output_shape(s).iter().product();
+    check_len(op, "pooled", pp, pooled.len());
+    check_len(op, "arg", pp, arg.len());
+    check_len(op, "dpooled", pp, dpooled.len());
+    // The kernels check x, w and the gradients.
+    if let Some(db) = &db {
+        check_len(op, "db", s.out_channels, db.len());
+    }
+    let (o, n_dy) = (s.out_channels, s.output_shape().iter().product());
+    with_scratch(&FUSED_SCRATCH, n_dy + s.batch * o, |buf| {
+        let (dy, sums) = buf.split_at_mut(n_dy); // (B, O, OH, OW), (B, O)
+        relu_pool_grad(s, l, pool, pooled, arg, dpooled, dy, sums);
+        if let Some(dw) = dw {
+            sparse_conv2d_backward_weight(s, l, x, dy, dw, k);
+        }
+        if let Some(db) = db {
+            // As conv2d_backward_bias: the plane sums added image by image.
+            db.fill(0.0);
+            for sums_b in sums.chunks_exact(o) {
+                db.iter_mut().zip(sums_b).for_each(|(d, s)| *d += s);
+            }
+        }
+        if let Some(dx) = dx {
+            sparse_conv2d_backward_input(s, l, w, dy, dx, k);
+        }
+    });
+}
+
+/// The definition, from the dense naive kernels on the masked weight
+/// ([`crate::ops::conv2d::conv2d_relu_pool_naive`]). Returns (pooled, arg);
+/// the test oracle.
+pub fn sparse_conv2d_relu_pool_naive(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    pool: PoolOptions,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+) -> (Vec<f32>, Vec<u32>) {
+    crate::ops::conv2d::conv2d_relu_pool_naive(s, pool, x, &l.masked_weight(w), bias)
+}
+
+/// max_pool2d(relu(conv2d_sparse(x, w, bias, layout))) without the
+/// full-size intermediates: the same values and gradients, bit for bit, as
+/// the three ops one after the other. Backward gives dx, dw at the active
+/// taps only (exactly 0.0 elsewhere) and dbias, as [`conv2d_sparse`] does.
+pub fn conv2d_sparse_relu_max_pool2d(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    layout: &Rc<SparseLayout>,
+    pool: PoolOptions,
+) -> Tensor {
+    let op = "conv2d_sparse_relu_max_pool2d";
+    assert_eq!(
+        w.shape(),
+        layout.weight_shape,
+        "{op}: weight {:?} but the layout was built for {:?}",
+        w.shape(),
+        layout.weight_shape
+    );
+    let s =
+        Conv2dShape::new(x.shape(), w.shape(), layout.opts).unwrap_or_else(|e| panic!("{op}: {e}"));
+    if let Some(b) = bias {
+        assert_eq!(
+            b.shape(),
+            [s.out_channels],
+            "{op}: bias {:?} for {} output channels",
+            b.shape(),
+            s.out_channels
+        );
+    }
+    let out_shape = pool.output_shape(&s);
+    let n_out = out_shape.iter().product();
+    let (mut pooled, mut arg) = (vec![0.0; n_out], vec![0u32; n_out]);
+    sparse_conv2d_relu_pool_forward(
+        &s,
+        layout,
+        pool,
+        &x.data(),
+        &w.data(),
+        bias.map(|b| b.data()).as_deref().map(|v| &v[..]),
+        &mut pooled,
+        &mut arg,
+        KernelChoice::Best,
+    );
+    let mut inputs = vec![x, w];
+    inputs.extend(bias);
+    // Backward needs the pooled values too; copy them only if it will run.
+    let tracked = crate::tape::is_recording() && inputs.iter().any(|t| t.needs_grad());
+    let saved = if tracked { pooled.clone() } else { Vec::new() };
+    let (xc, wc, bc, l) = (x.clone(), w.clone(), bias.cloned(), layout.clone());
+    Tensor::from_op(pooled, &out_shape, &inputs, move |dpooled, grads| {
+        let mut dw = wc.needs_grad().then(|| vec![0.0; wc.numel()]);
+        let mut db = bc
+            .as_ref()
+            .filter(|b| b.needs_grad())
+            .map(|_| vec![0.0; s.out_channels]);
+        let mut dx = xc.needs_grad().then(|| vec![0.0; xc.numel()]);
+        sparse_conv2d_relu_pool_backward(
+            &s,
+            &l,
+            pool,
+            &xc.data(),
+            &wc.data(),
+            &saved,
+            &arg,
+            dpooled,
+            dw.as_deref_mut(),
+            db.as_deref_mut(),
+            dx.as_deref_mut(),
+            KernelChoice::Best,
+        );
+        if let Some(dw) = dw {
+            grads.add_owned(&wc, dw);
+        }
+        if let (Some(b), Some(db)) = (&bc, db) {
+            // Added into the gradient as conv2d_sparse adds its bias sums.
+            grads.accumulate(b, |gb| {
+                for (g, d) in gb.iter_mut().zip(&db) {
+                    *g += d;
+                }
+            });
+        }
+        if let Some(dx) = dx {
+            grads.add_owned(&xc, dx);
         }
     })
 }
