@@ -25,7 +25,9 @@ use std::rc::Rc;
 
 use tensor::nn::{kaiming_uniform_bound, Conv2d, MaxPool2d, DEFAULT_KAIMING_A};
 use tensor::ops::conv2d::PoolOptions;
-use tensor::ops::sparse_conv2d::{conv2d_sparse, SparseLayout, SPARSE_CROSSOVER_DENSITY};
+use tensor::ops::sparse_conv2d::{
+    conv2d_sparse, conv2d_sparse_relu_max_pool2d, SparseLayout, SPARSE_CROSSOVER_DENSITY,
+};
 use tensor::optim::Sgd;
 use tensor::{Conv2dOptions, Conv2dShape, Rng, Tensor};
 
@@ -317,18 +319,41 @@ impl DSConv2d {
     /// other pass runs one fused op that never builds the full-size conv and
     /// ReLU outputs (the same numbers).
     pub fn forward_relu_pool(&mut self, x: &Tensor, pool: &MaxPool2d) -> Tensor {
-        if self.samples_next_pass() || self.uses_sparse_path() {
+        if self.samples_next_pass() {
             return pool.forward(&self.forward(x).relu());
-        }
-        if self.training {
-            self.passes += 1;
         }
         let opts = PoolOptions {
             kernel: pool.kernel,
             stride: pool.stride,
         };
-        let (w, b) = (&self.conv.weight, self.conv.bias.as_ref());
-        x.conv2d_relu_max_pool2d(w, b, self.conv.opts, opts)
+        let y = if self.uses_sparse_path() {
+            let layout = self.layout();
+            conv2d_sparse_relu_max_pool2d(
+                x,
+                &self.conv.weight,
+                self.conv.bias.as_ref(),
+                &layout,
+                opts,
+            )
+        } else {
+            let (w, b) = (&self.conv.weight, self.conv.bias.as_ref());
+            x.conv2d_relu_max_pool2d(w, b, self.conv.opts, opts)
+        };
+        if self.training {
+            self.passes += 1;
+        }
+        y
+    }
+
+    /// The sparse kernels' tap lists, built on first use after a mask change.
+    fn layout(&mut self) -> Rc<SparseLayout> {
+        let (shape, opts, mask) = (self.conv.weight.shape(), self.conv.opts, &self.mask);
+        self.layout
+            .get_or_insert_with(|| {
+                let shape: [usize; 4] = shape.try_into().expect("a conv weight is 4-d");
+                Rc::new(SparseLayout::new(shape, opts, mask))
+            })
+            .clone()
     }
 
     /// Conv2d's forward on the masked weight. In training mode it counts the
@@ -336,13 +361,8 @@ impl DSConv2d {
     /// accumulates strength.
     pub fn forward(&mut self, x: &Tensor) -> Tensor {
         let y = if self.uses_sparse_path() {
-            let (shape, opts) = (self.conv.weight.shape(), self.conv.opts);
-            let mask = &self.mask;
-            let layout = self.layout.get_or_insert_with(|| {
-                let shape: [usize; 4] = shape.try_into().expect("a conv weight is 4-d");
-                Rc::new(SparseLayout::new(shape, opts, mask))
-            });
-            conv2d_sparse(x, &self.conv.weight, self.conv.bias.as_ref(), layout)
+            let layout = self.layout();
+            conv2d_sparse(x, &self.conv.weight, self.conv.bias.as_ref(), &layout)
         } else {
             self.conv.forward(x)
         };
