@@ -357,3 +357,38 @@ fn bad_configuration_is_an_error_not_a_panic() {
     )
     .is_err());
 }
+
+/// The fused conv block gives the bits of the three ops, on both kernel
+/// paths, counts the pass once, and still samples strength on its passes.
+#[test]
+fn the_fused_block_equals_conv_relu_pool_and_counts_each_pass_once() {
+    use sparse_conv::ConvPath;
+    use tensor::nn::MaxPool2d;
+    let pool = MaxPool2d::new(2);
+    for path in [ConvPath::Sparse, ConvPath::Dense] {
+        let config = DSConfig {
+            rule: Rule::set(), // a random 12% mask from the start
+            path,
+            ..DSConfig::default()
+        };
+        let mut fused = layer(3, 6, (5, 5), config, 23);
+        let mut plain = layer(3, 6, (5, 5), config, 23);
+        let x = Tensor::uniform(&[3, 3, 16, 16], -1.0, 1.0, &mut Rng::seed(24));
+        let a = fused.forward_relu_pool(&x, &pool);
+        let b = pool.forward(&plain.forward(&x).relu());
+        let bits = |t: &Tensor| t.to_vec().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b), "{path:?}");
+        assert_eq!((fused.passes(), plain.passes()), (1, 1));
+    }
+    // A Hebbian layer's first pass is sampled: the block still accumulates.
+    let config = DSConfig {
+        update_interval: 2,
+        ..DSConfig::default()
+    };
+    let mut l = layer(3, 6, (5, 5), config, 25);
+    let x = Tensor::uniform(&[2, 3, 16, 16], -1.0, 1.0, &mut Rng::seed(26));
+    for _ in 0..3 {
+        l.forward_relu_pool(&x, &pool);
+    }
+    assert_eq!((l.passes(), l.strength_samples()), (3, 2));
+}
