@@ -131,7 +131,7 @@ struct Args {
     /// How density is spread over layers: uniform, or erk (with --prune-dims layer)
     #[arg(long, default_value = "uniform", help_heading = "Prune/grow rule")]
     allocation: Allocation,
-    /// Sample Hebbian strength on every N-th training forward pass
+    /// Sample Hebbian strength on every N-th training forward pass [default: 20]
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Hebbian strength")]
     update_interval: Option<u64>,
     /// coactivation or correlation [default: coactivation]
