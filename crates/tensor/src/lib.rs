@@ -12,7 +12,8 @@
 //!   `conv2d` (a direct forward kernel for stride 1, im2col + GEMM for
 //!   the other forwards and for backward, the fused conv → ReLU → max-pool,
 //!   and the naive oracles), `pool`
-//!   (max_pool2d), `sparse_conv2d` (direct convolution over the active taps
+//!   (max_pool2d), `relu_pool` (relu + 2×2 max-pool straight from a conv
+//!   kernel's wide rows, the tail of both fused blocks), `sparse_conv2d` (direct convolution over the active taps
 //!   of a masked weight, for sparse layers), `reduce` (sum, mean), `shape`
 //!   (reshape, flatten), `loss` (log_softmax, cross_entropy).
 //! * [`gemm`]: the single matrix multiply everything calls, with transposes

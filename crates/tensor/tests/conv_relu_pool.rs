@@ -49,6 +49,15 @@ fn cases() -> Vec<Case> {
             )
         },
         Case {
+            // The wide relu-pool path: two groups of 7 channels, more than
+            // one register block of the direct kernel each.
+            opts: Conv2dOptions {
+                groups: 2,
+                ..Conv2dOptions::default()
+            },
+            ..case("groups, 7 channels a group", [2, 4, 10, 12], [14, 2, 3, 3])
+        },
+        Case {
             pool: PoolOptions {
                 kernel: (3, 2),
                 stride: (1, 2),

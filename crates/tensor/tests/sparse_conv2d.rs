@@ -584,6 +584,22 @@ fn fused_cases(b: usize) -> Vec<(Case, PoolOptions)> {
             },
             pool((3, 2), (2, 1)),
         ),
+        (
+            // Stride 1 with a 2x2 pool takes the wide relu-pool path; here
+            // with padding, dilation, groups and odd output sides (the last
+            // row and column are not pooled).
+            Case {
+                padding: (1, 2),
+                dilation: (2, 1),
+                groups: 2,
+                ..case(
+                    "wide pool: padding, dilation, odd sides",
+                    [b, 4, 9, 10],
+                    [6, 2, 3, 3],
+                )
+            },
+            pool((2, 2), (2, 2)),
+        ),
     ]
 }
 

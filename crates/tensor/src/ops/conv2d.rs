@@ -162,6 +162,8 @@ impl Conv2dShape {
 }
 
 use crate::gemm::{gemm, Mat};
+use crate::ops::relu_pool::{relu_max_pool_2x2_rows, WIDE_SLACK};
+use crate::ops::sparse_conv2d::KernelChoice;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -465,7 +467,8 @@ fn forward_image(
         let bias_g = bias.map(|b| &b[g * og..(g + 1) * og]);
         let y_bg = &mut y_b[g * og * p..(g + 1) * og * p]; // (O/g, P)
         if direct {
-            forward_direct(s, x_bg, w_g, bias_g, scratch, y_bg, Kernel::best());
+            let mut emit = copy_planes(s, y_bg);
+            forward_direct(s, x_bg, w_g, bias_g, scratch, Kernel::best(), &mut emit);
             continue;
         }
         let cols = &mut scratch[..k * p];
@@ -560,25 +563,28 @@ fn direct_scratch_len(s: &Conv2dShape) -> usize {
 }
 
 /// y_g = conv(x_g, w_g) + bias_g for one image and one group by wide rows
-/// (see above). x_bg is (Cg, H, W), w_g is (O/g, Cg·KH·KW), y_bg is
-/// (O/g, OH, OW). Needs [`direct_applies`].
+/// (see above). x_bg is (Cg, H, W), w_g is (O/g, Cg·KH·KW). Each output
+/// channel o's plane is handed to `emit(o, rows)` as wide rows of W floats
+/// (`rows[oy·W + ox]`, at least (OH−1)·W + OW of them, junk past OW in each
+/// row): [`copy_planes`] copies them out, the fused block relu-pools them
+/// in place. Needs [`direct_applies`].
 fn forward_direct(
     s: &Conv2dShape,
     x_bg: &[f32],
     w_g: &[f32],
     bias_g: Option<&[f32]>,
     scratch: &mut [f32],
-    y_bg: &mut [f32],
     kernel: Kernel,
+    emit: &mut dyn FnMut(usize, &[f32]),
 ) {
-    let (h, w, oh, ow) = (s.in_h, s.in_w, s.out_h(), s.out_w());
+    let (h, w) = (s.in_h, s.in_w);
     let (cg, og, k) = (s.group_in(), s.group_out(), s.col_rows());
     let lw = direct_wide_len(s);
     let blocks = og.div_ceil(DIRECT_CO);
     let (xp, rest) = scratch.split_at_mut(cg * h * w + DIRECT_PX);
     let (wt, rest) = rest.split_at_mut(blocks * k * DIRECT_CO);
-    let yw = &mut rest[..DIRECT_CO * lw];
-    // x with DIRECT_PX zeros after it: the last pixel block reads past L.
+    let yw = rest; // DIRECT_CO·lw floats, then any slack the caller gave
+                   // x with DIRECT_PX zeros after it: the last pixel block reads past L.
     xp[..cg * h * w].copy_from_slice(x_bg);
     xp[cg * h * w..].fill(0.0);
     // Weights tap-major per block of channels, wt[block][t][o], zeros for
@@ -617,12 +623,20 @@ fn forward_direct(
                 yw[j * lw + q0..][..DIRECT_PX].copy_from_slice(a);
             }
         }
-        // Copy the valid OW columns of each wide row out.
+        // Channel j's rows run on into the next channel's (junk to it).
         for j in 0..DIRECT_CO.min(og - blk * DIRECT_CO) {
-            let o = blk * DIRECT_CO + j;
-            for oy in 0..oh {
-                y_bg[(o * oh + oy) * ow..][..ow].copy_from_slice(&yw[j * lw + oy * w..][..ow]);
-            }
+            emit(blk * DIRECT_CO + j, &yw[j * lw..]);
+        }
+    }
+}
+
+/// The `emit` of [`forward_direct`] that copies the valid OW columns of each
+/// wide row into y_bg (O/g, OH, OW).
+fn copy_planes<'a>(s: &Conv2dShape, y_bg: &'a mut [f32]) -> impl FnMut(usize, &[f32]) + 'a {
+    let (oh, ow, w) = (s.out_h(), s.out_w(), s.in_w);
+    move |o, rows| {
+        for oy in 0..oh {
+            y_bg[(o * oh + oy) * ow..][..ow].copy_from_slice(&rows[oy * w..][..ow]);
         }
     }
 }
@@ -747,8 +761,8 @@ pub fn conv2d_forward_direct(
                 &w[g * og * k..(g + 1) * og * k],
                 bias.map(|v| &v[g * og..(g + 1) * og]),
                 &mut scratch,
-                &mut y_b[g * og * p..(g + 1) * og * p],
                 kernel,
+                &mut copy_planes(s, &mut y_b[g * og * p..(g + 1) * og * p]),
             );
         }
     }
@@ -1160,7 +1174,50 @@ pub fn conv2d_relu_pool_forward(
         .chunks_mut(ipc * per_image)
         .zip(arg.chunks_mut(ipc * per_image))
         .collect();
+    // Stride 1 with a 2×2 pool: the direct kernel's wide rows go straight
+    // into the relu-pool, channel by channel (the same values, bitwise).
+    let wide_pool = direct_applies(s) && pool.kernel == (2, 2) && pool.stride == (2, 2);
+    let (cg, og, k, hw) = (s.group_in(), s.group_out(), s.col_rows(), s.in_h * s.in_w);
+    let q = ph * pw;
     for_each_item(items, run_parallel(s), |chunk, (pooled_c, arg_c)| {
+        if wide_pool {
+            with_scratch(direct_scratch_len(s) + WIDE_SLACK, |scratch| {
+                let images = pooled_c
+                    .chunks_mut(per_image)
+                    .zip(arg_c.chunks_mut(per_image));
+                for (i, (pooled_b, arg_b)) in images.enumerate() {
+                    let x_b = &x[(chunk * ipc + i) * chw..][..chw];
+                    for g in 0..s.opts.groups {
+                        let (pooled_g, arg_g) = (
+                            &mut pooled_b[g * og * q..(g + 1) * og * q],
+                            &mut arg_b[g * og * q..(g + 1) * og * q],
+                        );
+                        let mut emit = |o: usize, rows: &[f32]| {
+                            let (p_o, a_o) =
+                                (&mut pooled_g[o * q..][..q], &mut arg_g[o * q..][..q]);
+                            relu_max_pool_2x2_rows(
+                                rows,
+                                s.in_w,
+                                (oh, ow),
+                                p_o,
+                                a_o,
+                                KernelChoice::Best,
+                            );
+                        };
+                        forward_direct(
+                            s,
+                            &x_b[g * cg * hw..][..cg * hw],
+                            &w[g * og * k..(g + 1) * og * k],
+                            bias.map(|b| &b[g * og..(g + 1) * og]),
+                            scratch,
+                            Kernel::best(),
+                            &mut emit,
+                        );
+                    }
+                }
+            });
+            return;
+        }
         // One image's conv output y (O, OH, OW) after its im2col matrix.
         with_scratch(forward_scratch_len(s) + o * p, |buf| {
             let (scratch, y) = buf.split_at_mut(forward_scratch_len(s));

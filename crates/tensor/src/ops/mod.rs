@@ -6,5 +6,6 @@ pub mod loss;
 pub mod matmul;
 pub mod pool;
 pub mod reduce;
+pub mod relu_pool;
 pub mod shape;
 pub mod sparse_conv2d;

@@ -56,6 +56,7 @@ use crate::ops::conv2d::{
     check_len, conv2d_backward_bias, scratch_in as with_scratch, sum_lanes, Conv2dOptions,
     Conv2dShape, PoolOptions, PARALLEL_MIN_FLOPS,
 };
+use crate::ops::relu_pool::{relu_max_pool_2x2_rows, WIDE_SLACK};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -1123,9 +1124,15 @@ pub fn sparse_conv2d_relu_pool_forward(
     }
     // The sparse forward's own chunks: a pure function of shape and taps.
     let ipc = images_per_chunk(s, l);
+    let wide_pool = s.opts.stride == (1, 1) && pool.kernel == (2, 2) && pool.stride == (2, 2);
     let chunk = |ci: usize, (pooled_c, arg_c): (&mut [f32], &mut [u32])| {
         let b0 = ci * ipc;
         let nb = pooled_c.len() / per_image;
+        if wide_pool {
+            let x_c = &x[b0 * chw..(b0 + nb) * chw];
+            relu_pool_forward_wide(s, l, x_c, w, bias, pooled_c, arg_c, k);
+            return;
+        }
         // The chunk as a batch of its own: the kernel keeps it in one piece
         // on this thread (its chunk size for nb ≤ ipc images is nb).
         let sc = Conv2dShape { batch: nb, ..*s };
@@ -1157,6 +1164,63 @@ pub fn sparse_conv2d_relu_pool_forward(
     } else {
         items.enumerate().for_each(|(ci, item)| chunk(ci, item));
     }
+}
+
+/// The fused forward for stride 1 and a 2×2 pool, for the images of `x_c`:
+/// each output channel's wide rows go from [`gather_fma`] straight into
+/// [`relu_max_pool_2x2_rows`], with no full-size conv output, no copy of
+/// the rows and no separate relu pass. The conv values are those of
+/// [`sparse_conv2d_forward`] (the same calls), so the result is bitwise
+/// the same as the general path.
+#[allow(clippy::too_many_arguments)] // the fused op's operands
+fn relu_pool_forward_wide(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    x_c: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    pooled_c: &mut [f32],
+    arg_c: &mut [u32],
+    k: KernelChoice,
+) {
+    let plan = l.plan(s);
+    let (c, hw) = (s.in_channels, s.in_h * s.in_w);
+    let (cg, og) = (s.group_in(), s.group_out());
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let q = (oh / 2) * (ow / 2); // pooled values per plane
+    let padded = s.opts.padding != (0, 0);
+    let pad_len = if padded { cg * plan.hp * plan.wp } else { 0 };
+    let wide = (oh - 1) * plan.wp + ow;
+    let max_taps = l.max_taps();
+    with_scratch(&SCRATCH, pad_len + wide + WIDE_SLACK + max_taps, |buf| {
+        let (xpad, rest) = buf.split_at_mut(pad_len); // (Cg, Hp, Wp)
+        let (yw, ws) = rest.split_at_mut(wide + WIDE_SLACK);
+        let images = pooled_c
+            .chunks_exact_mut(s.out_channels * q)
+            .zip(arg_c.chunks_exact_mut(s.out_channels * q));
+        for (b, (pooled_b, arg_b)) in images.enumerate() {
+            for g in 0..s.opts.groups {
+                let x_bg = &x_c[(b * c + g * cg) * hw..][..cg * hw]; // (Cg, H, W)
+                let src = if padded {
+                    pad_planes(x_bg, s.in_h, s.in_w, s.opts.padding, xpad);
+                    &*xpad
+                } else {
+                    x_bg
+                };
+                for oc in g * og..(g + 1) * og {
+                    let r = l.out_range(oc);
+                    let ws = &mut ws[..r.len()];
+                    for (wv, t) in ws.iter_mut().zip(&l.by_output[r.clone()]) {
+                        *wv = w[t.wi];
+                    }
+                    let init = bias.map_or(0.0, |b| b[oc]);
+                    gather_fma(src, &plan.fwd_offs[r], ws, init, &mut yw[..wide], k);
+                    let (p_o, a_o) = (&mut pooled_b[oc * q..][..q], &mut arg_b[oc * q..][..q]);
+                    relu_max_pool_2x2_rows(yw, plan.wp, (oh, ow), p_o, a_o, k);
+                }
+            }
+        }
+    });
 }
 
 /// dY (B, O, OH, OW) of the fused op from the saved `pooled` values and
