@@ -8,6 +8,9 @@
 //! `matrixmultiply` is used without its `threading` feature, so one call is
 //! single-threaded and its result does not depend on the rayon pool: callers
 //! parallelise over independent outputs (images, chunks) instead.
+//! [`gemm_row_blocks`] does so for one large product (the linear layers):
+//! it cuts C into blocks of rows, a pure function of the shape, and
+//! multiplies them on the pool.
 
 /// A read-only strided view of a `rows × cols` matrix inside `data`:
 /// element (i, j) is `data[i * row_stride + j * col_stride]`.
@@ -109,6 +112,39 @@ pub fn gemm(alpha: f32, a: Mat, b: Mat, beta: f32, c: &mut [f32], ldc: usize) {
     }
 }
 
+/// Flops a row block of [`gemm_row_blocks`] holds at least, so that each
+/// rayon task is worth its fork/join and its share of packing B.
+const ROW_BLOCK_FLOPS: usize = 1 << 20;
+
+/// [`gemm`] on blocks of C's rows, in parallel. The blocks depend only on
+/// the shape (each holds at least [`ROW_BLOCK_FLOPS`]), never on the number
+/// of threads, and every element is computed by one block's own call, so
+/// the result is the same for any thread count. Small products run as one
+/// call on this thread.
+pub fn gemm_row_blocks(alpha: f32, a: Mat, b: Mat, beta: f32, c: &mut [f32], ldc: usize) {
+    use rayon::prelude::*;
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let blocks = (2 * m * k * n / ROW_BLOCK_FLOPS).min(m);
+    if blocks <= 1 || n == 0 || a.cols != b.rows || c.len() < (m - 1) * ldc + n {
+        // One call (and gemm's own checks and messages for bad shapes).
+        return gemm(alpha, a, b, beta, c, ldc);
+    }
+    a.assert_in_bounds("a");
+    let rows = m.div_ceil(blocks);
+    let c = &mut c[..(m - 1) * ldc + n];
+    c.par_chunks_mut(rows * ldc)
+        .enumerate()
+        .for_each(|(i, c_blk)| {
+            let r0 = i * rows;
+            let a_blk = Mat {
+                data: &a.data[r0 * a.row_stride..],
+                rows: rows.min(m - r0),
+                ..a
+            };
+            gemm(alpha, a_blk, b, beta, c_blk, ldc);
+        });
+}
+
 /// The textbook triple loop, kept as documentation and as the test oracle.
 pub fn gemm_naive(alpha: f32, a: Mat, b: Mat, beta: f32, c: &mut [f32], ldc: usize) {
     assert_eq!(a.cols, b.rows);
@@ -147,6 +183,46 @@ mod tests {
         gemm(2.0, Mat::row_major(&at, 5, 3).t(), bm, 0.5, &mut got, 4);
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+        }
+    }
+
+    /// The linear layers' products at batch 64, split into row blocks: the
+    /// oracle's values, and the same bits on 1 and 3 threads.
+    #[test]
+    fn row_blocks_match_naive_and_not_the_thread_count() {
+        let (m, k, n) = (64, 400, 120);
+        let x: Vec<f32> = (0..m * k).map(|v| (v as f32 * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..n * k).map(|v| (v as f32 * 0.11).cos()).collect();
+        let dy: Vec<f32> = (0..m * n).map(|v| (v as f32 * 0.23).sin()).collect();
+        // y = x·Wᵀ (m×n), dW = dYᵀ·x (n×k): a plain and a transposed A.
+        let cases = [
+            (Mat::row_major(&x, m, k), Mat::row_major(&w, n, k).t(), n),
+            (Mat::row_major(&dy, m, n).t(), Mat::row_major(&x, m, k), k),
+        ];
+        for (a, b, ldc) in cases {
+            assert!(
+                2 * a.rows * a.cols * b.cols / ROW_BLOCK_FLOPS > 1,
+                "not split"
+            );
+            let mut want = vec![0.5; a.rows * ldc];
+            gemm_naive(1.0, a, b, 1.0, &mut want, ldc);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut c = vec![0.5; a.rows * ldc];
+                pool.install(|| gemm_row_blocks(1.0, a, b, 1.0, &mut c, ldc));
+                c
+            };
+            let (one, three) = (run(1), run(3));
+            assert!(one
+                .iter()
+                .zip(&three)
+                .all(|(p, q)| p.to_bits() == q.to_bits()));
+            for (g, w) in one.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-3 * w.abs().max(1.0), "{g} vs {w}");
+            }
         }
     }
 

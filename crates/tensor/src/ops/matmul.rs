@@ -1,7 +1,8 @@
 //! matmul (A·B) and linear (x·Wᵀ + b), both as GEMMs with transposes taken as
-//! strides.
+//! strides, each large product split into row blocks run in parallel
+//! ([`crate::gemm::gemm_row_blocks`]).
 
-use crate::gemm::{gemm, Mat};
+use crate::gemm::{gemm_row_blocks as gemm, Mat};
 use crate::tensor::Tensor;
 
 impl Tensor {

@@ -156,6 +156,7 @@ unsafe fn relu_pool_avx2(
         )
     };
     let lanes = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+    let count = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     let (one, w) = (_mm256_set1_epi32(1), _mm256_set1_epi32(ow as i32));
     let yp = y.as_ptr();
     for py in 0..ph {
@@ -176,24 +177,167 @@ unsafe fn relu_pool_avx2(
             let (best, best_i) = pick(top, bottom);
             let at = py * pw + 8 * blk;
             let n = (pw - 8 * blk).min(8);
-            if n == 8 {
-                let (p8, a8) = (&mut pooled[at..at + 8], &mut arg[at..at + 8]);
-                // SAFETY: p8 and a8 are 8 values long (sliced just above).
-                _mm256_storeu_ps(p8.as_mut_ptr(), best);
-                _mm256_storeu_si256(a8.as_mut_ptr().cast(), best_i);
-            } else {
-                // A short last block: through the stack, element by element
-                // (a copy of run-time length would call memmove).
-                let (mut vals, mut idxs) = ([0.0f32; 8], [0u32; 8]);
-                _mm256_storeu_ps(vals.as_mut_ptr(), best);
-                _mm256_storeu_si256(idxs.as_mut_ptr().cast(), best_i);
-                let dst = pooled[at..at + n].iter_mut().zip(&mut arg[at..at + n]);
-                for ((p, a), (&v, &i)) in dst.zip(vals.iter().zip(&idxs)) {
-                    (*p, *a) = (v, i);
-                }
-            }
+            // The first n lanes: a masked store (a plain loop here would
+            // become a call to memmove, for 5 floats in the LeNet's conv2).
+            let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), count);
+            let (p_n, a_n) = (&mut pooled[at..at + n], &mut arg[at..at + n]);
+            // SAFETY: only the first n lanes are written (`keep`), and p_n
+            // and a_n are n values long (sliced just above); masked-off
+            // lanes are not accessed.
+            _mm256_maskstore_ps(p_n.as_mut_ptr(), keep, best);
+            _mm256_maskstore_epi32(a_n.as_mut_ptr().cast(), keep, best_i);
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Backward: the gradient back into the wide rows
+// ---------------------------------------------------------------------------
+
+/// Backward of [`relu_max_pool_2x2_rows`] for one plane: dY in rows of
+/// `row_len` floats, from the saved pooled values and argmaxes and the pooled
+/// gradient `dpooled` (all (OH/2, OW/2)). Each window's gradient, zero where
+/// relu cut it (`pooled ≤ 0`), lands at its argmax; everything else is 0.
+/// OVERWRITES `rows[..OH·row_len]`, gap columns and unpooled rows and
+/// columns included. Returns the sum of the window gradients, for the bias
+/// gradient: in window order on the portable loop, in eight lane sums on
+/// the AVX2 one (so the two agree to rounding, each deterministic).
+pub fn relu_pool_grad_2x2_rows(
+    pooled: &[f32],
+    arg: &[u32],
+    dpooled: &[f32],
+    (oh, ow): (usize, usize),
+    row_len: usize,
+    rows: &mut [f32],
+    k: KernelChoice,
+) -> f32 {
+    let (ph, pw) = (oh / 2, ow / 2);
+    let n = ph * pw;
+    assert!(
+        row_len >= ow && rows.len() >= oh * row_len,
+        "relu_pool_grad_2x2_rows: {} floats cannot hold {oh} rows of {row_len} (OW {ow})",
+        rows.len()
+    );
+    let (pooled, arg, dpooled) = (&pooled[..n], &arg[..n], &dpooled[..n]);
+    let rows = &mut rows[..oh * row_len];
+    #[cfg(target_arch = "x86_64")]
+    if k == KernelChoice::Best && is_x86_feature_detected!("avx2") && oh * ow <= i32::MAX as usize {
+        // SAFETY: AVX2 is present (checked just above); pooled, arg and
+        // dpooled hold PH·PW values and rows OH·row_len floats (sliced
+        // above), and plane indices fit in i32 (checked just above).
+        return unsafe { unpool_avx2(pooled, arg, dpooled, ow, (ph, pw), row_len, rows) };
+    }
+    let _ = k;
+    unpool_portable(pooled, arg, dpooled, ow, (ph, pw), row_len, rows)
+}
+
+/// relu's gradient at the pooled value v (which is relu(y) at the argmax,
+/// so v > 0 exactly where y > 0), plus 0.0 so that −0.0 becomes +0.0 as
+/// when it is added into a zeroed plane.
+#[inline(always)]
+fn window_grad(v: f32, d: f32) -> f32 {
+    0.0 + crate::ops::elementwise::relu_grad(v, d)
+}
+
+fn unpool_portable(
+    pooled: &[f32],
+    arg: &[u32],
+    dpooled: &[f32],
+    ow: usize,
+    (ph, pw): (usize, usize),
+    rs: usize,
+    rows: &mut [f32],
+) -> f32 {
+    let mut sum = 0.0f32;
+    rows.fill(0.0);
+    for py in 0..ph {
+        for px in 0..pw {
+            let j = py * pw + px;
+            let g = window_grad(pooled[j], dpooled[j]);
+            // The argmax, relative to the window's top-left corner: 0, 1,
+            // OW or OW + 1.
+            let r = arg[j] as usize - (2 * py * ow + 2 * px);
+            let dy = (r >= ow) as usize;
+            rows[(2 * py + dy) * rs + 2 * px + (r - dy * ow)] = g;
+            sum += g;
+        }
+    }
+    sum
+}
+
+/// # Safety
+/// The CPU must support AVX2; pooled, arg and dpooled must hold ph·pw
+/// values, rows (2·ph + the odd row, if any)·rs floats with rs ≥ 2·pw, and
+/// OH·OW must fit in i32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn unpool_avx2(
+    pooled: &[f32],
+    arg: &[u32],
+    dpooled: &[f32],
+    ow: usize,
+    (ph, pw): (usize, usize),
+    rs: usize,
+    rows: &mut [f32],
+) -> f32 {
+    use std::arch::x86_64::*;
+    let (zero, zero_i) = (_mm256_setzero_ps(), _mm256_setzero_si256());
+    let lanes = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+    let count = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let (one, w, w1) = (
+        _mm256_set1_epi32(1),
+        _mm256_set1_epi32(ow as i32),
+        _mm256_set1_epi32(ow as i32 + 1),
+    );
+    // (a, b) → the 16 floats a0 b0 a1 b1 … a7 b7, as two vectors.
+    let interleave = |a: __m256, b: __m256| {
+        let (lo, hi) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+        (
+            _mm256_permute2f128_ps::<0x20>(lo, hi),
+            _mm256_permute2f128_ps::<0x31>(lo, hi),
+        )
+    };
+    let mut acc = zero;
+    for py in 0..ph {
+        let (top, bottom) = rows[2 * py * rs..][..2 * rs].split_at_mut(rs);
+        for blk in 0..pw.div_ceil(8) {
+            let at = py * pw + 8 * blk;
+            let n = (pw - 8 * blk).min(8) as i32;
+            let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), count);
+            // SAFETY: lanes past n are masked off and not read; the first n
+            // lie inside the ph·pw values (at + n ≤ ph·pw).
+            let v = _mm256_maskload_ps(pooled.as_ptr().add(at), keep);
+            let d = _mm256_maskload_ps(dpooled.as_ptr().add(at), keep);
+            let a = _mm256_maskload_epi32(arg.as_ptr().add(at).cast(), keep);
+            // relu's gradient (masked-off lanes: v = 0, so g = 0), −0 → +0.
+            let g = _mm256_add_ps(
+                zero,
+                _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(v, zero), d),
+            );
+            acc = _mm256_add_ps(acc, g);
+            let corner = _mm256_set1_epi32((2 * py * ow + 16 * blk) as i32);
+            let r = _mm256_sub_epi32(a, _mm256_add_epi32(corner, lanes));
+            let at_r = |m: __m256i| _mm256_and_ps(g, _mm256_castsi256_ps(_mm256_cmpeq_epi32(r, m)));
+            let (t0, t1) = interleave(at_r(zero_i), at_r(one));
+            let (b0, b1) = interleave(at_r(w), at_r(w1));
+            // Columns 16·blk .. 16·blk + 2n of both rows.
+            let m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(2 * n), count);
+            let m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(2 * n - 8), count);
+            let c = 16 * blk;
+            // SAFETY: only columns below 2·pw ≤ rs are written (the masks),
+            // inside the rs-float rows `top` and `bottom`.
+            _mm256_maskstore_ps(top.as_mut_ptr().add(c), m0, t0);
+            _mm256_maskstore_ps(top.as_mut_ptr().add(c + 8), m1, t1);
+            _mm256_maskstore_ps(bottom.as_mut_ptr().add(c), m0, b0);
+            _mm256_maskstore_ps(bottom.as_mut_ptr().add(c + 8), m1, b1);
+        }
+        top[2 * pw..].fill(0.0);
+        bottom[2 * pw..].fill(0.0);
+    }
+    rows[2 * ph * rs..].fill(0.0);
+    let mut l = [0.0f32; 8];
+    _mm256_storeu_ps(l.as_mut_ptr(), acc);
+    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
 }
 
 #[cfg(test)]
@@ -261,6 +405,66 @@ mod tests {
                         assert_eq!(bits(&p), bits(&want_p), "{oh}x{ow} rows {rs} {k:?}");
                         assert_eq!(a, want_a, "{oh}x{ow} rows {rs} {k:?}");
                     }
+                }
+            }
+        }
+    }
+
+    /// The backward against max_pool2d's scatter and relu's mask on a plain
+    /// plane, laid out in the rows: the same dY bit for bit, zeros in the
+    /// gaps, and the sum to rounding.
+    #[test]
+    fn grad_equals_the_pool_scatter_through_relu() {
+        let mut rng = Rng::seed(8);
+        for (oh, ow) in [
+            (2, 2),
+            (28, 28),
+            (10, 10),
+            (5, 7),
+            (3, 17),
+            (16, 32),
+            (9, 33),
+        ] {
+            for rs in [ow, ow + 3] {
+                let y: Vec<f32> = (0..(oh - 1) * rs + ow)
+                    .map(|i| {
+                        if i % 7 == 0 {
+                            0.0
+                        } else {
+                            rng.uniform(-1.0, 1.0)
+                        }
+                    })
+                    .collect();
+                let (pooled, arg) = oracle(&y, rs, (oh, ow));
+                let dp: Vec<f32> = (0..pooled.len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+                let mut plane = vec![0.0f32; oh * ow];
+                for ((&v, &a), &d) in pooled.iter().zip(&arg).zip(&dp) {
+                    plane[a as usize] += crate::ops::elementwise::relu_grad(v, d);
+                }
+                let want_sum: f32 = plane.iter().sum();
+                for k in [KernelChoice::Best, KernelChoice::Portable] {
+                    let mut rows = vec![f32::NAN; oh * rs + 5];
+                    let sum =
+                        relu_pool_grad_2x2_rows(&pooled, &arg, &dp, (oh, ow), rs, &mut rows, k);
+                    for oy in 0..oh {
+                        for ox in 0..rs {
+                            let got = rows[oy * rs + ox];
+                            let want = if ox < ow { plane[oy * ow + ox] } else { 0.0 };
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "{oh}x{ow} rows {rs} {k:?} ({oy}, {ox})"
+                            );
+                        }
+                    }
+                    assert!(
+                        rows[oh * rs..].iter().all(|v| v.is_nan()),
+                        "wrote past the rows"
+                    );
+                    assert!(
+                        (sum - want_sum).abs() <= 1e-5 * (oh * ow) as f32,
+                        "{k:?}: sum {sum}, want {want_sum}"
+                    );
                 }
             }
         }

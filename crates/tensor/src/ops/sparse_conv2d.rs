@@ -56,7 +56,7 @@ use crate::ops::conv2d::{
     check_len, conv2d_backward_bias, scratch_in as with_scratch, sum_lanes, Conv2dOptions,
     Conv2dShape, PoolOptions, PARALLEL_MIN_FLOPS,
 };
-use crate::ops::relu_pool::{relu_max_pool_2x2_rows, WIDE_SLACK};
+use crate::ops::relu_pool::{relu_max_pool_2x2_rows, relu_pool_grad_2x2_rows, WIDE_SLACK};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -363,6 +363,9 @@ thread_local! {
     /// gradient with padding), separate so tasks run on this thread can
     /// still take `SCRATCH`.
     static BATCH_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's dy in the wide layout, for the separate
+    /// backward kernels (the fused op keeps its own in `FUSED_SCRATCH`).
+    static WIDE_DY: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Copies the (C', H, W) planes of `x` into the middle of the zeroed
@@ -562,9 +565,11 @@ fn sum8(v: [f32; 8]) -> f32 {
     ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
 }
 
-/// AVX2 `multi_dot`: four taps at a time share each load of `a` (5 loads
-/// per 4 FMAs instead of 8). A short last group repeats its first tap and
-/// drops the extra results, so every tap is summed the same way.
+/// AVX2 `multi_dot`: four taps at a time share each load of `a` (10 loads
+/// per 8 FMAs instead of 16), with two accumulators per tap (16 floats a
+/// step), so that eight independent FMA chains hide the FMA's latency. A
+/// short last group repeats its first tap and drops the extra results, so
+/// every tap is summed the same way.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA, `offs.len() == out.len()`, and
@@ -578,8 +583,25 @@ unsafe fn multi_dot_avx2(a: &[f32], src: &[f32], offs: &[usize], out: &mut [f32]
     for (offs4, out4) in offs.chunks(4).zip(out.chunks_mut(4)) {
         let o4 = [0, 1, 2, 3].map(|t| offs4[t.min(offs4.len() - 1)]);
         let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc_hi = [_mm256_setzero_ps(); 4];
         let mut p = 0;
-        while p + 8 <= n {
+        while p + 16 <= n {
+            // SAFETY: p + 16 <= n = a.len().
+            let (a0, a1) = unsafe { (_mm256_loadu_ps(ap.add(p)), _mm256_loadu_ps(ap.add(p + 8))) };
+            for ((s, s_hi), &off) in acc.iter_mut().zip(acc_hi.iter_mut()).zip(&o4) {
+                // SAFETY: off + p + 16 <= off + n <= src.len().
+                let (x0, x1) = unsafe {
+                    (
+                        _mm256_loadu_ps(sp.add(off + p)),
+                        _mm256_loadu_ps(sp.add(off + p + 8)),
+                    )
+                };
+                *s = _mm256_fmadd_ps(a0, x0, *s);
+                *s_hi = _mm256_fmadd_ps(a1, x1, *s_hi);
+            }
+            p += 16;
+        }
+        if p + 8 <= n {
             // SAFETY: p + 8 <= n = a.len().
             let av = unsafe { _mm256_loadu_ps(ap.add(p)) };
             for (s, &off) in acc.iter_mut().zip(&o4) {
@@ -588,6 +610,9 @@ unsafe fn multi_dot_avx2(a: &[f32], src: &[f32], offs: &[usize], out: &mut [f32]
                 *s = _mm256_fmadd_ps(av, x, *s);
             }
             p += 8;
+        }
+        for (s, s_hi) in acc.iter_mut().zip(&acc_hi) {
+            *s = _mm256_add_ps(*s, *s_hi);
         }
         for ((s, &off), o) in acc.iter().zip(&o4).zip(out4.iter_mut()) {
             let mut lanes = [0.0f32; 8];
@@ -745,10 +770,12 @@ pub fn sparse_conv2d_backward_input(
     check_len(op, "w", s.weight_shape().iter().product(), w.len());
     check_len(op, "dy", s.output_shape().iter().product(), dy.len());
     check_len(op, "dx", s.input_shape().iter().product(), dx.len());
-    let (c, h, wd, o) = (s.in_channels, s.in_h, s.in_w, s.out_channels);
-    let (hw, p) = (h * wd, s.out_pixels());
-    let (cg, og) = (s.group_in(), s.group_out());
-    let ow = s.out_w();
+    let (c, hw, o, p) = (
+        s.in_channels,
+        s.in_h * s.in_w,
+        s.out_channels,
+        s.out_pixels(),
+    );
     let ipc = images_per_chunk(s, l);
     let parallel = run_parallel(s, l);
 
@@ -762,39 +789,74 @@ pub fn sparse_conv2d_backward_input(
         return;
     }
 
-    // Stride 1: the wide trick on dy padded by the kernel reach. dy rows
-    // keep the input's row length Wp, so the Wp − OW zeros after each row
-    // serve as the right border of that row and the left border of the next
-    // (a read left of column 0 lands in the previous row's gap), and the
-    // input gradient comes out in the padded input's own layout.
+    // Stride 1: the wide trick on dy laid out wide (see `to_wide_dy`).
     let plan = l.plan(s);
-    let (wp, top) = (plan.wp, (s.kernel_h - 1) * s.opts.dilation.0);
+    with_scratch(&WIDE_DY, s.batch * o * plan.q_plane, |dyq| {
+        to_wide_dy(s, l, &plan, dy, dyq);
+        backward_input_wide(s, l, &plan, w, dyq, dx, k);
+    });
+}
+
+/// dY laid out for the stride-1 wide kernels, one (B, O) plane after
+/// another, each `q_plane` floats: `lead` zeros, (KH−1)·dy zero rows, the OH
+/// rows of dY with the input's row length Wp (OW values, then Wp − OW
+/// zeros), and (KH−1)·dy zero rows. The Wp − OW zeros after a row serve as
+/// the right border of that row and the left border of the next (a read
+/// left of column 0 lands in the previous row's gap). The input gradient
+/// gathers from whole planes; the weight gradient reads the OH data rows,
+/// from [`Plan::data_start`].
+impl Plan {
+    fn data_start(&self, s: &Conv2dShape) -> usize {
+        self.lead + (s.kernel_h - 1) * s.opts.dilation.0 * self.wp
+    }
+}
+
+/// Copies dy (B, O, OH, OW) into the wide layout `dyq` (B, O, q_plane).
+fn to_wide_dy(s: &Conv2dShape, l: &SparseLayout, plan: &Plan, dy: &[f32], dyq: &mut [f32]) {
+    let (p, ow) = (s.out_pixels(), s.out_w());
+    let planes_per_chunk = images_per_chunk(s, l) * s.out_channels;
+    let start = plan.data_start(s);
+    let chunk_len = planes_per_chunk * plan.q_plane;
+    for_each_chunk(dyq, chunk_len, run_parallel(s, l), |ci, dyq_c| {
+        let first = ci * planes_per_chunk;
+        for (i, dst) in dyq_c.chunks_exact_mut(plan.q_plane).enumerate() {
+            dst.fill(0.0);
+            let src = &dy[(first + i) * p..][..p]; // (OH, OW)
+            for (oy, row) in src.chunks_exact(ow).enumerate() {
+                copy_row(&mut dst[start + oy * plan.wp..][..ow], row);
+            }
+        }
+    });
+}
+
+/// The stride-1 input gradient from dy in the wide layout `dyq`
+/// (B, O, q_plane): each input plane gathers, over the (o, tap) entries that
+/// read it, the kernel flipped, and comes out in the padded input's layout,
+/// Hp·Wp long (copied into dx without its border if the conv pads).
+fn backward_input_wide(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    plan: &Plan,
+    w: &[f32],
+    dyq: &[f32],
+    dx: &mut [f32],
+    k: KernelChoice,
+) {
+    let (c, hw, o, wd) = (s.in_channels, s.in_h * s.in_w, s.out_channels, s.in_w);
+    let (cg, og) = (s.group_in(), s.group_out());
+    let ipc = images_per_chunk(s, l);
     let (py, px) = s.opts.padding;
     let padded = (py, px) != (0, 0);
-    let q_len = og * plan.q_plane; // (O/g, lead + Hq·Wp)
-    let wide = plan.hp * wp; // dxw[iy·Wp + ix], padded coordinates
-    let dxw_len = if padded { wide } else { 0 };
+    let dxw_len = if padded { plan.hp * plan.wp } else { 0 }; // dxw[iy·Wp + ix]
     let max_taps = l.max_taps();
-    for_each_chunk(dx, ipc * c * hw, parallel, |chunk, dx_chunk| {
-        with_scratch(&SCRATCH, q_len + dxw_len + max_taps, |buf| {
-            let (dyq, rest) = buf.split_at_mut(q_len);
-            let (dxw, ws) = rest.split_at_mut(dxw_len);
-            // The zeros of dyq stay zero: each image overwrites only the
-            // OW values of each data row.
-            dyq.fill(0.0);
+    for_each_chunk(dx, ipc * c * hw, run_parallel(s, l), |chunk, dx_chunk| {
+        with_scratch(&SCRATCH, dxw_len + max_taps, |buf| {
+            let (dxw, ws) = buf.split_at_mut(dxw_len);
             for (i, dx_b) in dx_chunk.chunks_mut(c * hw).enumerate() {
                 let b = chunk * ipc + i;
                 for g in 0..s.opts.groups {
-                    let dy_bg = &dy[(b * o + g * og) * p..][..og * p]; // (O/g, OH, OW)
-                    for (src, dst) in dy_bg
-                        .chunks_exact(p)
-                        .zip(dyq.chunks_exact_mut(plan.q_plane))
-                    {
-                        let rows = &mut dst[plan.lead + top * wp..];
-                        for (oy, row) in src.chunks_exact(ow).enumerate() {
-                            copy_row(&mut rows[oy * wp..][..ow], row);
-                        }
-                    }
+                    // (O/g, q_plane): the planes this group's inputs read.
+                    let dyq_bg = &dyq[(b * o + g * og) * plan.q_plane..][..og * plan.q_plane];
                     for ci in g * cg..(g + 1) * cg {
                         let r = l.in_range(ci);
                         let dx_c = &mut dx_b[ci * hw..(ci + 1) * hw]; // (H, W)
@@ -808,12 +870,12 @@ pub fn sparse_conv2d_backward_input(
                         }
                         if !padded {
                             // Hp × Wp is H × W: write the plane in place.
-                            gather_fma(dyq, &plan.bwd_offs[r], ws, 0.0, dx_c, k);
+                            gather_fma(dyq_bg, &plan.bwd_offs[r], ws, 0.0, dx_c, k);
                             continue;
                         }
-                        gather_fma(dyq, &plan.bwd_offs[r], ws, 0.0, dxw, k);
+                        gather_fma(dyq_bg, &plan.bwd_offs[r], ws, 0.0, dxw, k);
                         for (iy, row) in dx_c.chunks_exact_mut(wd).enumerate() {
-                            copy_row(row, &dxw[(iy + py) * wp + px..][..wd]);
+                            copy_row(row, &dxw[(iy + py) * plan.wp + px..][..wd]);
                         }
                     }
                 }
@@ -884,10 +946,7 @@ pub fn sparse_conv2d_backward_weight(
     check_len(op, "x", s.input_shape().iter().product(), x.len());
     check_len(op, "dy", s.output_shape().iter().product(), dy.len());
     check_len(op, "dw", s.weight_shape().iter().product(), dw.len());
-    let (c, o, p) = (s.in_channels, s.out_channels, s.out_pixels());
-    let (cg, og) = (s.group_in(), s.group_out());
-    let (oh, ow) = (s.out_h(), s.out_w());
-    let kk = cg * s.kernel_h * s.kernel_w; // weights per output channel
+    let kk = s.group_in() * s.kernel_h * s.kernel_w; // weights per output channel
     let parallel = run_parallel(s, l);
 
     if s.opts.stride != (1, 1) {
@@ -899,7 +958,30 @@ pub fn sparse_conv2d_backward_weight(
 
     // Stride 1: dot products of wide dy rows with the shifted input.
     let plan = l.plan(s);
-    let wide = (oh - 1) * plan.wp + ow; // dyw[oy·Wp + ox], zero for ox ≥ OW
+    with_scratch(&WIDE_DY, s.batch * s.out_channels * plan.q_plane, |dyq| {
+        to_wide_dy(s, l, &plan, dy, dyq);
+        backward_weight_wide(s, l, &plan, x, dyq, dw, k);
+    });
+}
+
+/// The stride-1 weight gradient from dy in the wide layout `dyq`
+/// (B, O, q_plane): per active tap, the dot product of dy's data rows
+/// (zeros in the Wp − OW gap columns) with the input shifted by the tap's
+/// offset. One task per output channel, summing over the images in order.
+fn backward_weight_wide(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    plan: &Plan,
+    x: &[f32],
+    dyq: &[f32],
+    dw: &mut [f32],
+    k: KernelChoice,
+) {
+    let (c, o) = (s.in_channels, s.out_channels);
+    let (cg, og) = (s.group_in(), s.group_out());
+    let kk = cg * s.kernel_h * s.kernel_w; // weights per output channel
+    let wide = (s.out_h() - 1) * plan.wp + s.out_w(); // dy's data rows
+    let start = plan.data_start(s);
     let plane_p = plan.hp * plan.wp;
     let padded = s.opts.padding != (0, 0);
     let pad_len = if padded { s.batch * c * plane_p } else { 0 };
@@ -912,7 +994,7 @@ pub fn sparse_conv2d_backward_weight(
         } else {
             x
         };
-        for_each_chunk(dw, kk, parallel, |oc, dw_o| {
+        for_each_chunk(dw, kk, run_parallel(s, l), |oc, dw_o| {
             dw_o.fill(0.0);
             let r = l.out_range(oc);
             if r.is_empty() {
@@ -921,16 +1003,10 @@ pub fn sparse_conv2d_backward_weight(
             let g = oc / og;
             let taps = &l.by_output[r.clone()];
             let offs = &plan.fwd_offs[r];
-            with_scratch(&SCRATCH, wide + max_taps, |buf| {
-                let (dyw, dots) = buf.split_at_mut(wide);
+            with_scratch(&SCRATCH, max_taps, |dots| {
                 let dots = &mut dots[..taps.len()];
-                // Gap columns OW..Wp stay zero; each image overwrites the rest.
-                dyw.fill(0.0);
                 for b in 0..s.batch {
-                    let dy_bo = &dy[(b * o + oc) * p..][..p]; // (OH, OW)
-                    for (oy, row) in dy_bo.chunks_exact(ow).enumerate() {
-                        copy_row(&mut dyw[oy * plan.wp..][..ow], row);
-                    }
+                    let dyw = &dyq[(b * o + oc) * plan.q_plane + start..][..wide];
                     let x_bg = &xs[(b * c + g * cg) * plane_p..][..cg * plane_p];
                     multi_dot(dyw, x_bg, offs, dots, k);
                     for (t, &d) in taps.iter().zip(dots.iter()) {
@@ -1274,6 +1350,96 @@ fn relu_pool_grad(
     }
 }
 
+/// db (O) = the plane sums (B, O) added image by image, as
+/// [`conv2d_backward_bias`] adds them. OVERWRITES db.
+fn add_image_sums(sums: &[f32], db: &mut [f32]) {
+    db.fill(0.0);
+    for sums_b in sums.chunks_exact(db.len()) {
+        db.iter_mut().zip(sums_b).for_each(|(d, s)| *d += s);
+    }
+}
+
+/// As [`relu_pool_grad`] for stride 1, into the wide layout `dyq`
+/// (B, O, q_plane) of [`to_wide_dy`]: each pooled gradient lands at its
+/// argmax's place in the plane's data rows. The same dY values, so dx and
+/// dw are bitwise those of the general path. `sums` (B, O) gets each plane's
+/// sum window by window (the pooled gradients that flow, in order), which
+/// is the plane's sum up to rounding but not bitwise the separate ops'
+/// [`conv2d_backward_bias`]; it costs one add per window instead of a pass
+/// over the plane.
+#[allow(clippy::too_many_arguments)] // three saved tensors and two outputs
+fn relu_pool_grad_wide(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    plan: &Plan,
+    pool: PoolOptions,
+    pooled: &[f32],
+    arg: &[u32],
+    dpooled: &[f32],
+    dyq: &mut [f32],
+    sums: &mut [f32],
+    k: KernelChoice,
+) {
+    let o = s.out_channels;
+    let ow = s.out_w();
+    let (ph, pw) = pool.pooled_size(s);
+    let (kh, sy) = (pool.kernel.0, pool.stride.0);
+    let q = ph * pw; // pooled values per plane
+    let (start, gap) = (plan.data_start(s), plan.wp - ow);
+    let oh = s.out_h();
+    let pool2 = pool.kernel == (2, 2) && pool.stride == (2, 2);
+    let planes_per_chunk = images_per_chunk(s, l) * o;
+    let chunk = |ci: usize, (dyq_c, sums_c): (&mut [f32], &mut [f32])| {
+        let q0 = ci * planes_per_chunk * q;
+        let planes = dyq_c.chunks_exact_mut(plan.q_plane).zip(sums_c.iter_mut());
+        for (i, (plane, sum)) in planes.enumerate() {
+            let r = q0 + i * q..q0 + (i + 1) * q;
+            let (pooled, arg, dpooled) = (&pooled[r.clone()], &arg[r.clone()], &dpooled[r]);
+            if pool2 {
+                // The borders, then the data rows, each written once.
+                let (border, data) = plane.split_at_mut(start);
+                let (data, tail) = data.split_at_mut(oh * plan.wp);
+                border.fill(0.0);
+                tail.fill(0.0);
+                *sum = relu_pool_grad_2x2_rows(pooled, arg, dpooled, (oh, ow), plan.wp, data, k);
+                continue;
+            }
+            plane.fill(0.0);
+            let data = &mut plane[start..];
+            let mut acc = 0.0f32;
+            for py in 0..ph {
+                for px in 0..pw {
+                    let j = py * pw + px;
+                    // The argmax a = oy·OW + ox lies in the window's rows
+                    // py·sy .. py·sy + KH: its row within the window,
+                    // counted without a division, places it in the wide
+                    // rows at a + oy·(Wp − OW).
+                    let a = arg[j] as usize;
+                    let within = a - py * sy * ow;
+                    let dy_row = (1..kh).filter(|&t| within >= t * ow).count();
+                    let at = a + (py * sy + dy_row) * gap;
+                    // relu(y) > 0 exactly where y > 0, and the pooled value
+                    // is relu(y) at the argmax, so it stands in for y.
+                    let g = crate::ops::elementwise::relu_grad(pooled[j], dpooled[j]);
+                    data[at] += g;
+                    acc += g;
+                }
+            }
+            *sum = acc;
+        }
+    };
+    let (dyq_len, sums_len) = (planes_per_chunk * plan.q_plane, planes_per_chunk);
+    if run_parallel(s, l) && s.batch * o > planes_per_chunk {
+        let items = dyq
+            .par_chunks_mut(dyq_len)
+            .zip(sums.par_chunks_mut(sums_len));
+        items.enumerate().for_each(|(ci, item)| chunk(ci, item));
+    } else {
+        let items = dyq.chunks_mut(dyq_len).zip(sums.chunks_mut(sums_len));
+        items.enumerate().for_each(|(ci, item)| chunk(ci, item));
+    }
+}
+
 /// Backward of [`sparse_conv2d_relu_pool_forward`] from the pooled gradient
 /// `dpooled` and the saved `pooled` values and argmaxes (all (B, O, PH, PW)).
 /// OVERWRITES each of dw (O, C/groups, KH, KW; exactly 0.0 at inactive taps),
@@ -1304,7 +1470,31 @@ pub fn sparse_conv2d_relu_pool_backward(
     if let Some(db) = &db {
         check_len(op, "db", s.out_channels, db.len());
     }
-    let (o, n_dy) = (s.out_channels, s.output_shape().iter().product());
+    let o = s.out_channels;
+    if s.opts.stride == (1, 1) {
+        // dY goes straight into the wide layout both gradients read.
+        let plan = l.plan(s);
+        let q_len = s.batch * o * plan.q_plane;
+        with_scratch(&FUSED_SCRATCH, q_len + s.batch * o, |buf| {
+            let (dyq, sums) = buf.split_at_mut(q_len); // (B, O, q_plane), (B, O)
+            relu_pool_grad_wide(s, l, &plan, pool, pooled, arg, dpooled, dyq, sums, k);
+            if let Some(dw) = dw {
+                check_len(op, "x", s.input_shape().iter().product(), x.len());
+                check_len(op, "dw", s.weight_shape().iter().product(), dw.len());
+                backward_weight_wide(s, l, &plan, x, dyq, dw, k);
+            }
+            if let Some(db) = db {
+                add_image_sums(sums, db);
+            }
+            if let Some(dx) = dx {
+                check_len(op, "w", s.weight_shape().iter().product(), w.len());
+                check_len(op, "dx", s.input_shape().iter().product(), dx.len());
+                backward_input_wide(s, l, &plan, w, dyq, dx, k);
+            }
+        });
+        return;
+    }
+    let n_dy = s.output_shape().iter().product();
     with_scratch(&FUSED_SCRATCH, n_dy + s.batch * o, |buf| {
         let (dy, sums) = buf.split_at_mut(n_dy); // (B, O, OH, OW), (B, O)
         relu_pool_grad(s, l, pool, pooled, arg, dpooled, dy, sums);
@@ -1312,11 +1502,7 @@ pub fn sparse_conv2d_relu_pool_backward(
             sparse_conv2d_backward_weight(s, l, x, dy, dw, k);
         }
         if let Some(db) = db {
-            // As conv2d_backward_bias: the plane sums added image by image.
-            db.fill(0.0);
-            for sums_b in sums.chunks_exact(o) {
-                db.iter_mut().zip(sums_b).for_each(|(d, s)| *d += s);
-            }
+            add_image_sums(sums, db);
         }
         if let Some(dx) = dx {
             sparse_conv2d_backward_input(s, l, w, dy, dx, k);
