@@ -401,7 +401,18 @@ fn main() -> ExitCode {
     }
     let args = Args::parse();
     validate(&args);
-    match run(args) {
+    // The whole run goes on one of the pool's threads, so that each parallel
+    // op starts on a thread that is already awake and takes part, rather
+    // than waking every worker and waiting for them on a thread outside the
+    // pool (with 2 cores, about 10 % of a sparse step).
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads.map_or(0, |n| n as usize))
+        .build();
+    let result = match pool {
+        Ok(pool) => pool.install(|| run(args)),
+        Err(e) => Err(e.to_string()),
+    };
+    match result {
         Ok(code) => code,
         Err(msg) => {
             eprintln!("error: {msg}");
@@ -431,12 +442,6 @@ fn settings_json(trainer: &Trainer, train_len: usize) -> Map<String, Value> {
 
 fn run(args: Args) -> Result<ExitCode, String> {
     let mut metrics = check_paths(&args)?;
-    if let Some(n) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n as usize)
-            .build_global()
-            .map_err(|e| e.to_string())?;
-    }
     let config = config_from(&args);
     if sample_recipe(&args) {
         println!(

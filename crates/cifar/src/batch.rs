@@ -8,6 +8,7 @@
 
 use crate::format::{CHANNELS, HEIGHT, IMAGE_BYTES, WIDTH};
 use crate::split::Split;
+use rayon::prelude::*;
 
 /// Per-channel normalisation: `(x / 255 - mean[c]) / std[c]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -156,26 +157,34 @@ impl<'a> Batches<'a> {
         let start = batch_index * self.cfg.batch_size;
         let end = (start + self.cfg.batch_size).min(self.order.len());
         let size = end - start;
-        let mut batch = Batch {
-            x: vec![0.0; size * IMAGE_BYTES],
-            labels: Vec::with_capacity(size),
-            indices: Vec::with_capacity(size),
-        };
-        let mut cropped = [0u8; IMAGE_BYTES];
-        for (position, out) in (start..end).zip(batch.x.chunks_exact_mut(IMAGE_BYTES)) {
-            let index = self.order[position];
-            let image = self.split.image(index);
-            if self.cfg.augment {
-                let (dy, dx, flip) = augment_params(self.cfg.seed, self.epoch, position as u64);
-                crop_flip(image, dy, dx, flip, &mut cropped);
-                normalize_with(&self.table, &cropped, out);
-            } else {
-                normalize_with(&self.table, image, out);
-            }
-            batch.labels.push(self.split.labels[index] as usize);
-            batch.indices.push(index);
-        }
-        batch
+        let indices = self.order[start..end].to_vec();
+        let labels = indices
+            .iter()
+            .map(|&i| self.split.labels[i] as usize)
+            .collect();
+        let mut x = vec![0.0; size * IMAGE_BYTES];
+        // Images are independent (each a pure function of its position), so
+        // they are converted in parallel, in chunks: the same bytes for any
+        // number of threads.
+        const IMAGES_PER_TASK: usize = 16;
+        x.par_chunks_mut(IMAGES_PER_TASK * IMAGE_BYTES)
+            .enumerate()
+            .for_each(|(task, xs)| {
+                let mut cropped = [0u8; IMAGE_BYTES];
+                for (i, out) in xs.chunks_exact_mut(IMAGE_BYTES).enumerate() {
+                    let position = start + task * IMAGES_PER_TASK + i;
+                    let image = self.split.image(self.order[position]);
+                    if self.cfg.augment {
+                        let (dy, dx, flip) =
+                            augment_params(self.cfg.seed, self.epoch, position as u64);
+                        crop_flip(image, dy, dx, flip, &mut cropped);
+                        normalize_with(&self.table, &cropped, out);
+                    } else {
+                        normalize_with(&self.table, image, out);
+                    }
+                }
+            });
+        Batch { x, labels, indices }
     }
 }
 

@@ -482,8 +482,8 @@ unsafe fn gather_fma_avx2(src: &[f32], offs: &[usize], ws: &[f32], init: f32, ou
     let n = out.len();
     let sp = src.as_ptr();
     let op = out.as_mut_ptr();
-    let mut p = 0;
-    while p + 64 <= n {
+    // 64 outputs from p, for p + 64 <= n.
+    let block = |p: usize| {
         let mut a = [_mm256_set1_ps(init); 8];
         for (&off, &wv) in offs.iter().zip(ws) {
             let wv = _mm256_set1_ps(wv);
@@ -497,7 +497,19 @@ unsafe fn gather_fma_avx2(src: &[f32], offs: &[usize], ws: &[f32], init: f32, ou
             // SAFETY: p + 8j + 8 <= n = out.len().
             unsafe { _mm256_storeu_ps(op.add(p + 8 * j), *aj) };
         }
+    };
+    let mut p = 0;
+    while p + 64 <= n {
+        block(p);
         p += 64;
+    }
+    if p < n && n >= 64 {
+        // The rest as one more block ending at n, overlapping the last:
+        // every output is the same chain of FMAs wherever it is computed,
+        // so the overlap rewrites the same bits, and the short tail does
+        // not run as one latency-bound chain per 8 outputs.
+        block(n - 64);
+        return;
     }
     while p + 8 <= n {
         let mut a = _mm256_set1_ps(init);
