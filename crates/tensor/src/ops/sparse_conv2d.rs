@@ -363,9 +363,6 @@ thread_local! {
     /// gradient with padding), separate so tasks run on this thread can
     /// still take `SCRATCH`.
     static BATCH_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// The calling thread's dy in the wide layout, for the separate
-    /// backward kernels (the fused op keeps its own in `FUSED_SCRATCH`).
-    static WIDE_DY: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Copies the (C', H, W) planes of `x` into the middle of the zeroed
@@ -801,56 +798,64 @@ pub fn sparse_conv2d_backward_input(
         return;
     }
 
-    // Stride 1: the wide trick on dy laid out wide (see `to_wide_dy`).
-    let plan = l.plan(s);
-    with_scratch(&WIDE_DY, s.batch * o * plan.q_plane, |dyq| {
-        to_wide_dy(s, l, &plan, dy, dyq);
-        backward_input_wide(s, l, &plan, w, dyq, dx, k);
-    });
+    // Stride 1: the wide trick, each task laying out its images' dy.
+    backward_input_wide(s, l, &l.plan(s), w, Dy::Plain(dy), dx, k);
 }
 
-/// dY laid out for the stride-1 wide kernels, one (B, O) plane after
-/// another, each `q_plane` floats: `lead` zeros, (KH−1)·dy zero rows, the OH
-/// rows of dY with the input's row length Wp (OW values, then Wp − OW
-/// zeros), and (KH−1)·dy zero rows. The Wp − OW zeros after a row serve as
-/// the right border of that row and the left border of the next (a read
-/// left of column 0 lands in the previous row's gap). The input gradient
-/// gathers from whole planes; the weight gradient reads the OH data rows,
-/// from [`Plan::data_start`].
+/// Where the stride-1 backward kernels find dY: plain (B, O, OH, OW), which
+/// each task copies into the wide layout in its own scratch, a plane at a
+/// time (the separate kernels), or already in the wide layout
+/// (B, O, q_plane) of [`Plan::data_start`] (the fused op, which writes it
+/// there directly).
+#[derive(Clone, Copy)]
+enum Dy<'a> {
+    Plain(&'a [f32]),
+    Wide(&'a [f32]),
+}
+
 impl Plan {
+    /// dY laid out for the stride-1 wide kernels is one (B, O) plane after
+    /// another, each `q_plane` floats: `lead` zeros, (KH−1)·dy zero rows,
+    /// the OH rows of dY with the input's row length Wp (OW values, then
+    /// Wp − OW zeros), and (KH−1)·dy zero rows. The Wp − OW zeros after a
+    /// row serve as the right border of that row and the left border of the
+    /// next (a read left of column 0 lands in the previous row's gap). The
+    /// input gradient gathers from whole planes; the weight gradient reads
+    /// the OH data rows, which start here.
     fn data_start(&self, s: &Conv2dShape) -> usize {
         self.lead + (s.kernel_h - 1) * s.opts.dilation.0 * self.wp
     }
 }
 
-/// Copies dy (B, O, OH, OW) into the wide layout `dyq` (B, O, q_plane).
-fn to_wide_dy(s: &Conv2dShape, l: &SparseLayout, plan: &Plan, dy: &[f32], dyq: &mut [f32]) {
+/// Copies the (OH, OW) planes of `dy` into the data rows of the wide planes
+/// `dst` (whole q_plane-float planes, or `wide`-float data rows when
+/// `start` is 0), whose zeros are already in place.
+fn copy_to_wide(
+    s: &Conv2dShape,
+    plan: &Plan,
+    dy: &[f32],
+    dst: &mut [f32],
+    plane: usize,
+    start: usize,
+) {
     let (p, ow) = (s.out_pixels(), s.out_w());
-    let planes_per_chunk = images_per_chunk(s, l) * s.out_channels;
-    let start = plan.data_start(s);
-    let chunk_len = planes_per_chunk * plan.q_plane;
-    for_each_chunk(dyq, chunk_len, run_parallel(s, l), |ci, dyq_c| {
-        let first = ci * planes_per_chunk;
-        for (i, dst) in dyq_c.chunks_exact_mut(plan.q_plane).enumerate() {
-            dst.fill(0.0);
-            let src = &dy[(first + i) * p..][..p]; // (OH, OW)
-            for (oy, row) in src.chunks_exact(ow).enumerate() {
-                copy_row(&mut dst[start + oy * plan.wp..][..ow], row);
-            }
+    for (src, d) in dy.chunks_exact(p).zip(dst.chunks_mut(plane)) {
+        for (oy, row) in src.chunks_exact(ow).enumerate() {
+            copy_row(&mut d[start + oy * plan.wp..][..ow], row);
         }
-    });
+    }
 }
 
-/// The stride-1 input gradient from dy in the wide layout `dyq`
-/// (B, O, q_plane): each input plane gathers, over the (o, tap) entries that
-/// read it, the kernel flipped, and comes out in the padded input's layout,
-/// Hp·Wp long (copied into dx without its border if the conv pads).
+/// The stride-1 input gradient with dY in the wide layout: each input plane
+/// gathers, over the (o, tap) entries that read it, the kernel flipped, and
+/// comes out in the padded input's layout, Hp·Wp long (copied into dx
+/// without its border if the conv pads).
 fn backward_input_wide(
     s: &Conv2dShape,
     l: &SparseLayout,
     plan: &Plan,
     w: &[f32],
-    dyq: &[f32],
+    dy: Dy,
     dx: &mut [f32],
     k: KernelChoice,
 ) {
@@ -861,14 +866,31 @@ fn backward_input_wide(
     let padded = (py, px) != (0, 0);
     let dxw_len = if padded { plan.hp * plan.wp } else { 0 }; // dxw[iy·Wp + ix]
     let max_taps = l.max_taps();
+    let (q_plane, p) = (plan.q_plane, s.out_pixels());
+    // A plain dy is laid out wide one image and group at a time.
+    let q_len = match dy {
+        Dy::Plain(_) => og * q_plane,
+        Dy::Wide(_) => 0,
+    };
     for_each_chunk(dx, ipc * c * hw, run_parallel(s, l), |chunk, dx_chunk| {
-        with_scratch(&SCRATCH, dxw_len + max_taps, |buf| {
-            let (dxw, ws) = buf.split_at_mut(dxw_len);
+        with_scratch(&SCRATCH, q_len + dxw_len + max_taps, |buf| {
+            let (own, rest) = buf.split_at_mut(q_len);
+            let (dxw, ws) = rest.split_at_mut(dxw_len);
+            // Its zeros stay zero: each image overwrites only the data.
+            own.fill(0.0);
             for (i, dx_b) in dx_chunk.chunks_mut(c * hw).enumerate() {
                 let b = chunk * ipc + i;
                 for g in 0..s.opts.groups {
                     // (O/g, q_plane): the planes this group's inputs read.
-                    let dyq_bg = &dyq[(b * o + g * og) * plan.q_plane..][..og * plan.q_plane];
+                    let first = b * o + g * og;
+                    let dyq_bg: &[f32] = match dy {
+                        Dy::Wide(dyq) => &dyq[first * q_plane..][..og * q_plane],
+                        Dy::Plain(dy) => {
+                            let src = &dy[first * p..][..og * p];
+                            copy_to_wide(s, plan, src, own, q_plane, plan.data_start(s));
+                            own
+                        }
+                    };
                     for ci in g * cg..(g + 1) * cg {
                         let r = l.in_range(ci);
                         let dx_c = &mut dx_b[ci * hw..(ci + 1) * hw]; // (H, W)
@@ -969,23 +991,19 @@ pub fn sparse_conv2d_backward_weight(
     }
 
     // Stride 1: dot products of wide dy rows with the shifted input.
-    let plan = l.plan(s);
-    with_scratch(&WIDE_DY, s.batch * s.out_channels * plan.q_plane, |dyq| {
-        to_wide_dy(s, l, &plan, dy, dyq);
-        backward_weight_wide(s, l, &plan, x, dyq, dw, k);
-    });
+    backward_weight_wide(s, l, &l.plan(s), x, Dy::Plain(dy), dw, k);
 }
 
-/// The stride-1 weight gradient from dy in the wide layout `dyq`
-/// (B, O, q_plane): per active tap, the dot product of dy's data rows
-/// (zeros in the Wp − OW gap columns) with the input shifted by the tap's
-/// offset. One task per output channel, summing over the images in order.
+/// The stride-1 weight gradient with dY in the wide layout: per active tap,
+/// the dot product of dY's data rows (zeros in the Wp − OW gap columns)
+/// with the input shifted by the tap's offset. One task per output channel,
+/// summing over the images in order.
 fn backward_weight_wide(
     s: &Conv2dShape,
     l: &SparseLayout,
     plan: &Plan,
     x: &[f32],
-    dyq: &[f32],
+    dy: Dy,
     dw: &mut [f32],
     k: KernelChoice,
 ) {
@@ -1015,10 +1033,25 @@ fn backward_weight_wide(
             let g = oc / og;
             let taps = &l.by_output[r.clone()];
             let offs = &plan.fwd_offs[r];
-            with_scratch(&SCRATCH, max_taps, |dots| {
+            // A plain dy is laid out wide one plane at a time.
+            let own_len = match dy {
+                Dy::Plain(_) => wide,
+                Dy::Wide(_) => 0,
+            };
+            with_scratch(&SCRATCH, own_len + max_taps, |buf| {
+                let (own, dots) = buf.split_at_mut(own_len);
                 let dots = &mut dots[..taps.len()];
+                // Gap columns OW..Wp stay zero; each image overwrites the rest.
+                own.fill(0.0);
                 for b in 0..s.batch {
-                    let dyw = &dyq[(b * o + oc) * plan.q_plane + start..][..wide];
+                    let dyw: &[f32] = match dy {
+                        Dy::Wide(dyq) => &dyq[(b * o + oc) * plan.q_plane + start..][..wide],
+                        Dy::Plain(dy) => {
+                            let p = s.out_pixels();
+                            copy_to_wide(s, plan, &dy[(b * o + oc) * p..][..p], own, wide, 0);
+                            own
+                        }
+                    };
                     let x_bg = &xs[(b * c + g * cg) * plane_p..][..cg * plane_p];
                     multi_dot(dyw, x_bg, offs, dots, k);
                     for (t, &d) in taps.iter().zip(dots.iter()) {
@@ -1372,7 +1405,7 @@ fn add_image_sums(sums: &[f32], db: &mut [f32]) {
 }
 
 /// As [`relu_pool_grad`] for stride 1, into the wide layout `dyq`
-/// (B, O, q_plane) of [`to_wide_dy`]: each pooled gradient lands at its
+/// (B, O, q_plane) of [`Plan::data_start`]: each pooled gradient lands at its
 /// argmax's place in the plane's data rows. The same dY values, so dx and
 /// dw are bitwise those of the general path. `sums` (B, O) gets each plane's
 /// sum window by window (the pooled gradients that flow, in order), which
@@ -1493,7 +1526,7 @@ pub fn sparse_conv2d_relu_pool_backward(
             if let Some(dw) = dw {
                 check_len(op, "x", s.input_shape().iter().product(), x.len());
                 check_len(op, "dw", s.weight_shape().iter().product(), dw.len());
-                backward_weight_wide(s, l, &plan, x, dyq, dw, k);
+                backward_weight_wide(s, l, &plan, x, Dy::Wide(dyq), dw, k);
             }
             if let Some(db) = db {
                 add_image_sums(sums, db);
@@ -1501,7 +1534,7 @@ pub fn sparse_conv2d_relu_pool_backward(
             if let Some(dx) = dx {
                 check_len(op, "w", s.weight_shape().iter().product(), w.len());
                 check_len(op, "dx", s.input_shape().iter().product(), dx.len());
-                backward_input_wide(s, l, &plan, w, dyq, dx, k);
+                backward_input_wide(s, l, &plan, w, Dy::Wide(dyq), dx, k);
             }
         });
         return;
