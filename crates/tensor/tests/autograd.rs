@@ -348,6 +348,31 @@ fn sgd_momentum_known_answers() {
     assert!((run_sgd(decay_momentum, 3) - 0.194125).abs() < 1e-6);
 }
 
+/// A momentum buffer that decays below f32's normal range is flushed to 0
+/// (subnormal arithmetic is very slow on x86), and the weight does not
+/// notice: the step it would have taken is far below one ulp of 1.0.
+#[test]
+fn subnormal_momentum_is_flushed_to_zero() {
+    let w = Tensor::from_vec(vec![1.0, 1.0], &[2]).requires_grad();
+    let mut opt = Sgd::new(vec![w.clone()], SgdConfig::new(0.1, 0.5));
+    // Step 1 sets the buffer to the gradient: the smallest normal float,
+    // and 1 for the second entry.
+    let step = |opt: &mut Sgd, g: [f32; 2]| {
+        opt.zero_grad();
+        w.mul(&Tensor::from_vec(g.to_vec(), &[2])).sum().backward();
+        opt.step();
+    };
+    step(&mut opt, [f32::MIN_POSITIVE, 1.0]);
+    assert_eq!(
+        opt.buffers()[0].as_ref().unwrap(),
+        &[f32::MIN_POSITIVE, 1.0]
+    );
+    // Step 2, no gradient: 0.5 · MIN_POSITIVE is subnormal, so 0; 0.5 stays.
+    step(&mut opt, [0.0, 0.0]);
+    assert_eq!(opt.buffers()[0].as_ref().unwrap(), &[0.0, 0.5]);
+    assert_eq!(w.data()[0], 1.0);
+}
+
 #[test]
 #[should_panic(expected = "matmul: shapes [2, 3] and [2, 3]")]
 fn shape_mismatch_names_op_and_shapes() {
