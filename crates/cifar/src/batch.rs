@@ -162,7 +162,8 @@ impl<'a> Batches<'a> {
             .iter()
             .map(|&i| self.split.labels[i] as usize)
             .collect();
-        let mut x = vec![0.0; size * IMAGE_BYTES];
+        // Overwritten whole below; the last batch's buffer if it came back.
+        let mut x = tensor::buffers::take(size * IMAGE_BYTES);
         // Images are independent (each a pure function of its position), so
         // they are converted in parallel, in chunks: the same bytes for any
         // number of threads.

@@ -16,6 +16,8 @@
 //!   kernel's wide rows, the tail of both fused blocks), `sparse_conv2d` (direct convolution over the active taps
 //!   of a masked weight, for sparse layers), `reduce` (sum, mean), `shape`
 //!   (reshape, flatten), `loss` (log_softmax, cross_entropy).
+//! * [`buffers`]: recycled f32 buffers, so that a training step reuses the
+//!   last step's memory instead of allocating (and zeroing) its own.
 //! * [`gemm`]: the single matrix multiply everything calls, with transposes
 //!   as strides.
 //! * [`nn`]: Conv2d, Linear and MaxPool2d layers with PyTorch's default init.
@@ -30,6 +32,7 @@
 //!
 //! Determinism: every reduction runs in a fixed order that does not depend on
 //! the number of rayon threads, so a seed gives bitwise-identical results.
+pub mod buffers;
 pub mod gemm;
 pub mod gradcheck;
 pub mod nn;

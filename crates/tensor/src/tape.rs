@@ -113,7 +113,11 @@ impl Tensor {
         for record in records.into_iter().rev() {
             if let Some(dout) = grads.map.remove(&record.output.id()) {
                 (record.backward)(&dout, &mut grads);
+                crate::buffers::give(dout);
             }
+        }
+        for (_, g) in grads.map.drain() {
+            crate::buffers::give(g);
         }
     }
 }
@@ -133,10 +137,13 @@ impl Grads {
         }
         let n = t.numel();
         if t.0.is_op_output {
-            f(self.map.entry(t.id()).or_insert_with(|| vec![0.0; n]));
+            f(self
+                .map
+                .entry(t.id())
+                .or_insert_with(|| crate::buffers::zeroed(n)));
         } else {
             let mut g = t.0.grad.borrow_mut();
-            f(g.get_or_insert_with(|| vec![0.0; n]));
+            f(g.get_or_insert_with(|| crate::buffers::zeroed(n)));
         }
     }
 
@@ -159,7 +166,9 @@ impl Grads {
             t.0.grad.borrow().is_none()
         };
         if !fresh {
-            return self.add(t, &g);
+            self.add(t, &g);
+            crate::buffers::give(g);
+            return;
         }
         if t.0.is_op_output {
             self.map.insert(t.id(), g);

@@ -24,6 +24,17 @@ pub(crate) struct Node {
     pub(crate) is_op_output: bool,
 }
 
+/// A dropped tensor's buffers go back to [`crate::buffers`] for the next op
+/// of the same size.
+impl Drop for Node {
+    fn drop(&mut self) {
+        crate::buffers::give(std::mem::take(self.data.get_mut()));
+        if let Some(g) = self.grad.get_mut().take() {
+            crate::buffers::give(g);
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Tensor(pub(crate) Rc<Node>);
 
@@ -149,7 +160,9 @@ impl Tensor {
     }
 
     pub fn zero_grad(&self) {
-        *self.0.grad.borrow_mut() = None;
+        if let Some(g) = self.0.grad.borrow_mut().take() {
+            crate::buffers::give(g);
+        }
     }
 
     /// A new leaf with a copy of the values and no history.

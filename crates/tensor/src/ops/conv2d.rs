@@ -1473,7 +1473,7 @@ impl Tensor {
             );
         }
         let out_shape = s.output_shape();
-        let mut y = vec![0.0; out_shape.iter().product()];
+        let mut y = crate::buffers::take(out_shape.iter().product());
         conv2d_forward(
             &s,
             &self.data(),
@@ -1486,12 +1486,12 @@ impl Tensor {
         inputs.extend(bias);
         Tensor::from_op(y, &out_shape, &inputs, move |dy, grads| {
             if w.needs_grad() {
-                let mut dw = vec![0.0; w.numel()];
+                let mut dw = crate::buffers::take(w.numel());
                 conv2d_backward_weight(&s, &x.data(), dy, &mut dw);
                 grads.add_owned(&w, dw);
             }
             if x.needs_grad() {
-                let mut dx = vec![0.0; x.numel()];
+                let mut dx = crate::buffers::take(x.numel());
                 conv2d_backward_input(&s, &w.data(), dy, &mut dx);
                 grads.add_owned(&x, dx);
             }
@@ -1528,7 +1528,8 @@ impl Tensor {
         }
         let out_shape = pool.output_shape(&s);
         let n_out = out_shape.iter().product();
-        let (mut pooled, mut arg) = (vec![0.0; n_out], vec![0u32; n_out]);
+        // pooled is overwritten whole.
+        let (mut pooled, mut arg) = (crate::buffers::take(n_out), vec![0u32; n_out]);
         conv2d_relu_pool_forward(
             &s,
             pool,
@@ -1542,15 +1543,15 @@ impl Tensor {
         inputs.extend(bias);
         // Backward needs the pooled values too; copy them only if it will run.
         let tracked = crate::tape::is_recording() && inputs.iter().any(|t| t.needs_grad());
-        let saved = if tracked { pooled.clone() } else { Vec::new() };
+        let saved = crate::buffers::Recycled::copy_of(if tracked { &pooled } else { &[] });
         let (x, w, b) = (self.clone(), weight.clone(), bias.cloned());
         Tensor::from_op(pooled, &out_shape, &inputs, move |dpooled, grads| {
-            let mut dw = w.needs_grad().then(|| vec![0.0; w.numel()]);
+            let mut dw = w.needs_grad().then(|| crate::buffers::take(w.numel()));
             let mut db = b
                 .as_ref()
                 .filter(|b| b.needs_grad())
                 .map(|_| vec![0.0; s.out_channels]);
-            let mut dx = x.needs_grad().then(|| vec![0.0; x.numel()]);
+            let mut dx = x.needs_grad().then(|| crate::buffers::take(x.numel()));
             conv2d_relu_pool_backward(
                 &s,
                 pool,

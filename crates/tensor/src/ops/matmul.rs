@@ -14,7 +14,8 @@ impl Tensor {
             "matmul: shapes {sa:?} and {sb:?} do not multiply"
         );
         let (m, k, n) = (sa[0], sa[1], sb[1]);
-        let mut out = vec![0.0; m * n];
+        // Overwritten whole: the GEMM runs with beta = 0.
+        let mut out = crate::buffers::take(m * n);
         gemm(
             1.0,
             Mat::row_major(&self.data(), m, k),
@@ -54,7 +55,9 @@ impl Tensor {
             );
         }
         // x is (N, in), y is (N, out)
-        let mut out = vec![0.0; n * fout];
+        // Overwritten whole: rows start as the bias (GEMM beta = 1) or are
+        // ignored (beta = 0).
+        let mut out = crate::buffers::take(n * fout);
         if let Some(b) = bias {
             for row in out.chunks_mut(fout) {
                 row.copy_from_slice(&b.data());

@@ -1138,7 +1138,7 @@ pub fn conv2d_sparse(
         );
     }
     let out_shape = s.output_shape();
-    let mut y = vec![0.0; out_shape.iter().product()];
+    let mut y = crate::buffers::take(out_shape.iter().product());
     sparse_conv2d_forward(
         &s,
         layout,
@@ -1153,12 +1153,12 @@ pub fn conv2d_sparse(
     inputs.extend(bias);
     Tensor::from_op(y, &out_shape, &inputs, move |dy, grads| {
         if wc.needs_grad() {
-            let mut dw = vec![0.0; wc.numel()];
+            let mut dw = crate::buffers::take(wc.numel());
             sparse_conv2d_backward_weight(&s, &l, &xc.data(), dy, &mut dw, KernelChoice::Best);
             grads.add_owned(&wc, dw);
         }
         if xc.needs_grad() {
-            let mut dx = vec![0.0; xc.numel()];
+            let mut dx = crate::buffers::take(xc.numel());
             sparse_conv2d_backward_input(&s, &l, &wc.data(), dy, &mut dx, KernelChoice::Best);
             grads.add_owned(&xc, dx);
         }
@@ -1601,7 +1601,8 @@ pub fn conv2d_sparse_relu_max_pool2d(
     }
     let out_shape = pool.output_shape(&s);
     let n_out = out_shape.iter().product();
-    let (mut pooled, mut arg) = (vec![0.0; n_out], vec![0u32; n_out]);
+    // pooled is overwritten whole.
+    let (mut pooled, mut arg) = (crate::buffers::take(n_out), vec![0u32; n_out]);
     sparse_conv2d_relu_pool_forward(
         &s,
         layout,
@@ -1617,15 +1618,15 @@ pub fn conv2d_sparse_relu_max_pool2d(
     inputs.extend(bias);
     // Backward needs the pooled values too; copy them only if it will run.
     let tracked = crate::tape::is_recording() && inputs.iter().any(|t| t.needs_grad());
-    let saved = if tracked { pooled.clone() } else { Vec::new() };
+    let saved = crate::buffers::Recycled::copy_of(if tracked { &pooled } else { &[] });
     let (xc, wc, bc, l) = (x.clone(), w.clone(), bias.cloned(), layout.clone());
     Tensor::from_op(pooled, &out_shape, &inputs, move |dpooled, grads| {
-        let mut dw = wc.needs_grad().then(|| vec![0.0; wc.numel()]);
+        let mut dw = wc.needs_grad().then(|| crate::buffers::take(wc.numel()));
         let mut db = bc
             .as_ref()
             .filter(|b| b.needs_grad())
             .map(|_| vec![0.0; s.out_channels]);
-        let mut dx = xc.needs_grad().then(|| vec![0.0; xc.numel()]);
+        let mut dx = xc.needs_grad().then(|| crate::buffers::take(xc.numel()));
         sparse_conv2d_relu_pool_backward(
             &s,
             &l,
