@@ -796,6 +796,23 @@ fn fused_kernels_match_the_separate_kernels_and_the_oracle() {
                 k,
             );
             assert_bitwise(&format!("{name}: dx alone"), &dx_only, &sep_dx);
+            // Only db wanted: the same sums as alongside dw.
+            let mut db_only = vec![f32::NAN; s.out_channels];
+            sparse_conv2d_relu_pool_backward(
+                &s,
+                &l,
+                pool,
+                &x,
+                &w,
+                &pooled,
+                &arg,
+                &dpooled,
+                None,
+                Some(&mut db_only),
+                None,
+                k,
+            );
+            assert_bitwise(&format!("{name}: db alone"), &db_only, &db);
         }
     }
 }

@@ -802,15 +802,86 @@ pub fn sparse_conv2d_backward_input(
     backward_input_wide(s, l, &l.plan(s), w, Dy::Plain(dy), dx, k);
 }
 
-/// Where the stride-1 backward kernels find dY: plain (B, O, OH, OW), which
-/// each task copies into the wide layout in its own scratch, a plane at a
-/// time (the separate kernels), or already in the wide layout
-/// (B, O, q_plane) of [`Plan::data_start`] (the fused op, which writes it
-/// there directly).
+/// Where the stride-1 backward kernels find dY. Each task lays out the
+/// planes it needs in the wide layout ([`Plan::data_start`]) in its own
+/// scratch, a plane at a time, while they are hot in cache: copied from a
+/// plain (B, O, OH, OW) dY (the separate kernels), or rebuilt from the
+/// fused op's pooled values, argmaxes and pooled gradient (each window's
+/// gradient at its argmax), so that the fused op never writes a full-size
+/// dY at all.
 #[derive(Clone, Copy)]
 enum Dy<'a> {
     Plain(&'a [f32]),
-    Wide(&'a [f32]),
+    Pooled(PooledGrad<'a>),
+}
+
+/// The fused op's saved tensors and pooled gradient, all (B, O, PH, PW).
+#[derive(Clone, Copy)]
+struct PooledGrad<'a> {
+    pool: PoolOptions,
+    pooled: &'a [f32],
+    arg: &'a [u32],
+    dpooled: &'a [f32],
+}
+
+impl Dy<'_> {
+    /// Writes plane (b, oc) of dY into the OH data rows `rows` (OH·Wp
+    /// floats, gap columns included; the zeros around them are the
+    /// caller's) and returns the plane's sum for the bias gradient: the
+    /// window gradients' sum for a pooled dY (see
+    /// [`relu_pool_grad_2x2_rows`]), 0 for a plain one (its bias gradient is
+    /// the separate ops' business).
+    fn plane_into(
+        &self,
+        s: &Conv2dShape,
+        plan: &Plan,
+        b: usize,
+        oc: usize,
+        rows: &mut [f32],
+        k: KernelChoice,
+    ) -> f32 {
+        let (o, oh, ow, wp) = (s.out_channels, s.out_h(), s.out_w(), plan.wp);
+        match *self {
+            Dy::Plain(dy) => {
+                let p = s.out_pixels();
+                for (oy, row) in dy[(b * o + oc) * p..][..p].chunks_exact(ow).enumerate() {
+                    copy_row(&mut rows[oy * wp..][..ow], row);
+                }
+                0.0
+            }
+            Dy::Pooled(g) => {
+                let (ph, pw) = g.pool.pooled_size(s);
+                let r = (b * o + oc) * ph * pw..(b * o + oc + 1) * ph * pw;
+                let (pooled, arg, dpooled) =
+                    (&g.pooled[r.clone()], &g.arg[r.clone()], &g.dpooled[r]);
+                if g.pool.kernel == (2, 2) && g.pool.stride == (2, 2) {
+                    return relu_pool_grad_2x2_rows(pooled, arg, dpooled, (oh, ow), wp, rows, k);
+                }
+                // Any other pool: scatter each window's gradient to its
+                // argmax a = oy·OW + ox, at a + oy·(Wp − OW) in the rows.
+                // The argmax lies in the window's rows py·sy .. py·sy + KH;
+                // its row within them is counted without a division.
+                let (kh, sy) = (g.pool.kernel.0, g.pool.stride.0);
+                let rows = &mut rows[..oh * wp];
+                rows.fill(0.0);
+                let mut sum = 0.0f32;
+                for py in 0..ph {
+                    for px in 0..pw {
+                        let j = py * pw + px;
+                        let a = arg[j] as usize;
+                        let within = a - py * sy * ow;
+                        let dy_row = (1..kh).filter(|&t| within >= t * ow).count();
+                        // relu(y) > 0 exactly where y > 0, and the pooled
+                        // value is relu(y) at the argmax.
+                        let grad = crate::ops::elementwise::relu_grad(pooled[j], dpooled[j]);
+                        rows[a + (py * sy + dy_row) * (wp - ow)] += grad;
+                        sum += grad;
+                    }
+                }
+                sum
+            }
+        }
+    }
 }
 
 impl Plan {
@@ -827,25 +898,6 @@ impl Plan {
     }
 }
 
-/// Copies the (OH, OW) planes of `dy` into the data rows of the wide planes
-/// `dst` (whole q_plane-float planes, or `wide`-float data rows when
-/// `start` is 0), whose zeros are already in place.
-fn copy_to_wide(
-    s: &Conv2dShape,
-    plan: &Plan,
-    dy: &[f32],
-    dst: &mut [f32],
-    plane: usize,
-    start: usize,
-) {
-    let (p, ow) = (s.out_pixels(), s.out_w());
-    for (src, d) in dy.chunks_exact(p).zip(dst.chunks_mut(plane)) {
-        for (oy, row) in src.chunks_exact(ow).enumerate() {
-            copy_row(&mut d[start + oy * plan.wp..][..ow], row);
-        }
-    }
-}
-
 /// The stride-1 input gradient with dY in the wide layout: each input plane
 /// gathers, over the (o, tap) entries that read it, the kernel flipped, and
 /// comes out in the padded input's layout, Hp·Wp long (copied into dx
@@ -859,38 +911,28 @@ fn backward_input_wide(
     dx: &mut [f32],
     k: KernelChoice,
 ) {
-    let (c, hw, o, wd) = (s.in_channels, s.in_h * s.in_w, s.out_channels, s.in_w);
+    let (c, hw, wd) = (s.in_channels, s.in_h * s.in_w, s.in_w);
     let (cg, og) = (s.group_in(), s.group_out());
     let ipc = images_per_chunk(s, l);
     let (py, px) = s.opts.padding;
     let padded = (py, px) != (0, 0);
     let dxw_len = if padded { plan.hp * plan.wp } else { 0 }; // dxw[iy·Wp + ix]
     let max_taps = l.max_taps();
-    let (q_plane, p) = (plan.q_plane, s.out_pixels());
-    // A plain dy is laid out wide one image and group at a time.
-    let q_len = match dy {
-        Dy::Plain(_) => og * q_plane,
-        Dy::Wide(_) => 0,
-    };
+    let (q_plane, start, rows) = (plan.q_plane, plan.data_start(s), s.out_h() * plan.wp);
     for_each_chunk(dx, ipc * c * hw, run_parallel(s, l), |chunk, dx_chunk| {
-        with_scratch(&SCRATCH, q_len + dxw_len + max_taps, |buf| {
-            let (own, rest) = buf.split_at_mut(q_len);
+        with_scratch(&SCRATCH, og * q_plane + dxw_len + max_taps, |buf| {
+            let (dyq_bg, rest) = buf.split_at_mut(og * q_plane); // (O/g, q_plane)
             let (dxw, ws) = rest.split_at_mut(dxw_len);
-            // Its zeros stay zero: each image overwrites only the data.
-            own.fill(0.0);
+            // The borders stay zero: each image writes only the data rows.
+            dyq_bg.fill(0.0);
             for (i, dx_b) in dx_chunk.chunks_mut(c * hw).enumerate() {
                 let b = chunk * ipc + i;
                 for g in 0..s.opts.groups {
-                    // (O/g, q_plane): the planes this group's inputs read.
-                    let first = b * o + g * og;
-                    let dyq_bg: &[f32] = match dy {
-                        Dy::Wide(dyq) => &dyq[first * q_plane..][..og * q_plane],
-                        Dy::Plain(dy) => {
-                            let src = &dy[first * p..][..og * p];
-                            copy_to_wide(s, plan, src, own, q_plane, plan.data_start(s));
-                            own
-                        }
-                    };
+                    // The planes this group's inputs read.
+                    for (j, plane) in dyq_bg.chunks_exact_mut(q_plane).enumerate() {
+                        dy.plane_into(s, plan, b, g * og + j, &mut plane[start..][..rows], k);
+                    }
+                    let dyq_bg = &*dyq_bg;
                     for ci in g * cg..(g + 1) * cg {
                         let r = l.in_range(ci);
                         let dx_c = &mut dx_b[ci * hw..(ci + 1) * hw]; // (H, W)
@@ -991,13 +1033,16 @@ pub fn sparse_conv2d_backward_weight(
     }
 
     // Stride 1: dot products of wide dy rows with the shifted input.
-    backward_weight_wide(s, l, &l.plan(s), x, Dy::Plain(dy), dw, k);
+    backward_weight_wide(s, l, &l.plan(s), x, Dy::Plain(dy), dw, None, k);
 }
 
 /// The stride-1 weight gradient with dY in the wide layout: per active tap,
 /// the dot product of dY's data rows (zeros in the Wp − OW gap columns)
-/// with the input shifted by the tap's offset. One task per output channel,
-/// summing over the images in order.
+/// with the input shifted by the tap's offset. One task per output channel:
+/// it lays out its channel's dY plane of each image in turn and sums over
+/// the images in order. With `db`, the task also adds up its planes' sums
+/// (from [`Dy::plane_into`]) into db[oc], image by image.
+#[allow(clippy::too_many_arguments)] // the operands and both outputs
 fn backward_weight_wide(
     s: &Conv2dShape,
     l: &SparseLayout,
@@ -1005,17 +1050,19 @@ fn backward_weight_wide(
     x: &[f32],
     dy: Dy,
     dw: &mut [f32],
+    db: Option<&mut [f32]>,
     k: KernelChoice,
 ) {
-    let (c, o) = (s.in_channels, s.out_channels);
+    let c = s.in_channels;
     let (cg, og) = (s.group_in(), s.group_out());
     let kk = cg * s.kernel_h * s.kernel_w; // weights per output channel
-    let wide = (s.out_h() - 1) * plan.wp + s.out_w(); // dy's data rows
-    let start = plan.data_start(s);
+    let rows = s.out_h() * plan.wp; // dY's data rows, gap columns included
+    let wide = rows - (plan.wp - s.out_w()); // up to the last value
     let plane_p = plan.hp * plan.wp;
     let padded = s.opts.padding != (0, 0);
     let pad_len = if padded { s.batch * c * plane_p } else { 0 };
     let max_taps = l.max_taps();
+    let mut sums = vec![0.0f32; if db.is_some() { s.out_channels } else { 0 }];
     with_scratch(&BATCH_SCRATCH, pad_len, |xpad| {
         // The whole batch padded once, shared by the channel tasks.
         let xs: &[f32] = if padded {
@@ -1024,43 +1071,56 @@ fn backward_weight_wide(
         } else {
             x
         };
-        for_each_chunk(dw, kk, run_parallel(s, l), |oc, dw_o| {
+        let channel = |oc: usize, dw_o: &mut [f32], db_o: Option<&mut f32>| {
             dw_o.fill(0.0);
             let r = l.out_range(oc);
-            if r.is_empty() {
-                return;
-            }
             let g = oc / og;
             let taps = &l.by_output[r.clone()];
             let offs = &plan.fwd_offs[r];
-            // A plain dy is laid out wide one plane at a time.
-            let own_len = match dy {
-                Dy::Plain(_) => wide,
-                Dy::Wide(_) => 0,
-            };
-            with_scratch(&SCRATCH, own_len + max_taps, |buf| {
-                let (own, dots) = buf.split_at_mut(own_len);
+            if taps.is_empty() && db_o.is_none() {
+                return;
+            }
+            with_scratch(&SCRATCH, rows + max_taps, |buf| {
+                let (dyw, dots) = buf.split_at_mut(rows);
                 let dots = &mut dots[..taps.len()];
-                // Gap columns OW..Wp stay zero; each image overwrites the rest.
-                own.fill(0.0);
+                // Gap columns stay zero for a plain dY (only values are
+                // copied); a pooled dY writes whole rows.
+                dyw.fill(0.0);
+                let mut sum = 0.0f32;
                 for b in 0..s.batch {
-                    let dyw: &[f32] = match dy {
-                        Dy::Wide(dyq) => &dyq[(b * o + oc) * plan.q_plane + start..][..wide],
-                        Dy::Plain(dy) => {
-                            let p = s.out_pixels();
-                            copy_to_wide(s, plan, &dy[(b * o + oc) * p..][..p], own, wide, 0);
-                            own
-                        }
-                    };
+                    sum += dy.plane_into(s, plan, b, oc, dyw, k);
+                    if taps.is_empty() {
+                        continue;
+                    }
                     let x_bg = &xs[(b * c + g * cg) * plane_p..][..cg * plane_p];
-                    multi_dot(dyw, x_bg, offs, dots, k);
+                    multi_dot(&dyw[..wide], x_bg, offs, dots, k);
                     for (t, &d) in taps.iter().zip(dots.iter()) {
                         dw_o[t.wi - oc * kk] += d;
                     }
                 }
+                if let Some(db_o) = db_o {
+                    *db_o = sum;
+                }
             });
-        });
+        };
+        let parallel = run_parallel(s, l);
+        if sums.is_empty() {
+            for_each_chunk(dw, kk, parallel, |oc, dw_o| channel(oc, dw_o, None));
+        } else if parallel {
+            let items = dw.par_chunks_mut(kk).zip(sums.par_iter_mut());
+            items
+                .enumerate()
+                .for_each(|(oc, (dw_o, db_o))| channel(oc, dw_o, Some(db_o)));
+        } else {
+            let items = dw.chunks_mut(kk).zip(sums.iter_mut());
+            items
+                .enumerate()
+                .for_each(|(oc, (dw_o, db_o))| channel(oc, dw_o, Some(db_o)));
+        }
     });
+    if let Some(db) = db {
+        db.copy_from_slice(&sums);
+    }
 }
 
 /// Weight gradient of output channel `oc`'s active taps, any geometry,
@@ -1404,85 +1464,16 @@ fn add_image_sums(sums: &[f32], db: &mut [f32]) {
     }
 }
 
-/// As [`relu_pool_grad`] for stride 1, into the wide layout `dyq`
-/// (B, O, q_plane) of [`Plan::data_start`]: each pooled gradient lands at its
-/// argmax's place in the plane's data rows. The same dY values, so dx and
-/// dw are bitwise those of the general path. `sums` (B, O) gets each plane's
-/// sum window by window (the pooled gradients that flow, in order), which
-/// is the plane's sum up to rounding but not bitwise the separate ops'
-/// [`conv2d_backward_bias`]; it costs one add per window instead of a pass
-/// over the plane.
-#[allow(clippy::too_many_arguments)] // three saved tensors and two outputs
-fn relu_pool_grad_wide(
-    s: &Conv2dShape,
-    l: &SparseLayout,
-    plan: &Plan,
-    pool: PoolOptions,
-    pooled: &[f32],
-    arg: &[u32],
-    dpooled: &[f32],
-    dyq: &mut [f32],
-    sums: &mut [f32],
-    k: KernelChoice,
-) {
-    let o = s.out_channels;
-    let ow = s.out_w();
-    let (ph, pw) = pool.pooled_size(s);
-    let (kh, sy) = (pool.kernel.0, pool.stride.0);
-    let q = ph * pw; // pooled values per plane
-    let (start, gap) = (plan.data_start(s), plan.wp - ow);
-    let oh = s.out_h();
-    let pool2 = pool.kernel == (2, 2) && pool.stride == (2, 2);
-    let planes_per_chunk = images_per_chunk(s, l) * o;
-    let chunk = |ci: usize, (dyq_c, sums_c): (&mut [f32], &mut [f32])| {
-        let q0 = ci * planes_per_chunk * q;
-        let planes = dyq_c.chunks_exact_mut(plan.q_plane).zip(sums_c.iter_mut());
-        for (i, (plane, sum)) in planes.enumerate() {
-            let r = q0 + i * q..q0 + (i + 1) * q;
-            let (pooled, arg, dpooled) = (&pooled[r.clone()], &arg[r.clone()], &dpooled[r]);
-            if pool2 {
-                // The borders, then the data rows, each written once.
-                let (border, data) = plane.split_at_mut(start);
-                let (data, tail) = data.split_at_mut(oh * plan.wp);
-                border.fill(0.0);
-                tail.fill(0.0);
-                *sum = relu_pool_grad_2x2_rows(pooled, arg, dpooled, (oh, ow), plan.wp, data, k);
-                continue;
-            }
-            plane.fill(0.0);
-            let data = &mut plane[start..];
-            let mut acc = 0.0f32;
-            for py in 0..ph {
-                for px in 0..pw {
-                    let j = py * pw + px;
-                    // The argmax a = oy·OW + ox lies in the window's rows
-                    // py·sy .. py·sy + KH: its row within the window,
-                    // counted without a division, places it in the wide
-                    // rows at a + oy·(Wp − OW).
-                    let a = arg[j] as usize;
-                    let within = a - py * sy * ow;
-                    let dy_row = (1..kh).filter(|&t| within >= t * ow).count();
-                    let at = a + (py * sy + dy_row) * gap;
-                    // relu(y) > 0 exactly where y > 0, and the pooled value
-                    // is relu(y) at the argmax, so it stands in for y.
-                    let g = crate::ops::elementwise::relu_grad(pooled[j], dpooled[j]);
-                    data[at] += g;
-                    acc += g;
-                }
-            }
-            *sum = acc;
+/// db (O) of the stride-1 fused op when no weight gradient is wanted
+/// (otherwise the weight tasks sum the planes as they go): the same plane
+/// sums from [`Dy::plane_into`], added image by image. OVERWRITES db.
+fn bias_grad_pooled(s: &Conv2dShape, plan: &Plan, dy: Dy, db: &mut [f32], k: KernelChoice) {
+    let rows = s.out_h() * plan.wp;
+    with_scratch(&SCRATCH, rows, |plane| {
+        for (oc, d) in db.iter_mut().enumerate() {
+            *d = (0..s.batch).fold(0.0, |acc, b| acc + dy.plane_into(s, plan, b, oc, plane, k));
         }
-    };
-    let (dyq_len, sums_len) = (planes_per_chunk * plan.q_plane, planes_per_chunk);
-    if run_parallel(s, l) && s.batch * o > planes_per_chunk {
-        let items = dyq
-            .par_chunks_mut(dyq_len)
-            .zip(sums.par_chunks_mut(sums_len));
-        items.enumerate().for_each(|(ci, item)| chunk(ci, item));
-    } else {
-        let items = dyq.chunks_mut(dyq_len).zip(sums.chunks_mut(sums_len));
-        items.enumerate().for_each(|(ci, item)| chunk(ci, item));
-    }
+    });
 }
 
 /// Backward of [`sparse_conv2d_relu_pool_forward`] from the pooled gradient
@@ -1517,26 +1508,32 @@ pub fn sparse_conv2d_relu_pool_backward(
     }
     let o = s.out_channels;
     if s.opts.stride == (1, 1) {
-        // dY goes straight into the wide layout both gradients read.
+        // No full-size dY: each task of the two gradients rebuilds the
+        // planes it reads from the pooled gradient, in its own scratch.
         let plan = l.plan(s);
-        let q_len = s.batch * o * plan.q_plane;
-        with_scratch(&FUSED_SCRATCH, q_len + s.batch * o, |buf| {
-            let (dyq, sums) = buf.split_at_mut(q_len); // (B, O, q_plane), (B, O)
-            relu_pool_grad_wide(s, l, &plan, pool, pooled, arg, dpooled, dyq, sums, k);
-            if let Some(dw) = dw {
+        let dy = Dy::Pooled(PooledGrad {
+            pool,
+            pooled,
+            arg,
+            dpooled,
+        });
+        match dw {
+            Some(dw) => {
                 check_len(op, "x", s.input_shape().iter().product(), x.len());
                 check_len(op, "dw", s.weight_shape().iter().product(), dw.len());
-                backward_weight_wide(s, l, &plan, x, Dy::Wide(dyq), dw, k);
+                backward_weight_wide(s, l, &plan, x, dy, dw, db, k);
             }
-            if let Some(db) = db {
-                add_image_sums(sums, db);
+            None => {
+                if let Some(db) = db {
+                    bias_grad_pooled(s, &plan, dy, db, k);
+                }
             }
-            if let Some(dx) = dx {
-                check_len(op, "w", s.weight_shape().iter().product(), w.len());
-                check_len(op, "dx", s.input_shape().iter().product(), dx.len());
-                backward_input_wide(s, l, &plan, w, Dy::Wide(dyq), dx, k);
-            }
-        });
+        }
+        if let Some(dx) = dx {
+            check_len(op, "w", s.weight_shape().iter().product(), w.len());
+            check_len(op, "dx", s.input_shape().iter().product(), dx.len());
+            backward_input_wide(s, l, &plan, w, dy, dx, k);
+        }
         return;
     }
     let n_dy = s.output_shape().iter().product();
