@@ -1517,7 +1517,7 @@ pub fn sparse_conv2d_relu_pool_backward(
             arg,
             dpooled,
         });
-        match dw {
+        let weight_and_bias = || match dw {
             Some(dw) => {
                 check_len(op, "x", s.input_shape().iter().product(), x.len());
                 check_len(op, "dw", s.weight_shape().iter().product(), dw.len());
@@ -1528,11 +1528,22 @@ pub fn sparse_conv2d_relu_pool_backward(
                     bias_grad_pooled(s, &plan, dy, db, k);
                 }
             }
-        }
-        if let Some(dx) = dx {
-            check_len(op, "w", s.weight_shape().iter().product(), w.len());
-            check_len(op, "dx", s.input_shape().iter().product(), dx.len());
-            backward_input_wide(s, l, &plan, w, dy, dx, k);
+        };
+        let input = || {
+            if let Some(dx) = dx {
+                check_len(op, "w", s.weight_shape().iter().product(), w.len());
+                check_len(op, "dx", s.input_shape().iter().product(), dx.len());
+                backward_input_wide(s, l, &plan, w, dy, dx, k);
+            }
+        };
+        // The two are independent. Side by side, the pool's threads go from
+        // one to the other without falling asleep in between; small ones
+        // run here, one after the other.
+        if run_parallel(s, l) {
+            rayon::join(weight_and_bias, input);
+        } else {
+            weight_and_bias();
+            input();
         }
         return;
     }
