@@ -1,4 +1,4 @@
-//! Recycled f32 buffers. A training step makes the same tensors, of the
+//! Recycled buffers (f32 values, and u32 argmaxes). A training step makes the same tensors, of the
 //! same sizes, as the step before, so rather than asking the allocator each
 //! time (and, for large buffers, the kernel for fresh zeroed pages), a
 //! tensor's buffer goes back to a per-thread free list when the tensor is
@@ -21,71 +21,95 @@ const MIN_LEN: usize = 1024;
 const MAX_KEPT: usize = 48;
 
 thread_local! {
-    static FREE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+    static FREE_F32: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+    static FREE_U32: RefCell<Vec<Vec<u32>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A buffer of `n` floats with unspecified contents (left over from an
+/// The element types with a free list: f32 values, and u32 argmaxes.
+pub trait Element: Copy + Default + 'static {
+    /// Runs `f` on this thread's free list; `None` while the thread shuts
+    /// down and the list is gone.
+    fn with_free<R>(f: impl FnOnce(&mut Vec<Vec<Self>>) -> R) -> Option<R>;
+}
+
+impl Element for f32 {
+    fn with_free<R>(f: impl FnOnce(&mut Vec<Vec<f32>>) -> R) -> Option<R> {
+        FREE_F32.try_with(|l| f(&mut l.borrow_mut())).ok()
+    }
+}
+
+impl Element for u32 {
+    fn with_free<R>(f: impl FnOnce(&mut Vec<Vec<u32>>) -> R) -> Option<R> {
+        FREE_U32.try_with(|l| f(&mut l.borrow_mut())).ok()
+    }
+}
+
+/// A buffer of `n` elements with unspecified contents (left over from an
 /// earlier use, or zeros if it is new). The caller must overwrite all of it.
-pub fn take(n: usize) -> Vec<f32> {
+pub fn take<T: Element>(n: usize) -> Vec<T> {
     if n >= MIN_LEN {
-        let found = FREE.with(|f| {
-            let mut f = f.borrow_mut();
-            // The most recently returned buffer of exactly this size.
+        // The most recently returned buffer of exactly this size.
+        let found = T::with_free(|f| {
             let i = f.iter().rposition(|v| v.len() == n)?;
             Some(f.swap_remove(i))
         });
-        if let Some(v) = found {
+        if let Some(Some(v)) = found {
             return v;
         }
     }
-    vec![0.0; n]
+    vec![T::default(); n]
 }
 
 /// A buffer of `n` zeros.
-pub fn zeroed(n: usize) -> Vec<f32> {
+pub fn zeroed<T: Element>(n: usize) -> Vec<T> {
     let mut v = take(n);
-    v.fill(0.0);
+    v.fill(T::default());
     v
 }
 
 /// Returns a buffer to this thread's free list (or to the allocator if it
-/// is small or the list is full).
-pub fn give(v: Vec<f32>) {
+/// is small). A full list lets its oldest buffer go, so that when the sizes
+/// change (from training to evaluation, say) the new ones take over.
+pub fn give<T: Element>(v: Vec<T>) {
     if v.len() < MIN_LEN {
         return;
     }
-    // `try_with`: a tensor dropped while the thread shuts down finds the
-    // list gone, and its buffer is simply freed.
-    let _ = FREE.try_with(|f| {
-        let mut f = f.borrow_mut();
-        if f.len() < MAX_KEPT {
-            f.push(v);
+    T::with_free(|f| {
+        if f.len() == MAX_KEPT {
+            f.remove(0);
         }
+        f.push(v);
     });
 }
 
-/// A buffer that goes back to the free list when dropped: for copies an
-/// op's backward closure keeps (a closure drops what it holds as plain
-/// vectors straight to the allocator).
-pub struct Recycled(pub Vec<f32>);
+/// A buffer that goes back to the free list when dropped: for what an op's
+/// backward closure keeps (a closure drops what it holds as plain vectors
+/// straight to the allocator).
+pub struct Recycled<T: Element>(pub Vec<T>);
 
-impl Recycled {
+impl<T: Element> Recycled<T> {
     /// A recycled copy of `src`.
-    pub fn copy_of(src: &[f32]) -> Recycled {
+    pub fn copy_of(src: &[T]) -> Recycled<T> {
         let mut v = take(src.len());
         v.copy_from_slice(src);
         Recycled(v)
     }
 }
 
-impl std::ops::Deref for Recycled {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
+impl<T: Element> std::ops::Deref for Recycled<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
         &self.0
     }
 }
 
-impl Drop for Recycled {
+impl<T: Element> std::ops::DerefMut for Recycled<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.0
+    }
+}
+
+impl<T: Element> Drop for Recycled<T> {
     fn drop(&mut self) {
         give(std::mem::take(&mut self.0));
     }
@@ -97,21 +121,30 @@ mod tests {
 
     #[test]
     fn a_given_buffer_comes_back_for_its_size_only() {
-        let mut v = take(4096);
+        let mut v: Vec<f32> = take(4096);
         v[0] = 7.0;
         let ptr = v.as_ptr();
         give(v);
         // Another size is a new, zeroed buffer.
-        let other = take(2048);
+        let other: Vec<f32> = take(2048);
         assert_eq!(other.len(), 2048);
         assert!(other.iter().all(|&x| x == 0.0));
         // The same size is the same memory, contents left as they were.
-        let again = take(4096);
+        let again: Vec<f32> = take(4096);
         assert_eq!((again.as_ptr(), again[0]), (ptr, 7.0));
         give(again);
-        assert!(zeroed(4096).iter().all(|&x| x == 0.0));
+        assert!(zeroed::<f32>(4096).iter().all(|&x| x == 0.0));
         // Small buffers are not kept.
         give(vec![1.0; 8]);
-        assert_eq!(take(8), vec![0.0; 8]);
+        assert_eq!(take::<f32>(8), vec![0.0; 8]);
+        // A full list makes room for the newest buffer.
+        for _ in 0..MAX_KEPT {
+            give(vec![1.0; 1500]);
+        }
+        give(vec![2.0; 1600]);
+        assert_eq!(take::<f32>(1600)[0], 2.0);
+        // u32 buffers have their own list.
+        give(vec![3u32; 2000]);
+        assert_eq!(take::<u32>(2000)[0], 3);
     }
 }

@@ -1609,8 +1609,9 @@ pub fn conv2d_sparse_relu_max_pool2d(
     }
     let out_shape = pool.output_shape(&s);
     let n_out = out_shape.iter().product();
-    // pooled is overwritten whole.
-    let (mut pooled, mut arg) = (crate::buffers::take(n_out), vec![0u32; n_out]);
+    // pooled and arg are overwritten whole.
+    let (mut pooled, arg) = (crate::buffers::take(n_out), crate::buffers::take(n_out));
+    let mut arg = crate::buffers::Recycled(arg);
     sparse_conv2d_relu_pool_forward(
         &s,
         layout,
