@@ -207,7 +207,7 @@ fn kernels_match_the_masked_dense_oracle() {
             let mut dw_ref = vec![0.0; w.len()];
             conv2d_backward_weight_naive(&s, &x, &dy, &mut dw_ref);
 
-            for k in [KernelChoice::Best, KernelChoice::Portable] {
+            for k in KernelChoice::ALL {
                 let what = format!("{} / {mask_name} / {k:?}", c.name);
                 // Outputs start as NaN to check that they are overwritten.
                 let mut y = vec![f32::NAN; dy.len()];
@@ -277,7 +277,7 @@ fn inactive_weights_are_ignored() {
         .zip(&mask)
         .map(|(&v, &m)| if m { v } else { 1e6 })
         .collect();
-    for k in [KernelChoice::Best, KernelChoice::Portable] {
+    for k in KernelChoice::ALL {
         let (mut y1, mut y2) = (vec![0.0; dy.len()], vec![0.0; dy.len()]);
         sparse_conv2d_forward(&s, &l, &x, &w, None, &mut y1, k);
         sparse_conv2d_forward(&s, &l, &x, &garbage, None, &mut y2, k);
@@ -437,7 +437,7 @@ fn kernels_are_bitwise_independent_of_thread_count() {
             "{}: too small to run in parallel",
             c.name
         );
-        for k in [KernelChoice::Best, KernelChoice::Portable] {
+        for k in KernelChoice::ALL {
             let run = |threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
@@ -546,6 +546,37 @@ fn kernels_name_a_layout_for_other_options() {
         &mut y,
         KernelChoice::Best,
     );
+}
+
+/// The widest loops (AVX-512 where the CPU has it) run each output's FMAs
+/// in the same order as the AVX2 loops: forward and input gradient agree
+/// bit for bit, so results do not depend on which of the two a CPU has.
+#[test]
+fn best_and_avx2_loops_agree_bitwise() {
+    for (name, input, weight) in [
+        ("LeNet conv1", [3, 3, 32, 32], [6, 3, 5, 5]),
+        ("LeNet conv2", [3, 6, 14, 14], [16, 6, 5, 5]),
+        ("narrow plane", [2, 2, 9, 11], [3, 2, 3, 3]),
+    ] {
+        let c = case(name, input, weight);
+        let s = shape_of(&c);
+        let mut rng = Rng(99);
+        let mask = rng.mask(s.weight_shape().iter().product(), 0.12);
+        let l = SparseLayout::new(s.weight_shape(), s.opts, &mask);
+        let x = rng.vec(s.input_shape().iter().product());
+        let w = rng.vec(s.weight_shape().iter().product());
+        let dy = rng.vec(s.output_shape().iter().product());
+        let run = |k: KernelChoice| {
+            let mut y = vec![0.0; dy.len()];
+            sparse_conv2d_forward(&s, &l, &x, &w, None, &mut y, k);
+            let mut dx = vec![0.0; x.len()];
+            sparse_conv2d_backward_input(&s, &l, &w, &dy, &mut dx, k);
+            (y, dx)
+        };
+        let (best, avx2) = (run(KernelChoice::Best), run(KernelChoice::Avx2));
+        assert_bitwise(&format!("{name}: forward"), &best.0, &avx2.0);
+        assert_bitwise(&format!("{name}: input gradient"), &best.1, &avx2.1);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -698,7 +729,7 @@ fn fused_kernels_match_the_separate_kernels_and_the_oracle() {
         let n_out: usize = pool.output_shape(&s).iter().product();
         let dpooled = rng.vec(n_out);
         let (want_pooled, _) = sparse_conv2d_relu_pool_naive(&s, &l, pool, &x, &w, Some(&bias));
-        for k in [KernelChoice::Best, KernelChoice::Portable] {
+        for k in KernelChoice::ALL {
             let name = format!("{} / {k:?}", c.name);
             // Separate: conv, relu, pool; pool's scatter, relu's mask, conv's backward.
             let mut y = vec![0.0; s.output_shape().iter().product()];

@@ -42,7 +42,8 @@ pub fn wide_len_read(row_len: usize, (oh, ow): (usize, usize)) -> usize {
 
 /// `pooled, arg = max_pool2d(relu(y), 2, 2)` for one plane of OH × OW values
 /// held in rows of `row_len` floats (see the module doc). `pooled` and `arg`
-/// are (OH/2, OW/2). The SIMD loop runs when the CPU has AVX2 and `y` has
+/// are (OH/2, OW/2). The SIMD loop runs when `k` allows AVX2 (see
+/// [`KernelChoice`]), the CPU has it and `y` has
 /// [`wide_len_read`] floats (give it [`WIDE_SLACK`] floats past the last
 /// row); otherwise the portable loop does.
 pub fn relu_max_pool_2x2_rows(
@@ -68,12 +69,9 @@ pub fn relu_max_pool_2x2_rows(
         y.len()
     );
     #[cfg(target_arch = "x86_64")]
-    if k == KernelChoice::Best
-        && is_x86_feature_detected!("avx2")
-        && y.len() >= wide_len_read(row_len, (oh, ow))
-    {
-        // SAFETY: AVX2 is present (checked just above), y holds every float
-        // the loop reads (checked just above), and pooled and arg hold
+    if k.avx2() && y.len() >= wide_len_read(row_len, (oh, ow)) {
+        // SAFETY: AVX2 is present (checked by `k.avx2()`), y holds every
+        // float the loop reads (checked just above), and pooled and arg hold
         // PH·PW values (sliced above).
         unsafe { relu_pool_avx2(y, row_len, ow, (ph, pw), pooled, arg) };
         return;
@@ -221,8 +219,8 @@ pub fn relu_pool_grad_2x2_rows(
     let (pooled, arg, dpooled) = (&pooled[..n], &arg[..n], &dpooled[..n]);
     let rows = &mut rows[..oh * row_len];
     #[cfg(target_arch = "x86_64")]
-    if k == KernelChoice::Best && is_x86_feature_detected!("avx2") && oh * ow <= i32::MAX as usize {
-        // SAFETY: AVX2 is present (checked just above); pooled, arg and
+    if k.avx2() && oh * ow <= i32::MAX as usize {
+        // SAFETY: AVX2 is present (checked by `k.avx2()`); pooled, arg and
         // dpooled hold PH·PW values and rows OH·row_len floats (sliced
         // above), and plane indices fit in i32 (checked just above).
         return unsafe { unpool_avx2(pooled, arg, dpooled, ow, (ph, pw), row_len, rows) };
@@ -397,7 +395,7 @@ mod tests {
                         })
                         .collect();
                     let (want_p, want_a) = oracle(&y, rs, (oh, ow));
-                    for k in [KernelChoice::Best, KernelChoice::Portable] {
+                    for k in KernelChoice::ALL {
                         let n = want_p.len();
                         let (mut p, mut a) = (vec![9.0; n], vec![9u32; n]);
                         relu_max_pool_2x2_rows(&y, rs, (oh, ow), &mut p, &mut a, k);
@@ -442,7 +440,7 @@ mod tests {
                     plane[a as usize] += crate::ops::elementwise::relu_grad(v, d);
                 }
                 let want_sum: f32 = plane.iter().sum();
-                for k in [KernelChoice::Best, KernelChoice::Portable] {
+                for k in KernelChoice::ALL {
                     let mut rows = vec![f32::NAN; oh * rs + 5];
                     let sum =
                         relu_pool_grad_2x2_rows(&pooled, &arg, &dp, (oh, ow), rs, &mut rows, k);
