@@ -130,14 +130,16 @@ impl Tensor {
     /// diverging loss shows up as NaN instead of being silently clipped).
     pub fn relu(&self) -> Tensor {
         let a = self.clone();
-        let out = self.data().iter().map(|&x| relu(x)).collect();
+        let mut out = crate::buffers::take(self.numel()); // overwritten whole
+        for (o, &x) in out.iter_mut().zip(self.data().iter()) {
+            *o = relu(x);
+        }
         Tensor::from_op(out, self.shape(), &[self], move |dout, grads| {
             let x = a.data();
-            let g = dout
-                .iter()
-                .zip(x.iter())
-                .map(|(&d, &x)| relu_grad(x, d))
-                .collect();
+            let mut g = crate::buffers::take(dout.len());
+            for ((g, &d), &x) in g.iter_mut().zip(dout).zip(x.iter()) {
+                *g = relu_grad(x, d);
+            }
             drop(x);
             grads.add_owned(&a, g);
         })

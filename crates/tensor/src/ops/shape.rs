@@ -12,9 +12,9 @@ impl Tensor {
             self.shape()
         );
         let a = self.clone();
-        Tensor::from_op(self.to_vec(), shape, &[self], move |dout, grads| {
-            grads.add(&a, dout)
-        })
+        let mut out = crate::buffers::take(self.numel()); // overwritten whole
+        out.copy_from_slice(&self.data());
+        Tensor::from_op(out, shape, &[self], move |dout, grads| grads.add(&a, dout))
     }
 
     /// (B, …) → (B, rest): keeps the batch dimension.
