@@ -154,7 +154,7 @@ fn fused_forward_matches_the_naive_oracle() {
         let bias = c.bias.then_some(&b[..]);
         let n: usize = c.pool.output_shape(&s).iter().product();
         let (mut pooled, mut arg) = (vec![0.0; n], vec![0u32; n]);
-        conv2d_relu_pool_forward(&s, c.pool, &x, &w, bias, &mut pooled, &mut arg);
+        conv2d_relu_pool_forward(&s, c.pool, &x, &w, bias, &mut pooled, Some(&mut arg));
         let (want, want_arg) = conv2d_relu_pool_naive(&s, c.pool, &x, &w, bias);
         for (i, (g, e)) in pooled.iter().zip(&want).enumerate() {
             assert!(
@@ -204,7 +204,7 @@ fn fused_backward_is_bitwise_independent_of_thread_count() {
             .unwrap();
         pool.install(|| {
             let (mut pooled, mut arg) = (vec![0.0; n], vec![0u32; n]);
-            conv2d_relu_pool_forward(&s, POOL2, &x, &w, Some(&b), &mut pooled, &mut arg);
+            conv2d_relu_pool_forward(&s, POOL2, &x, &w, Some(&b), &mut pooled, Some(&mut arg));
             let (mut dw, mut db, mut dx) = (vec![0.0; w.len()], vec![0.0; 16], vec![0.0; x.len()]);
             conv2d_relu_pool_backward(
                 &s,

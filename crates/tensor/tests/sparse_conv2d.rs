@@ -776,11 +776,25 @@ fn fused_kernels_match_the_separate_kernels_and_the_oracle() {
                 &w,
                 Some(&bias),
                 &mut pooled,
-                &mut arg,
+                Some(&mut arg),
                 k,
             );
             assert_bitwise(&format!("{name}: pooled"), &pooled, &sep_pooled);
             assert_eq!(arg, sep_arg, "{name}: argmaxes");
+            // Inference: no argmaxes asked for, the same values.
+            let mut pooled_only = vec![f32::NAN; n_out];
+            sparse_conv2d_relu_pool_forward(
+                &s,
+                &l,
+                pool,
+                &x,
+                &w,
+                Some(&bias),
+                &mut pooled_only,
+                None,
+                k,
+            );
+            assert_bitwise(&format!("{name}: pooled, no argmaxes"), &pooled_only, &pooled);
             assert_close(
                 &format!("{name}: pooled vs oracle"),
                 &pooled,
@@ -940,7 +954,7 @@ fn fused_kernels_are_bitwise_independent_of_thread_count() {
                     &w,
                     Some(&bias),
                     &mut pooled,
-                    &mut arg,
+                    Some(&mut arg),
                     k,
                 );
                 let (mut dw, mut db, mut dx) = (

@@ -1142,7 +1142,9 @@ fn for_each_item<T: Send>(items: Vec<T>, parallel: bool, f: impl Fn(usize, T) + 
 
 /// pooled = max_pool2d(relu(conv2d(x, w) + bias)), with each window's argmax
 /// (an index into its (OH, OW) plane, as [`crate::ops::pool::max_pool2d_plane`]
-/// picks it). OVERWRITES pooled and arg, both (B, O, PH, PW).
+/// picks it). OVERWRITES pooled and arg, both (B, O, PH, PW). Without `arg`
+/// (inference) the argmaxes are not kept, and the stride-1 2×2 path does
+/// not compute them.
 pub fn conv2d_relu_pool_forward(
     s: &Conv2dShape,
     pool: PoolOptions,
@@ -1150,7 +1152,7 @@ pub fn conv2d_relu_pool_forward(
     w: &[f32],
     bias: Option<&[f32]>,
     pooled: &mut [f32],
-    arg: &mut [u32],
+    arg: Option<&mut [u32]>,
 ) {
     let op = "conv2d_relu_pool_forward";
     check_len(op, "x", s.input_shape().iter().product(), x.len());
@@ -1160,7 +1162,19 @@ pub fn conv2d_relu_pool_forward(
     }
     let pp = pool.output_shape(s).iter().product();
     check_len(op, "pooled", pp, pooled.len());
-    check_len(op, "arg", pp, arg.len());
+    // Without argmaxes the general path still needs somewhere to put them.
+    let want_arg = arg.is_some();
+    let mut own = crate::buffers::Recycled(Vec::new());
+    let arg = match arg {
+        Some(arg) => {
+            check_len(op, "arg", pp, arg.len());
+            arg
+        }
+        None => {
+            own.0 = crate::buffers::take(pp);
+            &mut own.0[..]
+        }
+    };
     let (chw, o, p) = (
         s.in_channels * s.in_h * s.in_w,
         s.out_channels,
@@ -1200,7 +1214,7 @@ pub fn conv2d_relu_pool_forward(
                                 s.in_w,
                                 (oh, ow),
                                 p_o,
-                                a_o,
+                                want_arg.then_some(a_o),
                                 KernelChoice::Best,
                             );
                         };
@@ -1528,9 +1542,18 @@ impl Tensor {
         }
         let out_shape = pool.output_shape(&s);
         let n_out = out_shape.iter().product();
-        // pooled and arg are overwritten whole.
-        let (mut pooled, arg) = (crate::buffers::take(n_out), crate::buffers::take(n_out));
-        let mut arg = crate::buffers::Recycled(arg);
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        // Backward needs the argmaxes and the pooled values; find them and
+        // keep a copy only if it will run.
+        let tracked = crate::tape::is_recording() && inputs.iter().any(|t| t.needs_grad());
+        // Both overwritten whole.
+        let mut pooled = crate::buffers::take(n_out);
+        let mut arg = crate::buffers::Recycled(if tracked {
+            crate::buffers::take(n_out)
+        } else {
+            Vec::new()
+        });
         conv2d_relu_pool_forward(
             &s,
             pool,
@@ -1538,12 +1561,8 @@ impl Tensor {
             &weight.data(),
             bias.map(|b| b.data()).as_deref().map(|v| &v[..]),
             &mut pooled,
-            &mut arg,
+            tracked.then_some(&mut arg[..]),
         );
-        let mut inputs = vec![self, weight];
-        inputs.extend(bias);
-        // Backward needs the pooled values too; copy them only if it will run.
-        let tracked = crate::tape::is_recording() && inputs.iter().any(|t| t.needs_grad());
         let saved = crate::buffers::Recycled::copy_of(if tracked { &pooled } else { &[] });
         let (x, w, b) = (self.clone(), weight.clone(), bias.cloned());
         Tensor::from_op(pooled, &out_shape, &inputs, move |dpooled, grads| {

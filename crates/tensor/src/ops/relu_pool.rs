@@ -42,7 +42,9 @@ pub fn wide_len_read(row_len: usize, (oh, ow): (usize, usize)) -> usize {
 
 /// `pooled, arg = max_pool2d(relu(y), 2, 2)` for one plane of OH × OW values
 /// held in rows of `row_len` floats (see the module doc). `pooled` and `arg`
-/// are (OH/2, OW/2). The SIMD loop runs when `k` allows AVX2 (see
+/// are (OH/2, OW/2); without `arg` (inference, where no backward will ask
+/// for them) the argmaxes are not computed, which saves about a third of
+/// the work. The SIMD loop runs when `k` allows AVX2 (see
 /// [`KernelChoice`]), the CPU has it and `y` has
 /// [`wide_len_read`] floats (give it [`WIDE_SLACK`] floats past the last
 /// row); otherwise the portable loop does.
@@ -51,7 +53,7 @@ pub fn relu_max_pool_2x2_rows(
     row_len: usize,
     (oh, ow): (usize, usize),
     pooled: &mut [f32],
-    arg: &mut [u32],
+    arg: Option<&mut [u32]>,
     k: KernelChoice,
 ) {
     let (ph, pw) = (oh / 2, ow / 2);
@@ -59,7 +61,8 @@ pub fn relu_max_pool_2x2_rows(
         row_len >= ow && oh * ow <= u32::MAX as usize,
         "relu_max_pool_2x2_rows: rows of {row_len} floats cannot hold a {oh}x{ow} plane"
     );
-    let (pooled, arg) = (&mut pooled[..ph * pw], &mut arg[..ph * pw]);
+    let pooled = &mut pooled[..ph * pw];
+    let arg = arg.map(|a| &mut a[..ph * pw]);
     if ph == 0 || pw == 0 {
         return;
     }
@@ -73,7 +76,10 @@ pub fn relu_max_pool_2x2_rows(
         // SAFETY: AVX2 is present (checked by `k.avx2()`), y holds every
         // float the loop reads (checked just above), and pooled and arg hold
         // PH·PW values (sliced above).
-        unsafe { relu_pool_avx2(y, row_len, ow, (ph, pw), pooled, arg) };
+        match arg {
+            Some(arg) => unsafe { relu_pool_avx2::<true>(y, row_len, ow, (ph, pw), pooled, arg) },
+            None => unsafe { relu_pool_avx2::<false>(y, row_len, ow, (ph, pw), pooled, &mut []) },
+        }
         return;
     }
     let _ = k;
@@ -96,7 +102,7 @@ fn relu_pool_portable(
     ow: usize,
     (ph, pw): (usize, usize),
     pooled: &mut [f32],
-    arg: &mut [u32],
+    mut arg: Option<&mut [u32]>,
 ) {
     for py in 0..ph {
         let top = &y[2 * py * rs..][..2 * pw];
@@ -110,17 +116,22 @@ fn relu_pool_portable(
             take(&mut best, &mut best_i, relu(bottom[2 * px]), i0 + w);
             take(&mut best, &mut best_i, relu(bottom[2 * px + 1]), i1 + w);
             pooled[py * pw + px] = best;
-            arg[py * pw + px] = best_i;
+            if let Some(arg) = arg.as_deref_mut() {
+                arg[py * pw + px] = best_i;
+            }
         }
     }
 }
 
+/// `ARG`: also compute the argmaxes (else `arg` is not touched and may be
+/// empty).
+///
 /// # Safety
 /// The CPU must support AVX2; `y` must hold [`wide_len_read`]`(rs, (2·ph, ow))`
-/// floats, and `pooled` and `arg` ph·pw values.
+/// floats, `pooled` ph·pw values, and `arg` ph·pw values if `ARG`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn relu_pool_avx2(
+unsafe fn relu_pool_avx2<const ARG: bool>(
     y: &[f32],
     rs: usize,
     ow: usize,
@@ -148,10 +159,12 @@ unsafe fn relu_pool_avx2(
             _mm256_cmp_ps::<_CMP_GT_OQ>(b, a),
             _mm256_cmp_ps::<_CMP_UNORD_Q>(b, b),
         );
-        (
-            _mm256_blendv_ps(a, b, m),
-            _mm256_blendv_epi8(ai, bi, _mm256_castps_si256(m)),
-        )
+        let best = _mm256_blendv_ps(a, b, m);
+        if ARG {
+            (best, _mm256_blendv_epi8(ai, bi, _mm256_castps_si256(m)))
+        } else {
+            (best, ai)
+        }
     };
     let lanes = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
     let count = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -178,12 +191,15 @@ unsafe fn relu_pool_avx2(
             // The first n lanes: a masked store (a plain loop here would
             // become a call to memmove, for 5 floats in the LeNet's conv2).
             let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), count);
-            let (p_n, a_n) = (&mut pooled[at..at + n], &mut arg[at..at + n]);
+            let p_n = &mut pooled[at..at + n];
             // SAFETY: only the first n lanes are written (`keep`), and p_n
-            // and a_n are n values long (sliced just above); masked-off
-            // lanes are not accessed.
+            // (and a_n below) are n values long (sliced just above);
+            // masked-off lanes are not accessed.
             _mm256_maskstore_ps(p_n.as_mut_ptr(), keep, best);
-            _mm256_maskstore_epi32(a_n.as_mut_ptr().cast(), keep, best_i);
+            if ARG {
+                let a_n = &mut arg[at..at + n];
+                _mm256_maskstore_epi32(a_n.as_mut_ptr().cast(), keep, best_i);
+            }
         }
     }
 }
@@ -398,10 +414,14 @@ mod tests {
                     for k in KernelChoice::ALL {
                         let n = want_p.len();
                         let (mut p, mut a) = (vec![9.0; n], vec![9u32; n]);
-                        relu_max_pool_2x2_rows(&y, rs, (oh, ow), &mut p, &mut a, k);
+                        relu_max_pool_2x2_rows(&y, rs, (oh, ow), &mut p, Some(&mut a), k);
                         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                         assert_eq!(bits(&p), bits(&want_p), "{oh}x{ow} rows {rs} {k:?}");
                         assert_eq!(a, want_a, "{oh}x{ow} rows {rs} {k:?}");
+                        // Without argmaxes: the same values.
+                        let mut p = vec![9.0; n];
+                        relu_max_pool_2x2_rows(&y, rs, (oh, ow), &mut p, None, k);
+                        assert_eq!(bits(&p), bits(&want_p), "{oh}x{ow} rows {rs} {k:?}, no arg");
                     }
                 }
             }

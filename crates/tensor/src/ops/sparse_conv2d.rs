@@ -1369,7 +1369,7 @@ pub fn sparse_conv2d_relu_pool_forward(
     w: &[f32],
     bias: Option<&[f32]>,
     pooled: &mut [f32],
-    arg: &mut [u32],
+    arg: Option<&mut [u32]>,
     k: KernelChoice,
 ) {
     let op = "sparse_conv2d_relu_pool_forward";
@@ -1381,7 +1381,19 @@ pub fn sparse_conv2d_relu_pool_forward(
     }
     let pp = pool.output_shape(s).iter().product();
     check_len(op, "pooled", pp, pooled.len());
-    check_len(op, "arg", pp, arg.len());
+    // Without argmaxes the general path still needs somewhere to put them.
+    let want_arg = arg.is_some();
+    let mut own = crate::buffers::Recycled(Vec::new());
+    let arg = match arg {
+        Some(arg) => {
+            check_len(op, "arg", pp, arg.len());
+            arg
+        }
+        None => {
+            own.0 = crate::buffers::take(pp);
+            &mut own.0[..]
+        }
+    };
     let (chw, o, p) = (
         s.in_channels * s.in_h * s.in_w,
         s.out_channels,
@@ -1401,6 +1413,7 @@ pub fn sparse_conv2d_relu_pool_forward(
         let nb = pooled_c.len() / per_image;
         if wide_pool {
             let x_c = &x[b0 * chw..(b0 + nb) * chw];
+            let arg_c = want_arg.then_some(arg_c);
             relu_pool_forward_wide(s, l, x_c, w, bias, pooled_c, arg_c, k);
             return;
         }
@@ -1451,7 +1464,7 @@ fn relu_pool_forward_wide(
     w: &[f32],
     bias: Option<&[f32]>,
     pooled_c: &mut [f32],
-    arg_c: &mut [u32],
+    mut arg_c: Option<&mut [u32]>,
     k: KernelChoice,
 ) {
     let plan = l.plan(s);
@@ -1466,10 +1479,7 @@ fn relu_pool_forward_wide(
     with_scratch(&SCRATCH, pad_len + wide + WIDE_SLACK + max_taps, |buf| {
         let (xpad, rest) = buf.split_at_mut(pad_len); // (Cg, Hp, Wp)
         let (yw, ws) = rest.split_at_mut(wide + WIDE_SLACK);
-        let images = pooled_c
-            .chunks_exact_mut(s.out_channels * q)
-            .zip(arg_c.chunks_exact_mut(s.out_channels * q));
-        for (b, (pooled_b, arg_b)) in images.enumerate() {
+        for (b, pooled_b) in pooled_c.chunks_exact_mut(s.out_channels * q).enumerate() {
             for g in 0..s.opts.groups {
                 let x_bg = &x_c[(b * c + g * cg) * hw..][..cg * hw]; // (Cg, H, W)
                 let src = if padded {
@@ -1486,8 +1496,16 @@ fn relu_pool_forward_wide(
                     }
                     let init = bias.map_or(0.0, |b| b[oc]);
                     gather_fma(src, &plan.fwd_offs[r], ws, init, &mut yw[..wide], k);
-                    let (p_o, a_o) = (&mut pooled_b[oc * q..][..q], &mut arg_b[oc * q..][..q]);
-                    relu_max_pool_2x2_rows(yw, plan.wp, (oh, ow), p_o, a_o, k);
+                    let plane = (b * s.out_channels + oc) * q;
+                    let a_o = arg_c.as_deref_mut().map(|a| &mut a[plane..][..q]);
+                    relu_max_pool_2x2_rows(
+                        yw,
+                        plan.wp,
+                        (oh, ow),
+                        &mut pooled_b[oc * q..][..q],
+                        a_o,
+                        k,
+                    );
                 }
             }
         }
@@ -1699,9 +1717,18 @@ pub fn conv2d_sparse_relu_max_pool2d(
     }
     let out_shape = pool.output_shape(&s);
     let n_out = out_shape.iter().product();
-    // pooled and arg are overwritten whole.
-    let (mut pooled, arg) = (crate::buffers::take(n_out), crate::buffers::take(n_out));
-    let mut arg = crate::buffers::Recycled(arg);
+    let mut inputs = vec![x, w];
+    inputs.extend(bias);
+    // Backward needs the argmaxes and the pooled values; find them and keep
+    // a copy only if it will run.
+    let tracked = crate::tape::is_recording() && inputs.iter().any(|t| t.needs_grad());
+    // Both overwritten whole.
+    let mut pooled = crate::buffers::take(n_out);
+    let mut arg = crate::buffers::Recycled(if tracked {
+        crate::buffers::take(n_out)
+    } else {
+        Vec::new()
+    });
     sparse_conv2d_relu_pool_forward(
         &s,
         layout,
@@ -1710,13 +1737,9 @@ pub fn conv2d_sparse_relu_max_pool2d(
         &w.data(),
         bias.map(|b| b.data()).as_deref().map(|v| &v[..]),
         &mut pooled,
-        &mut arg,
+        tracked.then_some(&mut arg[..]),
         KernelChoice::Best,
     );
-    let mut inputs = vec![x, w];
-    inputs.extend(bias);
-    // Backward needs the pooled values too; copy them only if it will run.
-    let tracked = crate::tape::is_recording() && inputs.iter().any(|t| t.needs_grad());
     let saved = crate::buffers::Recycled::copy_of(if tracked { &pooled } else { &[] });
     let (xc, wc, bc, l) = (x.clone(), w.clone(), bias.cloned(), layout.clone());
     Tensor::from_op(pooled, &out_shape, &inputs, move |dpooled, grads| {
