@@ -117,7 +117,7 @@ pub fn gemm(alpha: f32, a: Mat, b: Mat, beta: f32, c: &mut [f32], ldc: usize) {
 const ROW_BLOCK_FLOPS: usize = 1 << 21;
 
 /// [`gemm`] on blocks of C's rows, in parallel. The blocks depend only on
-/// the shape (each holds at least [`ROW_BLOCK_FLOPS`]), never on the number
+/// the shape (each holds at least `ROW_BLOCK_FLOPS`), never on the number
 /// of threads, and every element is computed by one block's own call, so
 /// the result is the same for any thread count. Small products run as one
 /// call on this thread.

@@ -794,7 +794,11 @@ fn fused_kernels_match_the_separate_kernels_and_the_oracle() {
                 None,
                 k,
             );
-            assert_bitwise(&format!("{name}: pooled, no argmaxes"), &pooled_only, &pooled);
+            assert_bitwise(
+                &format!("{name}: pooled, no argmaxes"),
+                &pooled_only,
+                &pooled,
+            );
             assert_close(
                 &format!("{name}: pooled vs oracle"),
                 &pooled,

@@ -38,7 +38,10 @@
 //! off = o·Q + (KH−1−ki)·dy·Wp + (KW−1−kj)·dx (Q floats per dy plane), and
 //! comes out directly in the padded input's layout, Hp·Wp long. The weight
 //! gradient of an active tap is a dot product of dy (laid out wide, with zeros
-//! in the Wp − OW gap columns) with the shifted input.
+//! in the Wp − OW gap columns) with the shifted input. Each gradient task lays
+//! out the dy planes it reads in its own scratch (`Dy`): copied from a plain
+//! dy, or, in the fused op, rebuilt from the pooled gradient, so that no
+//! full-size dy is ever written.
 //!
 //! Other strides take a plain row-by-row path (strided loads do not fit the
 //! wide trick); it is correct for every geometry but not tuned.
