@@ -1332,24 +1332,25 @@ pub fn conv2d_sparse(
 // ---------------------------------------------------------------------------
 //
 // The sparse twin of conv2d.rs's fused op (see `conv2d_relu_pool_forward`
-// there for the idea). Forward runs the sparse convolution of one chunk of
-// images into scratch, relu-pools it at once, and keeps only the pooled
-// values and their argmaxes, so the two full-size tensors of the separate ops
-// (the conv output and the relu output) are never allocated:
+// there for the idea). It keeps only the pooled values and their argmaxes,
+// so the two full-size tensors of the separate ops (the conv output and the
+// relu output) are never allocated:
 //
 // ```text
 // forward    y = conv(x, w ⊙ mask) + b;  r = relu(y);  pooled, arg = max_pool(r)
-// backward   dY[arg[q]] += (pooled[q] > 0 ? dpooled[q] : 0)   (zeros elsewhere)
+// backward   dY[arg[q]] = (pooled[q] > 0 ? dpooled[q] : 0)   (zeros elsewhere)
 //            then dW (active taps), db and dx from dY, as conv2d_sparse's backward
 // ```
 //
-// Backward rebuilds the whole dY once (one tensor of the conv output's size,
-// where the separate ops build two: the pool's scatter and relu's mask) and
-// hands it to the kernels above unchanged: the weight gradient is a sum over
-// the batch, and running it once on the whole batch keeps it the same
-// function of the data whatever the thread count. Every floating-point
-// operation is the one the separate ops perform, in the same order, so the
-// fused op is bitwise equal to conv2d_sparse → relu → max_pool2d.
+// For stride 1 and a 2×2 pool (the LeNet), forward relu-pools each output
+// channel's wide rows as the gather leaves them (`relu_pool_forward_wide`),
+// and backward never builds dY at all: each gradient task rebuilds the dY
+// planes it reads from the pooled gradient (`Dy::Pooled`), and the weight
+// tasks sum the bias gradient window by window. dx and dw are bitwise those
+// of conv2d_sparse → relu → max_pool2d; db equals theirs to rounding (the
+// sums run in another order). Other geometries run the sparse convolution of
+// one chunk of images into scratch and pool it, and rebuild the whole dY once
+// for the separate kernels: bitwise equal to the separate ops throughout.
 
 thread_local! {
     /// One chunk's conv output (forward), or the whole batch's rebuilt dY
