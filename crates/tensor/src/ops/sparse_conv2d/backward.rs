@@ -1,0 +1,404 @@
+//! The sparse input and weight gradients, and where their tasks find dY.
+
+use super::*;
+
+/// dx[b, ci, iy, ix] = Σ w[o, c, ki, kj] · dy[b, o, oy, ox] over the active
+/// taps that read (ci, iy, ix). OVERWRITES dx.
+/// w is (O, C/groups, KH, KW), dy is (B, O, OH, OW), dx is (B, C, H, W).
+pub fn sparse_conv2d_backward_input(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    w: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    k: KernelChoice,
+) {
+    let op = "sparse_conv2d_backward_input";
+    l.check(op, s);
+    check_len(op, "w", s.weight_shape().iter().product(), w.len());
+    check_len(op, "dy", s.output_shape().iter().product(), dy.len());
+    check_len(op, "dx", s.input_shape().iter().product(), dx.len());
+    let (c, hw, o, p) = (
+        s.in_channels,
+        s.in_h * s.in_w,
+        s.out_channels,
+        s.out_pixels(),
+    );
+    let ipc = images_per_chunk(s, l);
+    let parallel = run_parallel(s, l);
+
+    if s.opts.stride != (1, 1) {
+        for_each_chunk(dx, ipc * c * hw, parallel, |chunk, dx_chunk| {
+            for (i, dx_b) in dx_chunk.chunks_mut(c * hw).enumerate() {
+                let b = chunk * ipc + i;
+                backward_input_rows(s, l, w, &dy[b * o * p..][..o * p], dx_b);
+            }
+        });
+        return;
+    }
+
+    // Stride 1: the wide trick, each task laying out its images' dy.
+    backward_input_wide(s, l, &l.plan(s), w, Dy::Plain(dy), dx, k);
+}
+
+/// Where the stride-1 backward kernels find dY. Each task lays out the
+/// planes it needs in the wide layout ([`Plan::data_start`]) in its own
+/// scratch, a plane at a time, while they are hot in cache: copied from a
+/// plain (B, O, OH, OW) dY (the separate kernels), or rebuilt from the
+/// fused op's pooled values, argmaxes and pooled gradient (each window's
+/// gradient at its argmax), so that the fused op never writes a full-size
+/// dY at all.
+#[derive(Clone, Copy)]
+pub(super) enum Dy<'a> {
+    Plain(&'a [f32]),
+    Pooled(PooledGrad<'a>),
+}
+
+/// The fused op's saved tensors and pooled gradient, all (B, O, PH, PW).
+#[derive(Clone, Copy)]
+pub(super) struct PooledGrad<'a> {
+    pub(super) pool: PoolOptions,
+    pub(super) pooled: &'a [f32],
+    pub(super) arg: &'a [u32],
+    pub(super) dpooled: &'a [f32],
+}
+
+impl Dy<'_> {
+    /// Writes plane (b, oc) of dY into the OH data rows `rows` (OH·Wp
+    /// floats, gap columns included; the zeros around them are the
+    /// caller's) and returns the plane's sum for the bias gradient: the
+    /// window gradients' sum for a pooled dY (see
+    /// [`relu_pool_grad_2x2_rows`]), 0 for a plain one (its bias gradient is
+    /// the separate ops' business).
+    pub(super) fn plane_into(
+        &self,
+        s: &Conv2dShape,
+        plan: &Plan,
+        b: usize,
+        oc: usize,
+        rows: &mut [f32],
+        k: KernelChoice,
+    ) -> f32 {
+        let (o, oh, ow, wp) = (s.out_channels, s.out_h(), s.out_w(), plan.wp);
+        match *self {
+            Dy::Plain(dy) => {
+                let p = s.out_pixels();
+                for (oy, row) in dy[(b * o + oc) * p..][..p].chunks_exact(ow).enumerate() {
+                    copy_row(&mut rows[oy * wp..][..ow], row);
+                }
+                0.0
+            }
+            Dy::Pooled(g) => {
+                let (ph, pw) = g.pool.pooled_size(s);
+                let r = (b * o + oc) * ph * pw..(b * o + oc + 1) * ph * pw;
+                let (pooled, arg, dpooled) =
+                    (&g.pooled[r.clone()], &g.arg[r.clone()], &g.dpooled[r]);
+                if g.pool.kernel == (2, 2) && g.pool.stride == (2, 2) {
+                    return relu_pool_grad_2x2_rows(pooled, arg, dpooled, (oh, ow), wp, rows, k);
+                }
+                // Any other pool: scatter each window's gradient to its
+                // argmax a = oy·OW + ox, at a + oy·(Wp − OW) in the rows.
+                // The argmax lies in the window's rows py·sy .. py·sy + KH;
+                // its row within them is counted without a division.
+                let (kh, sy) = (g.pool.kernel.0, g.pool.stride.0);
+                let rows = &mut rows[..oh * wp];
+                rows.fill(0.0);
+                let mut sum = 0.0f32;
+                for py in 0..ph {
+                    for px in 0..pw {
+                        let j = py * pw + px;
+                        let a = arg[j] as usize;
+                        let within = a - py * sy * ow;
+                        let dy_row = (1..kh).filter(|&t| within >= t * ow).count();
+                        // relu(y) > 0 exactly where y > 0, and the pooled
+                        // value is relu(y) at the argmax.
+                        let grad = crate::ops::elementwise::relu_grad(pooled[j], dpooled[j]);
+                        rows[a + (py * sy + dy_row) * (wp - ow)] += grad;
+                        sum += grad;
+                    }
+                }
+                sum
+            }
+        }
+    }
+}
+
+impl Plan {
+    /// dY laid out for the stride-1 wide kernels is one (B, O) plane after
+    /// another, each `q_plane` floats: `lead` zeros, (KH−1)·dy zero rows,
+    /// the OH rows of dY with the input's row length Wp (OW values, then
+    /// Wp − OW zeros), and (KH−1)·dy zero rows. The Wp − OW zeros after a
+    /// row serve as the right border of that row and the left border of the
+    /// next (a read left of column 0 lands in the previous row's gap). The
+    /// input gradient gathers from whole planes; the weight gradient reads
+    /// the OH data rows, which start here.
+    pub(super) fn data_start(&self, s: &Conv2dShape) -> usize {
+        self.lead + (s.kernel_h - 1) * s.opts.dilation.0 * self.wp
+    }
+}
+
+/// The stride-1 input gradient with dY in the wide layout: each input plane
+/// gathers, over the (o, tap) entries that read it, the kernel flipped, and
+/// comes out in the padded input's layout, Hp·Wp long (copied into dx
+/// without its border if the conv pads).
+pub(super) fn backward_input_wide(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    plan: &Plan,
+    w: &[f32],
+    dy: Dy,
+    dx: &mut [f32],
+    k: KernelChoice,
+) {
+    let (c, hw, wd) = (s.in_channels, s.in_h * s.in_w, s.in_w);
+    let (cg, og) = (s.group_in(), s.group_out());
+    let ipc = images_per_chunk(s, l);
+    let (py, px) = s.opts.padding;
+    let padded = (py, px) != (0, 0);
+    let dxw_len = if padded { plan.hp * plan.wp } else { 0 }; // dxw[iy·Wp + ix]
+    let max_taps = l.max_taps();
+    let (q_plane, start, rows) = (plan.q_plane, plan.data_start(s), s.out_h() * plan.wp);
+    for_each_chunk(dx, ipc * c * hw, run_parallel(s, l), |chunk, dx_chunk| {
+        with_scratch(&SCRATCH, og * q_plane + dxw_len + max_taps, |buf| {
+            let (dyq_bg, rest) = buf.split_at_mut(og * q_plane); // (O/g, q_plane)
+            let (dxw, ws) = rest.split_at_mut(dxw_len);
+            // The borders stay zero: each image writes only the data rows.
+            dyq_bg.fill(0.0);
+            for (i, dx_b) in dx_chunk.chunks_mut(c * hw).enumerate() {
+                let b = chunk * ipc + i;
+                for g in 0..s.opts.groups {
+                    // The planes this group's inputs read.
+                    for (j, plane) in dyq_bg.chunks_exact_mut(q_plane).enumerate() {
+                        dy.plane_into(s, plan, b, g * og + j, &mut plane[start..][..rows], k);
+                    }
+                    let dyq_bg = &*dyq_bg;
+                    for ci in g * cg..(g + 1) * cg {
+                        let r = l.in_range(ci);
+                        let dx_c = &mut dx_b[ci * hw..(ci + 1) * hw]; // (H, W)
+                        if r.is_empty() {
+                            dx_c.fill(0.0);
+                            continue;
+                        }
+                        let ws = &mut ws[..r.len()];
+                        for (wv, t) in ws.iter_mut().zip(&l.by_input[r.clone()]) {
+                            *wv = w[t.wi];
+                        }
+                        if !padded {
+                            // Hp × Wp is H × W: write the plane in place.
+                            gather_fma(dyq_bg, &plan.bwd_offs[r], ws, 0.0, dx_c, k);
+                            continue;
+                        }
+                        gather_fma(dyq_bg, &plan.bwd_offs[r], ws, 0.0, dxw, k);
+                        for (iy, row) in dx_c.chunks_exact_mut(wd).enumerate() {
+                            copy_row(row, &dxw[(iy + py) * plan.wp + px..][..wd]);
+                        }
+                    }
+                }
+            }
+        });
+    });
+}
+
+/// Input gradient for one image, any geometry: the transpose of
+/// [`forward_rows`], scattering w · dy rows into dx rows. One task owns the
+/// whole image, so the scatter cannot race. dy_b is (O, OH, OW), dx_b is
+/// (C, H, W).
+pub(super) fn backward_input_rows(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    w: &[f32],
+    dy_b: &[f32],
+    dx_b: &mut [f32],
+) {
+    let (h, wd, oh, ow) = (s.in_h, s.in_w, s.out_h(), s.out_w());
+    let (sy, sx) = s.opts.stride;
+    let (py, px) = s.opts.padding;
+    let (dy, dx) = s.opts.dilation;
+    let (cg, og) = (s.group_in(), s.group_out());
+    dx_b.fill(0.0);
+    for (oc, dy_o) in dy_b.chunks_exact(oh * ow).enumerate() {
+        let g = oc / og;
+        for t in &l.by_output[l.out_range(oc)] {
+            let wv = w[t.wi];
+            let plane = &mut dx_b[(g * cg + t.ch) * h * wd..][..h * wd];
+            let (oy0, oy1) = valid_range(oh, h, sy, t.ki * dy, py);
+            let (ox0, ox1) = valid_range(ow, wd, sx, t.kj * dx, px);
+            if ox0 == ox1 {
+                continue;
+            }
+            for oy in oy0..oy1 {
+                let iy = oy * sy + t.ki * dy - py;
+                let ix0 = ox0 * sx + t.kj * dx - px;
+                let dst = plane[iy * wd + ix0..(iy + 1) * wd].iter_mut().step_by(sx);
+                for (d, &gv) in dst.zip(&dy_o[oy * ow + ox0..oy * ow + ox1]) {
+                    *d += wv * gv;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Backward: weight, at the active taps only
+// ---------------------------------------------------------------------------
+
+/// dw[o, c, ki, kj] = Σ_{b, oy, ox} dy[b, o, oy, ox] · x[b, g·Cg + c, iy, ix]
+/// at the active taps, and exactly 0.0 elsewhere. OVERWRITES dw.
+/// x is (B, C, H, W), dy is (B, O, OH, OW), dw is (O, C/groups, KH, KW).
+///
+/// One task per output channel, summing over the images in order: bitwise
+/// the same for any thread count.
+pub fn sparse_conv2d_backward_weight(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    k: KernelChoice,
+) {
+    let op = "sparse_conv2d_backward_weight";
+    l.check(op, s);
+    check_len(op, "x", s.input_shape().iter().product(), x.len());
+    check_len(op, "dy", s.output_shape().iter().product(), dy.len());
+    check_len(op, "dw", s.weight_shape().iter().product(), dw.len());
+    let kk = s.group_in() * s.kernel_h * s.kernel_w; // weights per output channel
+    let parallel = run_parallel(s, l);
+
+    if s.opts.stride != (1, 1) {
+        for_each_chunk(dw, kk, parallel, |oc, dw_o| {
+            backward_weight_rows(s, l, x, dy, oc, dw_o);
+        });
+        return;
+    }
+
+    // Stride 1: dot products of wide dy rows with the shifted input.
+    backward_weight_wide(s, l, &l.plan(s), x, Dy::Plain(dy), dw, None, k);
+}
+
+/// The stride-1 weight gradient with dY in the wide layout: per active tap,
+/// the dot product of dY's data rows (zeros in the Wp − OW gap columns)
+/// with the input shifted by the tap's offset. One task per output channel:
+/// it lays out its channel's dY plane of each image in turn and sums over
+/// the images in order. With `db`, the task also adds up its planes' sums
+/// (from [`Dy::plane_into`]) into db[oc], image by image.
+#[allow(clippy::too_many_arguments)] // the operands and both outputs
+pub(super) fn backward_weight_wide(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    plan: &Plan,
+    x: &[f32],
+    dy: Dy,
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+    k: KernelChoice,
+) {
+    let c = s.in_channels;
+    let (cg, og) = (s.group_in(), s.group_out());
+    let kk = cg * s.kernel_h * s.kernel_w; // weights per output channel
+    let rows = s.out_h() * plan.wp; // dY's data rows, gap columns included
+    let wide = rows - (plan.wp - s.out_w()); // up to the last value
+    let plane_p = plan.hp * plan.wp;
+    let padded = s.opts.padding != (0, 0);
+    let pad_len = if padded { s.batch * c * plane_p } else { 0 };
+    let max_taps = l.max_taps();
+    let mut sums = vec![0.0f32; if db.is_some() { s.out_channels } else { 0 }];
+    with_scratch(&BATCH_SCRATCH, pad_len, |xpad| {
+        // The whole batch padded once, shared by the channel tasks.
+        let xs: &[f32] = if padded {
+            pad_planes(x, s.in_h, s.in_w, s.opts.padding, xpad);
+            xpad
+        } else {
+            x
+        };
+        let channel = |oc: usize, dw_o: &mut [f32], db_o: Option<&mut f32>| {
+            dw_o.fill(0.0);
+            let r = l.out_range(oc);
+            let g = oc / og;
+            let taps = &l.by_output[r.clone()];
+            let offs = &plan.fwd_offs[r];
+            if taps.is_empty() && db_o.is_none() {
+                return;
+            }
+            with_scratch(&SCRATCH, rows + max_taps, |buf| {
+                let (dyw, dots) = buf.split_at_mut(rows);
+                let dots = &mut dots[..taps.len()];
+                // Gap columns stay zero for a plain dY (only values are
+                // copied); a pooled dY writes whole rows.
+                dyw.fill(0.0);
+                let mut sum = 0.0f32;
+                for b in 0..s.batch {
+                    sum += dy.plane_into(s, plan, b, oc, dyw, k);
+                    if taps.is_empty() {
+                        continue;
+                    }
+                    let x_bg = &xs[(b * c + g * cg) * plane_p..][..cg * plane_p];
+                    multi_dot(&dyw[..wide], x_bg, offs, dots, k);
+                    for (t, &d) in taps.iter().zip(dots.iter()) {
+                        dw_o[t.wi - oc * kk] += d;
+                    }
+                }
+                if let Some(db_o) = db_o {
+                    *db_o = sum;
+                }
+            });
+        };
+        let parallel = run_parallel(s, l);
+        if sums.is_empty() {
+            for_each_chunk(dw, kk, parallel, |oc, dw_o| channel(oc, dw_o, None));
+        } else if parallel {
+            let items = dw.par_chunks_mut(kk).zip(sums.par_iter_mut());
+            items
+                .enumerate()
+                .for_each(|(oc, (dw_o, db_o))| channel(oc, dw_o, Some(db_o)));
+        } else {
+            let items = dw.chunks_mut(kk).zip(sums.iter_mut());
+            items
+                .enumerate()
+                .for_each(|(oc, (dw_o, db_o))| channel(oc, dw_o, Some(db_o)));
+        }
+    });
+    if let Some(db) = db {
+        db.copy_from_slice(&sums);
+    }
+}
+
+/// Weight gradient of output channel `oc`'s active taps, any geometry,
+/// written into its (C/g, KH, KW) slice `dw_o` (zeros elsewhere).
+pub(super) fn backward_weight_rows(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    x: &[f32],
+    dy: &[f32],
+    oc: usize,
+    dw_o: &mut [f32],
+) {
+    let (c, h, wd, o) = (s.in_channels, s.in_h, s.in_w, s.out_channels);
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let (sy, sx) = s.opts.stride;
+    let (py, px) = s.opts.padding;
+    let (dy_, dx_) = s.opts.dilation;
+    let (cg, og) = (s.group_in(), s.group_out());
+    let kk = dw_o.len();
+    let g = oc / og;
+    dw_o.fill(0.0);
+    for t in &l.by_output[l.out_range(oc)] {
+        let (oy0, oy1) = valid_range(oh, h, sy, t.ki * dy_, py);
+        let (ox0, ox1) = valid_range(ow, wd, sx, t.kj * dx_, px);
+        let mut acc = 0.0f32;
+        if ox0 < ox1 {
+            for b in 0..s.batch {
+                let plane = &x[(b * c + g * cg + t.ch) * h * wd..][..h * wd];
+                let dy_bo = &dy[(b * o + oc) * oh * ow..][..oh * ow];
+                for oy in oy0..oy1 {
+                    let iy = oy * sy + t.ki * dy_ - py;
+                    let ix0 = ox0 * sx + t.kj * dx_ - px;
+                    let src = plane[iy * wd + ix0..(iy + 1) * wd].iter().step_by(sx);
+                    for (&gv, &xv) in dy_bo[oy * ow + ox0..oy * ow + ox1].iter().zip(src) {
+                        acc += gv * xv;
+                    }
+                }
+            }
+        }
+        dw_o[t.wi - oc * kk] = acc;
+    }
+}

@@ -1,0 +1,314 @@
+//! Sparse conv2d for masked weights: a direct convolution that visits only
+//! the active taps of each kernel. Holds the tap lists ([`SparseLayout`]),
+//! the slice-level kernels (forward, backward-input, backward-weight at the
+//! active taps only), the SIMD inner loops with their portable twins, the
+//! autograd op [`conv2d_sparse`], and the fused sparse conv → relu →
+//! max-pool ([`conv2d_sparse_relu_max_pool2d`]) with its slice kernels. The
+//! oracle is the dense naive convolution of `conv2d.rs` run on the masked
+//! weight ([`SparseLayout::masked_weight`]).
+//!
+//! Layouts are those of `conv2d.rs`: x (B, C, H, W), w (O, C/groups, KH, KW),
+//! y (B, O, OH, OW). The weights stay in the dense tensor; the layout only
+//! says which of them count.
+//!
+//! # The "wide" trick (stride 1)
+//!
+//! Pad the input planes (only if the convolution pads) to Hp × Wp and index
+//! the output with the input's row length Wp instead of OW: output pixel
+//! (oy, ox) sits at p = oy·Wp + ox, and tap (c, ki, kj) reads the padded input
+//! at p + off, with off = c·Hp·Wp + ki·dy·Wp + kj·dx the same for every pixel.
+//! So one output plane of channel o is
+//!
+//! ```text
+//! yw[p] = bias[o] + Σ_{active taps t of o} w_t · xp[p + off_t],  p < (OH−1)·Wp + OW
+//! ```
+//!
+//! one long contiguous loop instead of OH short rows (10 floats in the LeNet's
+//! second conv), at the price of Wp − OW wasted columns per row, dropped when
+//! the rows are copied out. The inner loop keeps a block of 64 outputs in
+//! eight AVX registers and streams the taps through it: one load and one FMA
+//! per tap and 8 outputs, and one store per output.
+//!
+//! The input gradient is the same loop on the other side. Lay dy out with
+//! the same row length Wp, its Wp − OW gap columns zero, and (KH−1)·dy zero
+//! rows above and below (Hq = OH + 2(KH−1)·dy rows), after (KW−1)·dx leading
+//! zeros: the gap after a row is both its right border and the next row's
+//! left border. Each input plane c
+//! then gathers from the (o, tap) entries that read it, the kernel flipped,
+//! off = o·Q + (KH−1−ki)·dy·Wp + (KW−1−kj)·dx (Q floats per dy plane), and
+//! comes out directly in the padded input's layout, Hp·Wp long. The weight
+//! gradient of an active tap is a dot product of dy (laid out wide, with zeros
+//! in the Wp − OW gap columns) with the shifted input. Each gradient task lays
+//! out the dy planes it reads in its own scratch (`Dy`): copied from a plain
+//! dy, or, in the fused op, rebuilt from the pooled gradient, so that no
+//! full-size dy is ever written.
+//!
+//! Other strides take a plain row-by-row path (strided loads do not fit the
+//! wide trick); it is correct for every geometry but not tuned.
+//!
+//! # Work splitting and determinism
+//!
+//! Forward and input gradient split the batch into chunks of images, a pure
+//! function of the shape and the number of active taps; images are
+//! independent, so nothing is reduced across chunks. The weight gradient is
+//! split by output channel: each task owns the taps of one channel and sums
+//! over the images in order, so it is bitwise the same for any thread count.
+//! Small problems run on the calling thread ([`PARALLEL_MIN_FLOPS`]).
+//!
+//! # Files
+//!
+//! * `layout.rs`: [`SparseLayout`], the tap lists built once per mask, and
+//!   the per-input-size offsets of the wide trick.
+//! * `loops.rs`: the inner loops, `gather_fma` (forward and input gradient)
+//!   and `multi_dot` (weight gradient), portable, AVX2 and AVX-512.
+//! * `forward.rs`: [`sparse_conv2d_forward`].
+//! * `backward.rs`: [`sparse_conv2d_backward_input`] and
+//!   [`sparse_conv2d_backward_weight`], and `Dy`, where their tasks find dY.
+//! * `fused.rs`: the fused conv → relu → max-pool op
+//!   ([`conv2d_sparse_relu_max_pool2d`]) and its slice kernels.
+//! * this file: the kernel choice, work splitting and scratch shared by all
+//!   of them, and the autograd op [`conv2d_sparse`].
+
+use crate::ops::conv2d::{
+    check_len, conv2d_backward_bias, scratch_in as with_scratch, sum_lanes, Conv2dOptions,
+    Conv2dShape, PoolOptions, PARALLEL_MIN_FLOPS,
+};
+use crate::ops::relu_pool::{relu_max_pool_2x2_rows, relu_pool_grad_2x2_rows, WIDE_SLACK};
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+mod backward;
+mod forward;
+mod fused;
+mod layout;
+mod loops;
+
+pub use backward::{sparse_conv2d_backward_input, sparse_conv2d_backward_weight};
+pub use forward::sparse_conv2d_forward;
+pub use fused::{
+    conv2d_sparse_relu_max_pool2d, sparse_conv2d_relu_pool_backward,
+    sparse_conv2d_relu_pool_forward, sparse_conv2d_relu_pool_naive,
+};
+pub use layout::SparseLayout;
+
+use backward::{backward_input_wide, backward_weight_wide, Dy, PooledGrad};
+use layout::Plan;
+#[cfg(target_arch = "x86_64")]
+use loops::has_avx2_fma;
+use loops::{gather_fma, multi_dot};
+
+/// Density (active taps / all taps) above which the dense im2col + GEMM
+/// kernels on the masked weight are faster than these, for a training step
+/// (forward + both gradients), measured on the LeNet convolutions with
+/// balanced masks: the second conv (6→16, 5×5 on 14×14) breaks even between
+/// 36 % and 52 % at batch 4 and between 52 % and 68 % at batch 64; the first
+/// (3→6 on 32×32) stays faster sparse even at 100 %. Forward alone breaks
+/// even at about 80–95 % (conv1) and 45–68 % (conv2). Below this value
+/// choose the sparse op. See
+/// `docs/sparse-kernels.md` for the tables.
+pub const SPARSE_CROSSOVER_DENSITY: f64 = 0.6;
+
+/// Which inner loops to run, so that tests can check each against the
+/// oracle. `Best` takes the widest the CPU has (checked at run time):
+/// AVX-512 where a loop has an AVX-512 version, else AVX2 + FMA, else the
+/// portable loops. `Avx2` stops at AVX2 + FMA (portable without them);
+/// `Portable` forces the portable loops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KernelChoice {
+    #[default]
+    Best,
+    Avx2,
+    Portable,
+}
+
+impl KernelChoice {
+    /// Every choice, for tests.
+    pub const ALL: [KernelChoice; 3] = [
+        KernelChoice::Best,
+        KernelChoice::Avx2,
+        KernelChoice::Portable,
+    ];
+
+    /// Whether the AVX2 + FMA loops may run (the CPU has them and the
+    /// choice is not `Portable`).
+    pub(crate) fn avx2(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self != KernelChoice::Portable {
+            return has_avx2_fma();
+        }
+        false
+    }
+
+    /// Whether the AVX-512 loops may run: `Best`, on a CPU with AVX-512F
+    /// (and AVX2 + FMA, which every such CPU has and the loops' short
+    /// tails use).
+    fn avx512(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self == KernelChoice::Best {
+            return is_x86_feature_detected!("avx512f") && has_avx2_fma();
+        }
+        false
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Work splitting and scratch
+// ---------------------------------------------------------------------------
+
+/// A chunk of images holds at least this many sparse flops, so that a rayon
+/// task is worth its fork/join (a few microseconds).
+const TASK_FLOPS: usize = 1 << 18;
+
+/// Forward flops over the active taps only (2 per multiply-add).
+fn sparse_flops(s: &Conv2dShape, l: &SparseLayout) -> usize {
+    2 * s.batch * l.nnz() * s.out_pixels()
+}
+
+/// Images per chunk: a pure function of the shape and the tap count.
+fn images_per_chunk(s: &Conv2dShape, l: &SparseLayout) -> usize {
+    let per_image = (2 * l.nnz() * s.out_pixels()).max(1);
+    TASK_FLOPS.div_ceil(per_image).clamp(1, s.batch.max(1))
+}
+
+fn run_parallel(s: &Conv2dShape, l: &SparseLayout) -> bool {
+    sparse_flops(s, l) >= PARALLEL_MIN_FLOPS
+}
+
+/// Calls `f(chunk_index, chunk)` for each `chunk_len`-sized piece of `data`,
+/// in parallel if `parallel`.
+fn for_each_chunk<F>(data: &mut [f32], chunk_len: usize, parallel: bool, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Send + Sync,
+{
+    if data.is_empty() || chunk_len == 0 {
+        return;
+    }
+    if parallel && data.len() > chunk_len {
+        data.par_chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    } else {
+        data.chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    }
+}
+
+thread_local! {
+    /// Per-task scratch (padded planes, wide rows), reused across calls.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Scratch of the calling thread for a whole padded batch (weight
+    /// gradient with padding), separate so tasks run on this thread can
+    /// still take `SCRATCH`.
+    static BATCH_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Copies the (C', H, W) planes of `x` into the middle of the zeroed
+/// (C', H + 2·py, W + 2·px) planes of `xp`.
+fn pad_planes(x: &[f32], h: usize, w: usize, (py, px): (usize, usize), xp: &mut [f32]) {
+    let (hp, wp) = (h + 2 * py, w + 2 * px);
+    xp.fill(0.0);
+    for (src, dst) in x.chunks_exact(h * w).zip(xp.chunks_exact_mut(hp * wp)) {
+        for iy in 0..h {
+            copy_row(&mut dst[(iy + py) * wp + px..][..w], &src[iy * w..][..w]);
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short rows copied in and out of the
+/// wide layouts (10 to 32 floats in the LeNet): fixed 8-float copies are
+/// inlined, where a run-time length would call `memmove` for each row.
+#[inline(always)]
+fn copy_row(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    let src = &src[..n];
+    let mut d8 = dst.chunks_exact_mut(8);
+    let mut s8 = src.chunks_exact(8);
+    for (d, s) in (&mut d8).zip(&mut s8) {
+        d.copy_from_slice(s);
+    }
+    for (d, s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
+        *d = *s;
+    }
+}
+
+/// The output positions `o` in `0..out` whose input coordinate
+/// `o·stride + k_off − pad` lies inside `0..len`, as a range.
+fn valid_range(out: usize, len: usize, stride: usize, k_off: usize, pad: usize) -> (usize, usize) {
+    let lo = pad.saturating_sub(k_off).div_ceil(stride);
+    let hi = (len + pad).saturating_sub(k_off).div_ceil(stride).min(out);
+    (lo.min(hi), hi)
+}
+
+// ---------------------------------------------------------------------------
+// The op on the tape
+// ---------------------------------------------------------------------------
+
+/// y = conv2d(x, w ⊙ mask) + bias, computed only over active taps. Autograd op: backward gives dx (full) and
+/// dw ONLY at active positions (exactly 0.0 elsewhere), and dbias. Panics with a clear message on shape mismatch, like conv2d.
+///
+/// The convolution options (stride, padding, dilation, groups) are the
+/// layout's.
+pub fn conv2d_sparse(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    layout: &Rc<SparseLayout>,
+) -> Tensor {
+    assert_eq!(
+        w.shape(),
+        layout.weight_shape,
+        "conv2d_sparse: weight {:?} but the layout was built for {:?}",
+        w.shape(),
+        layout.weight_shape
+    );
+    let s = Conv2dShape::new(x.shape(), w.shape(), layout.opts)
+        .unwrap_or_else(|e| panic!("conv2d_sparse: {e}"));
+    if let Some(b) = bias {
+        assert_eq!(
+            b.shape(),
+            [s.out_channels],
+            "conv2d_sparse: bias {:?} for {} output channels",
+            b.shape(),
+            s.out_channels
+        );
+    }
+    let out_shape = s.output_shape();
+    let mut y = crate::buffers::take(out_shape.iter().product());
+    sparse_conv2d_forward(
+        &s,
+        layout,
+        &x.data(),
+        &w.data(),
+        bias.map(|b| b.data()).as_deref().map(|v| &v[..]),
+        &mut y,
+        KernelChoice::Best,
+    );
+    let (xc, wc, bc, l) = (x.clone(), w.clone(), bias.cloned(), layout.clone());
+    let mut inputs = vec![x, w];
+    inputs.extend(bias);
+    Tensor::from_op(y, &out_shape, &inputs, move |dy, grads| {
+        if wc.needs_grad() {
+            let mut dw = crate::buffers::take(wc.numel());
+            sparse_conv2d_backward_weight(&s, &l, &xc.data(), dy, &mut dw, KernelChoice::Best);
+            grads.add_owned(&wc, dw);
+        }
+        if xc.needs_grad() {
+            let mut dx = crate::buffers::take(xc.numel());
+            sparse_conv2d_backward_input(&s, &l, &wc.data(), dy, &mut dx, KernelChoice::Best);
+            grads.add_owned(&xc, dx);
+        }
+        if let Some(b) = &bc {
+            grads.accumulate(b, |gb| {
+                let mut db = vec![0.0; s.out_channels];
+                conv2d_backward_bias(&s, dy, &mut db);
+                for (g, d) in gb.iter_mut().zip(&db) {
+                    *g += d;
+                }
+            });
+        }
+    })
+}
