@@ -7,17 +7,20 @@
 //!   and its leaf gradient.
 //! * [`tape`]: the autograd tape. Every op pushes its backward closure; a
 //!   backward pass is a reverse walk of the tape. [`no_grad`] records nothing.
-//! * [`ops`]: the ops, one family per file, forward and backward side by side:
-//!   `elementwise` (add, mul, relu, sigmoid), `matmul` (matmul, linear),
-//!   `conv2d` (a direct forward kernel for stride 1, im2col + GEMM for
-//!   the other forwards and for backward, the fused conv → ReLU → max-pool,
-//!   and the naive oracles), `pool`
+//! * [`ops`]: the ops, one family per file (or directory), forward and
+//!   backward side by side: `elementwise` (add, mul, relu, sigmoid),
+//!   `matmul` (matmul, linear), `conv2d/` (a direct forward kernel for
+//!   stride 1, im2col + GEMM for the other forwards and for backward, the
+//!   fused conv → ReLU → max-pool, and the naive oracles), `pool`
 //!   (max_pool2d), `relu_pool` (relu + 2×2 max-pool straight from a conv
-//!   kernel's wide rows, the tail of both fused blocks), `sparse_conv2d` (direct convolution over the active taps
-//!   of a masked weight, for sparse layers), `reduce` (sum, mean), `shape`
-//!   (reshape, flatten), `loss` (log_softmax, cross_entropy).
-//! * [`buffers`]: recycled f32 buffers, so that a training step reuses the
-//!   last step's memory instead of allocating (and zeroing) its own.
+//!   kernel's wide rows, the tail of both fused blocks), `sparse_conv2d/`
+//!   (direct convolution over the active taps of a masked weight, for sparse
+//!   layers, and its fused block), `reduce` (sum, mean), `shape` (reshape,
+//!   flatten), `loss` (log_softmax, cross_entropy). Each directory's
+//!   `mod.rs` opens with a map of its files.
+//! * [`buffers`]: recycled f32 and u32 buffers, so that a training step
+//!   reuses the last step's memory instead of allocating (and zeroing) its
+//!   own.
 //! * [`gemm`]: the single matrix multiply everything calls, with transposes
 //!   as strides.
 //! * [`nn`]: Conv2d, Linear and MaxPool2d layers with PyTorch's default init.

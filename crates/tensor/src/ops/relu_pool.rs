@@ -1,6 +1,6 @@
 //! relu followed by a 2×2, stride-2 max-pool, read straight from a conv
 //! kernel's wide rows: the tail of the fused conv → relu → max-pool blocks
-//! (dense in `conv2d.rs`, sparse in `sparse_conv2d/fused.rs`), as one pass with an
+//! (dense in `conv2d/fused.rs`, sparse in `sparse_conv2d/fused.rs`), as one pass with an
 //! AVX2 loop and its portable twin.
 //!
 //! The direct conv kernels leave an output plane (OH, OW) in rows of

@@ -2,7 +2,7 @@
 
 use super::*;
 
-// The sparse twin of conv2d.rs's fused op (see `conv2d_relu_pool_forward`
+// The sparse twin of conv2d/fused.rs's op (see `conv2d_relu_pool_forward`
 // there for the idea). It keeps only the pooled values and their argmaxes,
 // so the two full-size tensors of the separate ops (the conv output and the
 // relu output) are never allocated:

@@ -4,10 +4,10 @@
 //! active taps only), the SIMD inner loops with their portable twins, the
 //! autograd op [`conv2d_sparse`], and the fused sparse conv → relu →
 //! max-pool ([`conv2d_sparse_relu_max_pool2d`]) with its slice kernels. The
-//! oracle is the dense naive convolution of `conv2d.rs` run on the masked
+//! oracle is the dense naive convolution of `conv2d/` run on the masked
 //! weight ([`SparseLayout::masked_weight`]).
 //!
-//! Layouts are those of `conv2d.rs`: x (B, C, H, W), w (O, C/groups, KH, KW),
+//! Layouts are those of `conv2d/`: x (B, C, H, W), w (O, C/groups, KH, KW),
 //! y (B, O, OH, OW). The weights stay in the dense tensor; the layout only
 //! says which of them count.
 //!

@@ -1,0 +1,249 @@
+//! The backward passes: weight (and coactivation), input and bias gradients.
+
+use super::*;
+
+/// dw = Σ_b dY_b · cols_bᵀ, per group. OVERWRITES dw.
+/// x is (B, C, H, W), dy is (B, O, OH, OW), dw is (O, C/groups, KH, KW).
+///
+/// Each chunk of images puts its im2col matrices side by side in one wide
+/// (K, nb·P) matrix and copies its dY into (O/g, nb·P), so that one GEMM with
+/// inner dimension nb·P yields the chunk's partial dW. The partials are then
+/// added in chunk order: bitwise reproducible for any thread count.
+pub fn conv2d_backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    backward_weight_core(
+        "conv2d_backward_weight",
+        s,
+        x,
+        dy,
+        dw,
+        None::<fn(f32) -> f32>,
+    );
+}
+
+/// Hebbian coactivation counts: the weight gradient of binarised activity.
+/// OVERWRITES counts.
+/// x is (B, C, H, W), y is (B, O, OH, OW), counts is (O, C/groups, KH, KW):
+///
+/// ```text
+/// counts[o, c, ki, kj] = Σ_b Σ_{oy, ox} [y[b, o, oy, ox] > θ] · [x[b, g·Cg + c, iy, ix] > θ]
+/// ```
+///
+/// over the taps that land inside the input. This is exactly
+/// [`conv2d_backward_weight`] of `[x > θ]` and `[y > θ]`, computed by the
+/// same kernel with the threshold applied on the way in, so it costs no more
+/// than a weight gradient. Padded taps stay 0, i.e. inactive, even for a
+/// negative θ. The counts are integers below 2^24, hence exact in f32 and
+/// independent of the summation order.
+pub fn conv2d_coactivation(
+    s: &Conv2dShape,
+    x: &[f32],
+    y: &[f32],
+    threshold: f32,
+    counts: &mut [f32],
+) {
+    let active = |v: f32| if v > threshold { 1.0 } else { 0.0 };
+    backward_weight_core("conv2d_coactivation", s, x, y, counts, Some(active));
+}
+
+/// The kernel of [`conv2d_backward_weight`]. With `map`, it is the weight
+/// gradient of `map(x)` and `map(dy)` instead: each chunk maps its images'
+/// input planes into scratch before im2col (once per input value, not once
+/// per kernel tap, and before im2col adds the padding, which so stays 0), and
+/// maps dY while copying it into the wide matrix.
+pub(super) fn backward_weight_core(
+    op: &str,
+    s: &Conv2dShape,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    map: Option<impl Fn(f32) -> f32 + Sync>,
+) {
+    check_len(op, "x", s.input_shape().iter().product(), x.len());
+    check_len(op, "dy", s.output_shape().iter().product(), dy.len());
+    check_len(op, "dw", s.weight_shape().iter().product(), dw.len());
+    let (c, hw, o, p) = (
+        s.in_channels,
+        s.in_h * s.in_w,
+        s.out_channels,
+        s.out_pixels(),
+    );
+    let (cg, og, k) = (s.group_in(), s.group_out(), s.col_rows());
+    let ipc = images_per_chunk(s);
+    let n_chunks = s.batch.div_ceil(ipc);
+    if n_chunks == 0 || p == 0 {
+        dw.fill(0.0);
+        return;
+    }
+    let mapped_len = if map.is_some() { cg * hw } else { 0 };
+    // The partial dW of chunk `chunk`, written into `part` (O, Cg·KH·KW).
+    let partial = |chunk: usize, part: &mut [f32]| {
+        let b0 = chunk * ipc;
+        let nb = ipc.min(s.batch - b0);
+        let n = nb * p; // columns of the wide matrices
+        with_scratch(k * n + og * n + mapped_len, |buf| {
+            let (cols, rest) = buf.split_at_mut(k * n); // (K, n)
+            let (dy_g, x_mapped) = rest.split_at_mut(og * n); // (O/g, n) and (Cg, H, W)
+            for g in 0..s.opts.groups {
+                for i in 0..nb {
+                    let b = b0 + i;
+                    let x_bg = &x[(b * c + g * cg) * hw..][..cg * hw]; // (Cg, H, W)
+                    let x_bg = match &map {
+                        None => x_bg,
+                        Some(f) => {
+                            map_into(f, x_bg, x_mapped);
+                            &*x_mapped
+                        }
+                    };
+                    im2col_strided(s, x_bg, &mut cols[i * p..], n);
+                    for oo in 0..og {
+                        let src = &dy[(b * o + g * og + oo) * p..][..p];
+                        let dst = &mut dy_g[oo * n + i * p..][..p];
+                        match &map {
+                            None => dst.copy_from_slice(src),
+                            Some(f) => map_into(f, src, dst),
+                        }
+                    }
+                }
+                let dw_g = &mut part[g * og * k..(g + 1) * og * k]; // (O/g, K)
+                let cols_t = Mat::row_major(cols, k, n).t(); // (n, K)
+                gemm(1.0, Mat::row_major(dy_g, og, n), cols_t, 0.0, dw_g, k);
+            }
+        });
+    };
+    if n_chunks == 1 {
+        partial(0, dw);
+        return;
+    }
+    let wlen = dw.len();
+    let mut partials = vec![0.0f32; n_chunks * wlen];
+    for_each_chunk(&mut partials, wlen, run_parallel(s), partial);
+    // Fixed-order reduction: chunk 0, then + chunk 1, + chunk 2, ...
+    dw.copy_from_slice(&partials[..wlen]);
+    for part in partials[wlen..].chunks(wlen) {
+        for (d, v) in dw.iter_mut().zip(part) {
+            *d += *v;
+        }
+    }
+}
+
+/// `dst[i] = f(src[i])`.
+pub(super) fn map_into(f: impl Fn(f32) -> f32, src: &[f32], dst: &mut [f32]) {
+    for (d, v) in dst.iter_mut().zip(src) {
+        *d = f(*v);
+    }
+}
+
+/// Direct dw[o, c, ki, kj] = Σ_{b, oy, ox} dy[b, o, oy, ox] · x[b, g·Cg + c, iy, ix].
+pub fn conv2d_backward_weight_naive(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let op = "conv2d_backward_weight_naive";
+    check_len(op, "x", s.input_shape().iter().product(), x.len());
+    check_len(op, "dy", s.output_shape().iter().product(), dy.len());
+    check_len(op, "dw", s.weight_shape().iter().product(), dw.len());
+    dw.fill(0.0);
+    for b in 0..s.batch {
+        for o in 0..s.out_channels {
+            for oy in 0..s.out_h() {
+                for ox in 0..s.out_w() {
+                    let d = dy[idx4(s.output_shape(), b, o, oy, ox)];
+                    for_each_tap(s, o, oy, ox, |ci, iy, ix, wi| {
+                        dw[wi] += d * x[idx4(s.input_shape(), b, ci, iy, ix)];
+                    });
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Backward: input
+// ---------------------------------------------------------------------------
+
+/// dx = col2im(W_gᵀ · dY_b,g) for every image b and group g. OVERWRITES dx.
+/// w is (O, C/groups, KH, KW), dy is (B, O, OH, OW), dx is (B, C, H, W).
+/// Images are independent, so there is no cross-chunk reduction.
+pub fn conv2d_backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let op = "conv2d_backward_input";
+    check_len(op, "w", s.weight_shape().iter().product(), w.len());
+    check_len(op, "dy", s.output_shape().iter().product(), dy.len());
+    check_len(op, "dx", s.input_shape().iter().product(), dx.len());
+    let (c, hw, o, p) = (
+        s.in_channels,
+        s.in_h * s.in_w,
+        s.out_channels,
+        s.out_pixels(),
+    );
+    let (cg, og, k) = (s.group_in(), s.group_out(), s.col_rows());
+    let ipc = images_per_chunk(s);
+    for_each_chunk(dx, ipc * c * hw, run_parallel(s), |chunk, dx_chunk| {
+        // dx_chunk is (nb, C, H, W), images chunk·ipc ..
+        dx_chunk.fill(0.0);
+        with_scratch(k * p, |dcols| {
+            for (i, dx_b) in dx_chunk.chunks_mut(c * hw).enumerate() {
+                let b = chunk * ipc + i;
+                for g in 0..s.opts.groups {
+                    let w_g = Mat::row_major(&w[g * og * k..(g + 1) * og * k], og, k);
+                    let dy_bg = Mat::row_major(&dy[(b * o + g * og) * p..][..og * p], og, p);
+                    gemm(1.0, w_g.t(), dy_bg, 0.0, dcols, p); // (K, P)
+                    col2im(s, dcols, &mut dx_b[g * cg * hw..(g + 1) * cg * hw]);
+                }
+            }
+        });
+    });
+}
+
+/// Direct dx[b, ci, iy, ix] = Σ w[o, c, ki, kj] · dy[b, o, oy, ox] over the
+/// taps that read (ci, iy, ix).
+pub fn conv2d_backward_input_naive(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let op = "conv2d_backward_input_naive";
+    check_len(op, "w", s.weight_shape().iter().product(), w.len());
+    check_len(op, "dy", s.output_shape().iter().product(), dy.len());
+    check_len(op, "dx", s.input_shape().iter().product(), dx.len());
+    dx.fill(0.0);
+    for b in 0..s.batch {
+        for o in 0..s.out_channels {
+            for oy in 0..s.out_h() {
+                for ox in 0..s.out_w() {
+                    let d = dy[idx4(s.output_shape(), b, o, oy, ox)];
+                    for_each_tap(s, o, oy, ox, |ci, iy, ix, wi| {
+                        dx[idx4(s.input_shape(), b, ci, iy, ix)] += w[wi] * d;
+                    });
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Backward: bias
+// ---------------------------------------------------------------------------
+
+/// `db[o] = Σ_{b, oy, ox} dy[b, o, oy, ox]`. OVERWRITES db.
+/// dy is (B, O, OH, OW), db is (O). Sequential, in a fixed order (b, then
+/// the pixels of each (b, o) plane in 8 interleaved lanes): it is a few
+/// microseconds of memory traffic, not worth a thread.
+pub fn conv2d_backward_bias(s: &Conv2dShape, dy: &[f32], db: &mut [f32]) {
+    let op = "conv2d_backward_bias";
+    check_len(op, "dy", s.output_shape().iter().product(), dy.len());
+    check_len(op, "db", s.out_channels, db.len());
+    let (o, p) = (s.out_channels, s.out_pixels());
+    db.fill(0.0);
+    for b in 0..s.batch {
+        for (oo, d) in db.iter_mut().enumerate() {
+            *d += sum_lanes(&dy[(b * o + oo) * p..][..p]);
+        }
+    }
+}
+
+/// Sum of `v` with 8 independent accumulators (so the compiler can
+/// vectorise), combined in a fixed order.
+pub(crate) fn sum_lanes(v: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut it = v.chunks_exact(8);
+    for c in &mut it {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += *x;
+        }
+    }
+    let tail: f32 = it.remainder().iter().sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}

@@ -1,0 +1,344 @@
+//! The direct wide-row forward kernel, and the naive convolution (the oracle).
+
+use super::*;
+
+//
+// With stride 1 and no padding, index the output by the input's row length
+// W instead of OW: output pixel (oy, ox) sits at q = oy·W + ox, and kernel
+// tap t = (c, ki, kj) reads x at q + off_t, off_t = c·H·W + ki·W + kj, the
+// same offset for every pixel. So, per output channel o,
+//
+// ```text
+// yw[o, q] = bias[o] + Σ_t w[o, t] · x[q + off_t],   q < L = (OH − 1)·W + OW
+// ```
+//
+// is one long contiguous loop per tap, and the W − OW columns at the end of
+// each wide row are junk, dropped when the rows are copied out. The kernel
+// keeps a block of DIRECT_CO channels × DIRECT_PX pixels in registers and
+// streams the taps through it: per tap, two loads of x and DIRECT_CO
+// broadcast weights feed 2·DIRECT_CO vector FMAs. No im2col matrix and no
+// GEMM packing: on the LeNet shapes the GEMM path spent more time copying
+// (im2col, then matrixmultiply's packing of it) than multiplying, and its
+// 16-row micro-kernel wasted 10 of 16 rows on conv1's 6 output channels.
+//
+// The sum runs in the order of the naive oracle (bias, then taps in (c, ki,
+// kj) order). The AVX2 kernel fuses each multiply-add (one rounding), the
+// portable one rounds twice; both are tested against the oracle.
+
+/// Output channels per register block.
+pub(super) const DIRECT_CO: usize = 6;
+/// Pixels per register block (two 8-lane vectors).
+pub(super) const DIRECT_PX: usize = 16;
+
+/// Which inner loop the direct kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// Plain Rust, any CPU.
+    Portable,
+    /// AVX2 + FMA (x86-64 only; callers check the CPU first).
+    Avx2Fma,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn best() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Kernel::Avx2Fma;
+            }
+        }
+        Kernel::Portable
+    }
+}
+
+/// Whether the direct kernel handles this geometry.
+pub(super) fn direct_applies(s: &Conv2dShape) -> bool {
+    s.opts.stride == (1, 1) && s.opts.dilation == (1, 1) && s.opts.padding == (0, 0)
+}
+
+/// Wide output length L, rounded up to whole pixel blocks.
+pub(super) fn direct_wide_len(s: &Conv2dShape) -> usize {
+    ((s.out_h() - 1) * s.in_w + s.out_w()).div_ceil(DIRECT_PX) * DIRECT_PX
+}
+
+/// Scratch of [`forward_direct`]: the padded input, the weights in tap-major
+/// blocks, and one block of wide output rows.
+pub(super) fn direct_scratch_len(s: &Conv2dShape) -> usize {
+    let k = s.col_rows();
+    let blocks = s.group_out().div_ceil(DIRECT_CO);
+    s.group_in() * s.in_h * s.in_w
+        + DIRECT_PX
+        + blocks * k * DIRECT_CO
+        + DIRECT_CO * direct_wide_len(s)
+}
+
+/// y_g = conv(x_g, w_g) + bias_g for one image and one group by wide rows
+/// (see above). x_bg is (Cg, H, W), w_g is (O/g, Cg·KH·KW). Each output
+/// channel o's plane is handed to `emit(o, rows)` as wide rows of W floats
+/// (`rows[oy·W + ox]`, at least (OH−1)·W + OW of them, junk past OW in each
+/// row): [`copy_planes`] copies them out, the fused block relu-pools them
+/// in place. Needs [`direct_applies`].
+pub(super) fn forward_direct(
+    s: &Conv2dShape,
+    x_bg: &[f32],
+    w_g: &[f32],
+    bias_g: Option<&[f32]>,
+    scratch: &mut [f32],
+    kernel: Kernel,
+    emit: &mut dyn FnMut(usize, &[f32]),
+) {
+    let (h, w) = (s.in_h, s.in_w);
+    let (cg, og, k) = (s.group_in(), s.group_out(), s.col_rows());
+    let lw = direct_wide_len(s);
+    let blocks = og.div_ceil(DIRECT_CO);
+    let (xp, rest) = scratch.split_at_mut(cg * h * w + DIRECT_PX);
+    let (wt, rest) = rest.split_at_mut(blocks * k * DIRECT_CO);
+    let yw = rest; // DIRECT_CO·lw floats, then any slack the caller gave
+                   // x with DIRECT_PX zeros after it: the last pixel block reads past L.
+    xp[..cg * h * w].copy_from_slice(x_bg);
+    xp[cg * h * w..].fill(0.0);
+    // Weights tap-major per block of channels, wt[block][t][o], zeros for
+    // the channels past O/g in the last block.
+    for (blk, wb) in wt.chunks_mut(k * DIRECT_CO).enumerate() {
+        for (t, row) in wb.chunks_mut(DIRECT_CO).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                let o = blk * DIRECT_CO + j;
+                *v = if o < og { w_g[o * k + t] } else { 0.0 };
+            }
+        }
+    }
+    // Tap offsets, (c, ki, kj) order.
+    let mut offs = Vec::with_capacity(k);
+    for c in 0..cg {
+        for ki in 0..s.kernel_h {
+            for kj in 0..s.kernel_w {
+                offs.push(c * h * w + ki * w + kj);
+            }
+        }
+    }
+    for blk in 0..blocks {
+        let mut init = [0.0f32; DIRECT_CO];
+        for (j, v) in init.iter_mut().enumerate() {
+            let o = blk * DIRECT_CO + j;
+            *v = match bias_g {
+                Some(b) if o < og => b[o],
+                _ => 0.0,
+            };
+        }
+        let wb = &wt[blk * k * DIRECT_CO..][..k * DIRECT_CO];
+        for q0 in (0..lw).step_by(DIRECT_PX) {
+            let mut acc = [[0.0f32; DIRECT_PX]; DIRECT_CO];
+            wide_block(kernel, xp, &offs, wb, &init, q0, &mut acc);
+            for (j, a) in acc.iter().enumerate() {
+                yw[j * lw + q0..][..DIRECT_PX].copy_from_slice(a);
+            }
+        }
+        // Channel j's rows run on into the next channel's (junk to it).
+        for j in 0..DIRECT_CO.min(og - blk * DIRECT_CO) {
+            emit(blk * DIRECT_CO + j, &yw[j * lw..]);
+        }
+    }
+}
+
+/// The `emit` of [`forward_direct`] that copies the valid OW columns of each
+/// wide row into y_bg (O/g, OH, OW).
+pub(super) fn copy_planes<'a>(
+    s: &Conv2dShape,
+    y_bg: &'a mut [f32],
+) -> impl FnMut(usize, &[f32]) + 'a {
+    let (oh, ow, w) = (s.out_h(), s.out_w(), s.in_w);
+    move |o, rows| {
+        for oy in 0..oh {
+            y_bg[(o * oh + oy) * ow..][..ow].copy_from_slice(&rows[oy * w..][..ow]);
+        }
+    }
+}
+
+/// One register block: acc[j][i] = init[j] + Σ_t wb[t][j] · x[off_t + q0 + i].
+pub(super) fn wide_block(
+    kernel: Kernel,
+    x: &[f32],
+    offs: &[usize],
+    wb: &[f32],
+    init: &[f32; DIRECT_CO],
+    q0: usize,
+    acc: &mut [[f32; DIRECT_PX]; DIRECT_CO],
+) {
+    assert!(wb.len() >= offs.len() * DIRECT_CO, "wide_block: weights");
+    let reach = offs.iter().max().map_or(0, |m| m + q0 + DIRECT_PX);
+    assert!(reach <= x.len(), "wide_block: reads past x");
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Fma => {
+            assert!(
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+                "wide_block: this CPU has no AVX2/FMA"
+            );
+            // SAFETY: the CPU has AVX2 and FMA (checked above), and every
+            // load stays below `reach` ≤ x.len() and `offs.len()·DIRECT_CO`
+            // ≤ wb.len() (asserted above).
+            unsafe { wide_block_avx2(x, offs, wb, init, q0, acc) }
+        }
+        _ => wide_block_portable(x, offs, wb, init, q0, acc),
+    }
+}
+
+pub(super) fn wide_block_portable(
+    x: &[f32],
+    offs: &[usize],
+    wb: &[f32],
+    init: &[f32; DIRECT_CO],
+    q0: usize,
+    acc: &mut [[f32; DIRECT_PX]; DIRECT_CO],
+) {
+    for (a, &v) in acc.iter_mut().zip(init) {
+        *a = [v; DIRECT_PX];
+    }
+    for (&off, wt) in offs.iter().zip(wb.chunks_exact(DIRECT_CO)) {
+        let xs: &[f32; DIRECT_PX] = x[off + q0..][..DIRECT_PX].try_into().unwrap();
+        for (a, &wv) in acc.iter_mut().zip(wt) {
+            for (a, &xv) in a.iter_mut().zip(xs) {
+                *a += wv * xv;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn wide_block_avx2(
+    x: &[f32],
+    offs: &[usize],
+    wb: &[f32],
+    init: &[f32; DIRECT_CO],
+    q0: usize,
+    acc: &mut [[f32; DIRECT_PX]; DIRECT_CO],
+) {
+    use std::arch::x86_64::*;
+    let mut lo = [_mm256_setzero_ps(); DIRECT_CO];
+    let mut hi = [_mm256_setzero_ps(); DIRECT_CO];
+    for j in 0..DIRECT_CO {
+        lo[j] = _mm256_set1_ps(init[j]);
+        hi[j] = lo[j];
+    }
+    let (xp, wp) = (x.as_ptr(), wb.as_ptr());
+    for (t, &off) in offs.iter().enumerate() {
+        // SAFETY (caller): off + q0 + 16 ≤ x.len(), (t + 1)·DIRECT_CO ≤ wb.len().
+        let x0 = _mm256_loadu_ps(xp.add(off + q0));
+        let x1 = _mm256_loadu_ps(xp.add(off + q0 + 8));
+        for j in 0..DIRECT_CO {
+            let wv = _mm256_broadcast_ss(&*wp.add(t * DIRECT_CO + j));
+            lo[j] = _mm256_fmadd_ps(wv, x0, lo[j]);
+            hi[j] = _mm256_fmadd_ps(wv, x1, hi[j]);
+        }
+    }
+    for j in 0..DIRECT_CO {
+        _mm256_storeu_ps(acc[j].as_mut_ptr(), lo[j]);
+        _mm256_storeu_ps(acc[j].as_mut_ptr().add(8), hi[j]);
+    }
+}
+
+/// [`conv2d_forward`] on one chosen direct kernel, sequentially, for tests
+/// and benchmarks. Panics unless the geometry is stride 1 without padding
+/// or dilation, or if the CPU lacks the kernel's instructions.
+pub fn conv2d_forward_direct(
+    s: &Conv2dShape,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    kernel: Kernel,
+) {
+    let op = "conv2d_forward_direct";
+    assert!(
+        direct_applies(s),
+        "{op}: needs stride 1, no padding or dilation; got {:?}",
+        s.opts
+    );
+    check_len(op, "x", s.input_shape().iter().product(), x.len());
+    check_len(op, "w", s.weight_shape().iter().product(), w.len());
+    check_len(op, "y", s.output_shape().iter().product(), y.len());
+    let (c, hw, o, p) = (
+        s.in_channels,
+        s.in_h * s.in_w,
+        s.out_channels,
+        s.out_pixels(),
+    );
+    let (cg, og, k) = (s.group_in(), s.group_out(), s.col_rows());
+    let mut scratch = vec![0.0; direct_scratch_len(s)];
+    for (b, y_b) in y.chunks_mut(o * p).enumerate() {
+        for g in 0..s.opts.groups {
+            forward_direct(
+                s,
+                &x[(b * c + g * cg) * hw..][..cg * hw],
+                &w[g * og * k..(g + 1) * og * k],
+                bias.map(|v| &v[g * og..(g + 1) * og]),
+                &mut scratch,
+                kernel,
+                &mut copy_planes(s, &mut y_b[g * og * p..(g + 1) * og * p]),
+            );
+        }
+    }
+}
+
+/// The direct convolution, seven nested loops: documentation and test oracle.
+pub fn conv2d_forward_naive(
+    s: &Conv2dShape,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let op = "conv2d_forward_naive";
+    check_len(op, "x", s.input_shape().iter().product(), x.len());
+    check_len(op, "w", s.weight_shape().iter().product(), w.len());
+    check_len(op, "y", s.output_shape().iter().product(), y.len());
+    let (oh, ow) = (s.out_h(), s.out_w());
+    for b in 0..s.batch {
+        for o in 0..s.out_channels {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = bias.map_or(0.0, |bias| bias[o]);
+                    for_each_tap(s, o, oy, ox, |ci, iy, ix, wi| {
+                        acc += x[idx4(s.input_shape(), b, ci, iy, ix)] * w[wi];
+                    });
+                    y[idx4(s.output_shape(), b, o, oy, ox)] = acc;
+                }
+            }
+        }
+    }
+}
+
+/// Row-major index of (a, b, c, d) in a 4-d array of shape `dims`.
+pub(super) fn idx4(dims: [usize; 4], a: usize, b: usize, c: usize, d: usize) -> usize {
+    ((a * dims[1] + b) * dims[2] + c) * dims[3] + d
+}
+
+/// For output channel o at output position (oy, ox), calls
+/// `f(input channel, iy, ix, weight index)` for every kernel tap that lands
+/// inside the input (taps in the padding contribute zero).
+pub(super) fn for_each_tap(
+    s: &Conv2dShape,
+    o: usize,
+    oy: usize,
+    ox: usize,
+    mut f: impl FnMut(usize, usize, usize, usize),
+) {
+    let g = o / s.group_out();
+    for c in 0..s.group_in() {
+        for ki in 0..s.kernel_h {
+            for kj in 0..s.kernel_w {
+                let iy = (oy * s.opts.stride.0 + ki * s.opts.dilation.0) as isize
+                    - s.opts.padding.0 as isize;
+                let ix = (ox * s.opts.stride.1 + kj * s.opts.dilation.1) as isize
+                    - s.opts.padding.1 as isize;
+                if iy < 0 || ix < 0 || iy >= s.in_h as isize || ix >= s.in_w as isize {
+                    continue;
+                }
+                let wi = idx4(s.weight_shape(), o, c, ki, kj);
+                f(g * s.group_in() + c, iy as usize, ix as usize, wi);
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The forward pass: the direct kernel or im2col + GEMM, image by image.
+
+use super::*;
+
+/// y = conv(x, w) + bias (PyTorch conv2d: cross-correlation). Overwrites y.
+/// x is (B, C, H, W), w is (O, C/groups, KH, KW), bias is (O), y is (B, O, OH, OW).
+pub fn conv2d_forward(s: &Conv2dShape, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let op = "conv2d_forward";
+    check_len(op, "x", s.input_shape().iter().product(), x.len());
+    check_len(op, "w", s.weight_shape().iter().product(), w.len());
+    check_len(op, "y", s.output_shape().iter().product(), y.len());
+    if let Some(b) = bias {
+        check_len(op, "bias", s.out_channels, b.len());
+    }
+    let (c, hw, o, p) = (
+        s.in_channels,
+        s.in_h * s.in_w,
+        s.out_channels,
+        s.out_pixels(),
+    );
+    let ipc = images_per_chunk(s);
+    for_each_chunk(y, ipc * o * p, run_parallel(s), |chunk, y_chunk| {
+        // y_chunk is (nb, O, P), images chunk·ipc ..
+        with_scratch(forward_scratch_len(s), |scratch| {
+            for (i, y_b) in y_chunk.chunks_mut(o * p).enumerate() {
+                let b = chunk * ipc + i;
+                forward_image(s, &x[b * c * hw..][..c * hw], w, bias, scratch, y_b);
+            }
+        });
+    });
+}
+
+/// Scratch floats [`forward_image`] needs: an im2col matrix, or the direct
+/// path's buffers.
+pub(super) fn forward_scratch_len(s: &Conv2dShape) -> usize {
+    let gemm_path = s.col_rows() * s.out_pixels();
+    if direct_applies(s) {
+        gemm_path.max(direct_scratch_len(s))
+    } else {
+        gemm_path
+    }
+}
+
+/// The forward pass of one image, x_b (C, H, W) → y_b (O, OH, OW), group by
+/// group: by the direct kernel when it applies (stride 1, no padding or
+/// dilation: both LeNet convolutions), else im2col into `cols` and
+/// y_g = W_g · cols + bias by GEMM. `scratch` holds
+/// [`forward_scratch_len`] floats.
+pub(super) fn forward_image(
+    s: &Conv2dShape,
+    x_b: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    scratch: &mut [f32],
+    y_b: &mut [f32],
+) {
+    let (hw, p) = (s.in_h * s.in_w, s.out_pixels());
+    let (cg, og, k) = (s.group_in(), s.group_out(), s.col_rows());
+    let direct = direct_applies(s);
+    for g in 0..s.opts.groups {
+        let x_bg = &x_b[g * cg * hw..][..cg * hw]; // (Cg, H, W)
+        let w_g = &w[g * og * k..(g + 1) * og * k]; // (O/g, K)
+        let bias_g = bias.map(|b| &b[g * og..(g + 1) * og]);
+        let y_bg = &mut y_b[g * og * p..(g + 1) * og * p]; // (O/g, P)
+        if direct {
+            let mut emit = copy_planes(s, y_bg);
+            forward_direct(s, x_bg, w_g, bias_g, scratch, Kernel::best(), &mut emit);
+            continue;
+        }
+        let cols = &mut scratch[..k * p];
+        im2col_strided(s, x_bg, cols, p); // (K, P)
+                                          // The bias goes in as C with beta = 1, so the GEMM adds it.
+        let beta = match bias_g {
+            Some(bias_g) => {
+                for (row, &bv) in y_bg.chunks_mut(p).zip(bias_g) {
+                    row.fill(bv);
+                }
+                1.0
+            }
+            None => 0.0,
+        };
+        let w_g = Mat::row_major(w_g, og, k);
+        gemm(1.0, w_g, Mat::row_major(cols, k, p), beta, y_bg, p);
+    }
+}

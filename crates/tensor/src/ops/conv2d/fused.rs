@@ -1,0 +1,386 @@
+//! The fused conv2d → relu → max_pool2d block of a LeNet.
+
+use super::*;
+
+//
+// A LeNet block is conv, bias, relu, max-pool. As three ops it writes the
+// conv output (B, O, OH, OW) and the relu output, the two largest tensors of
+// the network, and in backward builds two more of that size (the pool's
+// scatter and the relu's mask). The fused op keeps one image's conv output
+// in scratch, relu-pools it at once, and saves only the pooled values and the
+// argmaxes; backward rebuilds dY chunk by chunk in scratch from them:
+//
+// ```text
+// forward    y = conv(x, w) + b;  r = relu(y);  pooled, arg = max_pool(r)
+// backward   dY[arg[q]] += (pooled[q] > 0 ? dpooled[q] : 0)   (zeros elsewhere)
+//            then dW, db and dx from dY exactly as conv2d's backward
+// ```
+//
+// (relu(y) > 0 exactly where y > 0, and the argmax of a window is where its
+// pooled value came from, so `pooled[q] > 0` is relu's mask at `arg[q]`.)
+// Every floating-point operation is the one the three separate ops perform,
+// in the same order (same GEMM shapes, same chunks), so the fused op is
+// bitwise equal to conv2d → relu → max_pool2d; the tests check that.
+
+/// A max-pool window and its stride, each (y, x); no padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolOptions {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+}
+
+impl PoolOptions {
+    /// The pooled plane (PH, PW) of the conv output plane (OH, OW); panics
+    /// naming the shapes if the window does not fit.
+    pub fn pooled_size(&self, s: &Conv2dShape) -> (usize, usize) {
+        let (oh, ow) = (s.out_h(), s.out_w());
+        let (k, st) = (self.kernel, self.stride);
+        assert!(
+            k.0 >= 1 && k.1 >= 1 && st.0 >= 1 && st.1 >= 1 && oh >= k.0 && ow >= k.1,
+            "conv2d_relu_max_pool2d: pool {self:?} does not fit the {oh}x{ow} conv output"
+        );
+        crate::ops::pool::pooled_size((oh, ow), k, st)
+    }
+
+    /// (B, O, PH, PW).
+    pub fn output_shape(&self, s: &Conv2dShape) -> [usize; 4] {
+        let (ph, pw) = self.pooled_size(s);
+        [s.batch, s.out_channels, ph, pw]
+    }
+}
+
+/// Runs `f(index, item)` over `items`, in parallel if `parallel`. Items are
+/// independent pieces of the output (one per chunk of images), so the result
+/// does not depend on how rayon schedules them.
+pub(super) fn for_each_item<T: Send>(
+    items: Vec<T>,
+    parallel: bool,
+    f: impl Fn(usize, T) + Send + Sync,
+) {
+    if parallel {
+        items.into_par_iter().enumerate().for_each(|(i, t)| f(i, t));
+    } else {
+        items.into_iter().enumerate().for_each(|(i, t)| f(i, t));
+    }
+}
+
+/// pooled = max_pool2d(relu(conv2d(x, w) + bias)), with each window's argmax
+/// (an index into its (OH, OW) plane, as [`crate::ops::pool::max_pool2d_plane`]
+/// picks it). OVERWRITES pooled and arg, both (B, O, PH, PW). Without `arg`
+/// (inference) the argmaxes are not kept, and the stride-1 2×2 path does
+/// not compute them.
+pub fn conv2d_relu_pool_forward(
+    s: &Conv2dShape,
+    pool: PoolOptions,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    pooled: &mut [f32],
+    arg: Option<&mut [u32]>,
+) {
+    let op = "conv2d_relu_pool_forward";
+    check_len(op, "x", s.input_shape().iter().product(), x.len());
+    check_len(op, "w", s.weight_shape().iter().product(), w.len());
+    if let Some(b) = bias {
+        check_len(op, "bias", s.out_channels, b.len());
+    }
+    let pp = pool.output_shape(s).iter().product();
+    check_len(op, "pooled", pp, pooled.len());
+    // Without argmaxes the general path still needs somewhere to put them.
+    let want_arg = arg.is_some();
+    let mut own = crate::buffers::Recycled(Vec::new());
+    let arg = match arg {
+        Some(arg) => {
+            check_len(op, "arg", pp, arg.len());
+            arg
+        }
+        None => {
+            own.0 = crate::buffers::take(pp);
+            &mut own.0[..]
+        }
+    };
+    let (chw, o, p) = (
+        s.in_channels * s.in_h * s.in_w,
+        s.out_channels,
+        s.out_pixels(),
+    );
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let (ph, pw) = pool.pooled_size(s);
+    let ipc = images_per_chunk(s);
+    let per_image = o * ph * pw;
+    let items: Vec<_> = pooled
+        .chunks_mut(ipc * per_image)
+        .zip(arg.chunks_mut(ipc * per_image))
+        .collect();
+    // Stride 1 with a 2×2 pool: the direct kernel's wide rows go straight
+    // into the relu-pool, channel by channel (the same values, bitwise).
+    let wide_pool = direct_applies(s) && pool.kernel == (2, 2) && pool.stride == (2, 2);
+    let (cg, og, k, hw) = (s.group_in(), s.group_out(), s.col_rows(), s.in_h * s.in_w);
+    let q = ph * pw;
+    for_each_item(items, run_parallel(s), |chunk, (pooled_c, arg_c)| {
+        if wide_pool {
+            with_scratch(direct_scratch_len(s) + WIDE_SLACK, |scratch| {
+                let images = pooled_c
+                    .chunks_mut(per_image)
+                    .zip(arg_c.chunks_mut(per_image));
+                for (i, (pooled_b, arg_b)) in images.enumerate() {
+                    let x_b = &x[(chunk * ipc + i) * chw..][..chw];
+                    for g in 0..s.opts.groups {
+                        let (pooled_g, arg_g) = (
+                            &mut pooled_b[g * og * q..(g + 1) * og * q],
+                            &mut arg_b[g * og * q..(g + 1) * og * q],
+                        );
+                        let mut emit = |o: usize, rows: &[f32]| {
+                            let (p_o, a_o) =
+                                (&mut pooled_g[o * q..][..q], &mut arg_g[o * q..][..q]);
+                            relu_max_pool_2x2_rows(
+                                rows,
+                                s.in_w,
+                                (oh, ow),
+                                p_o,
+                                want_arg.then_some(a_o),
+                                KernelChoice::Best,
+                            );
+                        };
+                        forward_direct(
+                            s,
+                            &x_b[g * cg * hw..][..cg * hw],
+                            &w[g * og * k..(g + 1) * og * k],
+                            bias.map(|b| &b[g * og..(g + 1) * og]),
+                            scratch,
+                            Kernel::best(),
+                            &mut emit,
+                        );
+                    }
+                }
+            });
+            return;
+        }
+        // One image's conv output y (O, OH, OW) after its im2col matrix.
+        with_scratch(forward_scratch_len(s) + o * p, |buf| {
+            let (scratch, y) = buf.split_at_mut(forward_scratch_len(s));
+            let images = pooled_c
+                .chunks_mut(per_image)
+                .zip(arg_c.chunks_mut(per_image));
+            for (i, (pooled_b, arg_b)) in images.enumerate() {
+                let b = chunk * ipc + i;
+                forward_image(s, &x[b * chw..][..chw], w, bias, scratch, y);
+                for v in y.iter_mut() {
+                    *v = crate::ops::elementwise::relu(*v);
+                }
+                let planes = y
+                    .chunks(p)
+                    .zip(pooled_b.chunks_mut(ph * pw).zip(arg_b.chunks_mut(ph * pw)));
+                for (yp, (pp, ap)) in planes {
+                    crate::ops::pool::max_pool2d_plane(
+                        yp,
+                        (oh, ow),
+                        pool.kernel,
+                        pool.stride,
+                        pp,
+                        ap,
+                    );
+                }
+            }
+        });
+    });
+}
+
+/// Backward of [`conv2d_relu_pool_forward`] from the pooled gradient
+/// `dpooled` and the saved `pooled` values and argmaxes (all (B, O, PH, PW)).
+/// OVERWRITES each of dw (O, C/groups, KH, KW), db (O) and dx (B, C, H, W)
+/// that is given; pass `None` for gradients nobody needs.
+///
+/// Each chunk of images rebuilds its dY in scratch, as the (O, nb·OH·OW)
+/// matrix that [`conv2d_backward_weight`] multiplies, and then does that
+/// function's dW GEMM, [`conv2d_backward_input`]'s GEMM and col2im per image,
+/// and [`conv2d_backward_bias`]'s per-plane sums. dW partials and bias sums
+/// are added in chunk and image order afterwards.
+#[allow(clippy::too_many_arguments)] // the three optional gradients read best named
+pub fn conv2d_relu_pool_backward(
+    s: &Conv2dShape,
+    pool: PoolOptions,
+    x: &[f32],
+    w: &[f32],
+    pooled: &[f32],
+    arg: &[u32],
+    dpooled: &[f32],
+    mut dw: Option<&mut [f32]>,
+    mut db: Option<&mut [f32]>,
+    dx: Option<&mut [f32]>,
+) {
+    let op = "conv2d_relu_pool_backward";
+    check_len(op, "x", s.input_shape().iter().product(), x.len());
+    check_len(op, "w", s.weight_shape().iter().product(), w.len());
+    let pp: usize = pool.output_shape(s).iter().product();
+    check_len(op, "pooled", pp, pooled.len());
+    check_len(op, "arg", pp, arg.len());
+    check_len(op, "dpooled", pp, dpooled.len());
+    if let Some(dw) = &dw {
+        check_len(op, "dw", s.weight_shape().iter().product(), dw.len());
+    }
+    if let Some(db) = &db {
+        check_len(op, "db", s.out_channels, db.len());
+    }
+    if let Some(dx) = &dx {
+        check_len(op, "dx", s.input_shape().iter().product(), dx.len());
+    }
+    let (c, hw, o, p) = (
+        s.in_channels,
+        s.in_h * s.in_w,
+        s.out_channels,
+        s.out_pixels(),
+    );
+    let (cg, og, k) = (s.group_in(), s.group_out(), s.col_rows());
+    let (ph, pw) = pool.pooled_size(s);
+    let per_image = o * ph * pw; // pooled values of one image
+    let ipc = images_per_chunk(s);
+    let n_chunks = s.batch.div_ceil(ipc);
+    let wlen = w.len();
+    if n_chunks == 0 || p == 0 {
+        dw.iter_mut().for_each(|d| d.fill(0.0));
+        db.iter_mut().for_each(|d| d.fill(0.0));
+        if let Some(dx) = dx {
+            dx.fill(0.0);
+        }
+        return;
+    }
+    // Per chunk: its partial dW (O, K) if wanted, then the per-image bias
+    // sums (nb, O) if wanted.
+    let (want_w, want_b) = (dw.is_some(), db.is_some());
+    let part_len = if want_w { wlen } else { 0 } + if want_b { ipc * o } else { 0 };
+    let mut partials = vec![0.0f32; n_chunks * part_len];
+    let dx_chunks: Vec<Option<&mut [f32]>> = match dx {
+        Some(dx) => dx.chunks_mut(ipc * c * hw).map(Some).collect(),
+        None => (0..n_chunks).map(|_| None).collect(),
+    };
+    let parts: Vec<&mut [f32]> = if part_len == 0 {
+        (0..n_chunks).map(|_| &mut [][..]).collect()
+    } else {
+        partials.chunks_mut(part_len).collect()
+    };
+    let items: Vec<_> = parts.into_iter().zip(dx_chunks).collect();
+    for_each_item(items, run_parallel(s), |chunk, (part, dx_c)| {
+        let b0 = chunk * ipc;
+        let nb = ipc.min(s.batch - b0);
+        let n = nb * p; // columns of the wide matrices
+                        // dY (O, n), then im2col (K, n) for dW, reused as (K, P) for dx.
+        with_scratch(o * n + k * n, |buf| {
+            let (dy, cols) = buf.split_at_mut(o * n);
+            // dY: the pooled gradient scattered back to its argmax, through
+            // relu's mask, in the order the separate ops add it.
+            dy.fill(0.0);
+            for i in 0..nb {
+                let q0 = (b0 + i) * per_image;
+                let (pv, av, dv) = (
+                    &pooled[q0..][..per_image],
+                    &arg[q0..][..per_image],
+                    &dpooled[q0..][..per_image],
+                );
+                for oo in 0..o {
+                    let plane = &mut dy[oo * n + i * p..][..p]; // (OH, OW)
+                    let r = oo * ph * pw..(oo + 1) * ph * pw;
+                    for ((&v, &a), &d) in pv[r.clone()].iter().zip(&av[r.clone()]).zip(&dv[r]) {
+                        plane[a as usize] += crate::ops::elementwise::relu_grad(v, d);
+                    }
+                }
+            }
+            let (part_w, part_b) = part.split_at_mut(if want_w { wlen } else { 0 });
+            if want_b {
+                // As conv2d_backward_bias: one sum per (image, channel) plane.
+                for i in 0..nb {
+                    for oo in 0..o {
+                        part_b[i * o + oo] = sum_lanes(&dy[oo * n + i * p..][..p]);
+                    }
+                }
+            }
+            if want_w {
+                // As backward_weight_core: dW_g = dY_g · colsᵀ.
+                for g in 0..s.opts.groups {
+                    for i in 0..nb {
+                        let x_bg = &x[((b0 + i) * c + g * cg) * hw..][..cg * hw];
+                        im2col_strided(s, x_bg, &mut cols[i * p..], n);
+                    }
+                    let dy_g = Mat::row_major(&dy[g * og * n..(g + 1) * og * n], og, n);
+                    let cols_t = Mat::row_major(cols, k, n).t(); // (n, K)
+                    gemm(
+                        1.0,
+                        dy_g,
+                        cols_t,
+                        0.0,
+                        &mut part_w[g * og * k..][..og * k],
+                        k,
+                    );
+                }
+            }
+            if let Some(dx_c) = dx_c {
+                // As conv2d_backward_input: dx_b,g = col2im(W_gᵀ · dY_b,g).
+                dx_c.fill(0.0);
+                let dcols = &mut cols[..k * p];
+                for (i, dx_b) in dx_c.chunks_mut(c * hw).enumerate() {
+                    for g in 0..s.opts.groups {
+                        let w_g = Mat::row_major(&w[g * og * k..(g + 1) * og * k], og, k);
+                        let dy_bg = Mat {
+                            data: &dy[g * og * n + i * p..],
+                            rows: og,
+                            cols: p,
+                            row_stride: n,
+                            col_stride: 1,
+                        };
+                        gemm(1.0, w_g.t(), dy_bg, 0.0, dcols, p); // (K, P)
+                        col2im(s, dcols, &mut dx_b[g * cg * hw..(g + 1) * cg * hw]);
+                    }
+                }
+            }
+        });
+    });
+    // Fixed-order reductions: chunk 0, + chunk 1, ...; image 0, + image 1, ...
+    let parts = partials.chunks(part_len.max(1)).take(n_chunks);
+    if let Some(dw) = dw {
+        for (i, part) in parts.clone().enumerate() {
+            if i == 0 {
+                dw.copy_from_slice(&part[..wlen]);
+            } else {
+                add_into(dw, &part[..wlen]);
+            }
+        }
+    }
+    if let Some(db) = db {
+        db.fill(0.0);
+        let off = if want_w { wlen } else { 0 };
+        for (chunk, part) in parts.enumerate() {
+            let nb = ipc.min(s.batch - chunk * ipc);
+            for sums in part[off..].chunks(o).take(nb) {
+                add_into(db, sums);
+            }
+        }
+    }
+}
+
+/// The definition, from the naive kernels: conv2d_forward_naive, relu, then
+/// max-pooling each plane. Returns (pooled, arg); the test oracle.
+pub fn conv2d_relu_pool_naive(
+    s: &Conv2dShape,
+    pool: PoolOptions,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+) -> (Vec<f32>, Vec<u32>) {
+    let mut y = vec![0.0; s.output_shape().iter().product()];
+    conv2d_forward_naive(s, x, w, bias, &mut y);
+    let r: Vec<f32> = y
+        .iter()
+        .map(|&v| crate::ops::elementwise::relu(v))
+        .collect();
+    let pp = pool.output_shape(s).iter().product();
+    let (mut pooled, mut arg) = (vec![0.0; pp], vec![0u32; pp]);
+    crate::ops::pool::max_pool2d_forward(
+        &r,
+        (s.out_h(), s.out_w()),
+        pool.kernel,
+        pool.stride,
+        &mut pooled,
+        &mut arg,
+    );
+    (pooled, arg)
+}

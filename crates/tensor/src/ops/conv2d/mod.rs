@@ -1,0 +1,429 @@
+//! conv2d: geometry, the fast kernels (forward by a direct wide-row kernel
+//! for stride 1 and by im2col + GEMM otherwise; backward as two GEMMs), the
+//! naive direct convolution kept as oracle, the autograd op, and the fused
+//! conv2d → relu → max_pool2d op of a LeNet block.
+//!
+//! Layouts: input x is (B, C, H, W); weight w is (O, C/groups, KH, KW);
+//! output y is (B, O, OH, OW). All contiguous, row-major.
+//!
+//! # How the fast kernels work
+//!
+//! For one image and one group g, im2col unrolls the input patches into a
+//! matrix `cols` of shape (Cg·KH·KW, OH·OW), so that the convolution becomes
+//! one GEMM with the group's weights viewed as a (O/g, Cg·KH·KW) matrix:
+//!
+//! ```text
+//! forward           y_b,g  = W_g · cols_b,g              (O/g, OH·OW)
+//! backward weight   dW_g   = Σ_b dY_b,g · cols_b,gᵀ      (O/g, Cg·KH·KW)
+//! backward input    dx_b,g = col2im(W_gᵀ · dY_b,g)       (Cg, H, W)
+//! ```
+//!
+//! The batch is cut into chunks of [`images_per_chunk`] images, a pure
+//! function of the shape. Chunks run in parallel on rayon when the whole op is
+//! big enough ([`PARALLEL_MIN_FLOPS`], again a function of the shape only).
+//! The weight gradient is the only reduction over the batch: each chunk
+//! writes a partial dW and the partials are summed sequentially in chunk
+//! order, so the result is bitwise the same for any number of threads.
+
+//!
+//! # Files
+//!
+//! * this file: the geometry ([`Conv2dOptions`], [`Conv2dShape`]), work
+//!   splitting and scratch, and the autograd op (`Tensor::conv2d`,
+//!   `Tensor::conv2d_relu_max_pool2d`).
+//! * `im2col.rs`: [`im2col`] and [`col2im`].
+//! * `forward.rs`: [`conv2d_forward`], which picks the direct kernel or
+//!   im2col + GEMM per image.
+//! * `direct.rs`: the direct wide-row forward kernel (AVX2 + portable) and the
+//!   naive convolution kept as the oracle.
+//! * `backward.rs`: the weight (and coactivation), input and bias gradients,
+//!   with their naive oracles.
+//! * `fused.rs`: the fused conv → relu → max-pool block ([`PoolOptions`],
+//!   [`conv2d_relu_pool_forward`], [`conv2d_relu_pool_backward`]).
+
+/// Per-axis options of a convolution; each pair is (y, x), i.e. (height, width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dOptions {
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub groups: usize,
+}
+
+impl Default for Conv2dOptions {
+    fn default() -> Self {
+        Conv2dOptions {
+            stride: (1, 1),
+            padding: (0, 0),
+            dilation: (1, 1),
+            groups: 1,
+        }
+    }
+}
+
+/// Everything a conv2d kernel needs to know about its operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dShape {
+    pub batch: usize,
+    pub in_channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_channels: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub opts: Conv2dOptions,
+}
+
+impl Conv2dShape {
+    /// Checks that an input of shape `input` (B, C, H, W) and a weight of shape
+    /// `weight` (O, C/groups, KH, KW) fit together under `opts`.
+    pub fn new(input: &[usize], weight: &[usize], opts: Conv2dOptions) -> Result<Self, String> {
+        if input.len() != 4 || weight.len() != 4 {
+            return Err(format!(
+                "conv2d: input must be (B, C, H, W) and weight (O, C/groups, KH, KW); got input {input:?}, weight {weight:?}"
+            ));
+        }
+        let g = opts.groups;
+        if g == 0
+            || opts.stride.0 == 0
+            || opts.stride.1 == 0
+            || opts.dilation.0 == 0
+            || opts.dilation.1 == 0
+        {
+            return Err(format!(
+                "conv2d: groups, stride and dilation must be positive; got {opts:?}"
+            ));
+        }
+        let s = Conv2dShape {
+            batch: input[0],
+            in_channels: input[1],
+            in_h: input[2],
+            in_w: input[3],
+            out_channels: weight[0],
+            kernel_h: weight[2],
+            kernel_w: weight[3],
+            opts,
+        };
+        if !s.in_channels.is_multiple_of(g)
+            || !s.out_channels.is_multiple_of(g)
+            || weight[1] * g != s.in_channels
+        {
+            return Err(format!(
+                "conv2d: with groups={g}, input channels ({}) and output channels ({}) must divide by groups and weight dim 1 must be C/groups; got input {input:?}, weight {weight:?}",
+                s.in_channels, s.out_channels
+            ));
+        }
+        let eff_h = opts.dilation.0 * (s.kernel_h.max(1) - 1) + 1;
+        let eff_w = opts.dilation.1 * (s.kernel_w.max(1) - 1) + 1;
+        if s.kernel_h == 0
+            || s.kernel_w == 0
+            || s.in_h + 2 * opts.padding.0 < eff_h
+            || s.in_w + 2 * opts.padding.1 < eff_w
+        {
+            return Err(format!(
+                "conv2d: kernel {}x{} (dilated {eff_h}x{eff_w}) does not fit the padded input {}x{}; input {input:?}, weight {weight:?}, {opts:?}",
+                s.kernel_h, s.kernel_w, s.in_h + 2 * opts.padding.0, s.in_w + 2 * opts.padding.1
+            ));
+        }
+        Ok(s)
+    }
+
+    pub fn out_h(&self) -> usize {
+        (self.in_h + 2 * self.opts.padding.0 - self.opts.dilation.0 * (self.kernel_h - 1) - 1)
+            / self.opts.stride.0
+            + 1
+    }
+    pub fn out_w(&self) -> usize {
+        (self.in_w + 2 * self.opts.padding.1 - self.opts.dilation.1 * (self.kernel_w - 1) - 1)
+            / self.opts.stride.1
+            + 1
+    }
+    /// Input channels seen by one output channel (C / groups).
+    pub fn group_in(&self) -> usize {
+        self.in_channels / self.opts.groups
+    }
+    /// Output channels per group (O / groups).
+    pub fn group_out(&self) -> usize {
+        self.out_channels / self.opts.groups
+    }
+    pub fn input_shape(&self) -> [usize; 4] {
+        [self.batch, self.in_channels, self.in_h, self.in_w]
+    }
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [
+            self.out_channels,
+            self.group_in(),
+            self.kernel_h,
+            self.kernel_w,
+        ]
+    }
+    pub fn output_shape(&self) -> [usize; 4] {
+        [self.batch, self.out_channels, self.out_h(), self.out_w()]
+    }
+    /// Output pixels per channel of one image (OH·OW): the columns of one
+    /// image's im2col matrix.
+    pub fn out_pixels(&self) -> usize {
+        self.out_h() * self.out_w()
+    }
+    /// Rows of one group's im2col matrix (C/groups · KH · KW): the length of
+    /// one output channel's dot product.
+    pub fn col_rows(&self) -> usize {
+        self.group_in() * self.kernel_h * self.kernel_w
+    }
+    /// Floating-point operations of the forward pass (2 per multiply-add,
+    /// bias not counted). Each of the two backward GEMMs costs the same.
+    pub fn flops(&self) -> usize {
+        2 * self.batch * self.out_channels * self.col_rows() * self.out_pixels()
+    }
+}
+
+use crate::gemm::{gemm, Mat};
+use crate::ops::relu_pool::{relu_max_pool_2x2_rows, WIDE_SLACK};
+use crate::ops::sparse_conv2d::KernelChoice;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+use crate::tensor::Tensor;
+
+mod backward;
+mod direct;
+mod forward;
+mod fused;
+mod im2col;
+
+pub use backward::{
+    conv2d_backward_bias, conv2d_backward_input, conv2d_backward_input_naive,
+    conv2d_backward_weight, conv2d_backward_weight_naive, conv2d_coactivation,
+};
+pub use direct::{conv2d_forward_direct, conv2d_forward_naive, Kernel};
+pub use forward::conv2d_forward;
+pub use fused::{
+    conv2d_relu_pool_backward, conv2d_relu_pool_forward, conv2d_relu_pool_naive, PoolOptions,
+};
+pub use im2col::{col2im, im2col};
+
+pub(crate) use backward::sum_lanes;
+use direct::{copy_planes, direct_applies, direct_scratch_len, for_each_tap, forward_direct, idx4};
+use forward::{forward_image, forward_scratch_len};
+use im2col::im2col_strided;
+
+// ---------------------------------------------------------------------------
+// Work splitting
+// ---------------------------------------------------------------------------
+
+/// A chunk holds enough images that its im2col matrix is about this many
+/// columns wide (one image if a single image already has more). For the
+/// LeNet's second conv (100 output pixels) that is 2 images, so batch 4
+/// splits into two equal chunks; wider chunks measured no faster.
+pub const CHUNK_COLUMNS: usize = 200;
+
+/// Below this many forward flops an op runs on the calling thread: a rayon
+/// fork/join costs a few microseconds, more than splitting tiny work saves.
+pub const PARALLEL_MIN_FLOPS: usize = 1 << 20;
+
+/// Images per chunk of work. A pure function of the shape (never of the
+/// thread count), so chunked reductions are reproducible.
+pub fn images_per_chunk(s: &Conv2dShape) -> usize {
+    CHUNK_COLUMNS
+        .div_ceil(s.out_pixels().max(1))
+        .clamp(1, s.batch.max(1))
+}
+
+/// Whether to run the chunks in parallel; again only a function of the shape.
+fn run_parallel(s: &Conv2dShape) -> bool {
+    s.flops() >= PARALLEL_MIN_FLOPS && s.batch > images_per_chunk(s)
+}
+
+/// Calls `f(chunk_index, chunk)` for each `chunk_len`-sized piece of `data`,
+/// in parallel if `parallel`.
+fn for_each_chunk<F>(data: &mut [f32], chunk_len: usize, parallel: bool, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Send + Sync,
+{
+    if data.is_empty() || chunk_len == 0 {
+        return;
+    }
+    if parallel {
+        data.par_chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    } else {
+        data.chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch for im2col matrices, reused across calls.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch slice of `len` floats with unspecified contents.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    scratch_in(&SCRATCH, len, f)
+}
+
+/// Runs `f` on `len` floats of the thread-local buffer `key`, grown as
+/// needed and reused across calls; contents unspecified.
+pub(crate) fn scratch_in<R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+            f(&mut v[..len])
+        }
+        // Re-entered on this thread: fall back to a fresh buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+pub(crate) fn check_len(op: &str, what: &str, expected: usize, actual: usize) {
+    assert_eq!(
+        expected, actual,
+        "{op}: {what} should have {expected} elements, got {actual}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The op on the tape: forward runs the im2col kernel, backward the two
+// backward GEMMs, skipping whichever gradient nobody needs (e.g. the input
+// image's).
+// ---------------------------------------------------------------------------
+
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+}
+
+impl Tensor {
+    /// 2-D convolution (PyTorch's cross-correlation) of x (B, C, H, W) with
+    /// weight (O, C/groups, KH, KW) and an optional bias (O).
+    pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, opts: Conv2dOptions) -> Tensor {
+        let s =
+            Conv2dShape::new(self.shape(), weight.shape(), opts).unwrap_or_else(|e| panic!("{e}"));
+        if let Some(b) = bias {
+            assert_eq!(
+                b.shape(),
+                [s.out_channels],
+                "conv2d: bias {:?} for {} output channels",
+                b.shape(),
+                s.out_channels
+            );
+        }
+        let out_shape = s.output_shape();
+        let mut y = crate::buffers::take(out_shape.iter().product());
+        conv2d_forward(
+            &s,
+            &self.data(),
+            &weight.data(),
+            bias.map(|b| b.data()).as_deref().map(|v| &v[..]),
+            &mut y,
+        );
+        let (x, w, b) = (self.clone(), weight.clone(), bias.cloned());
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        Tensor::from_op(y, &out_shape, &inputs, move |dy, grads| {
+            if w.needs_grad() {
+                let mut dw = crate::buffers::take(w.numel());
+                conv2d_backward_weight(&s, &x.data(), dy, &mut dw);
+                grads.add_owned(&w, dw);
+            }
+            if x.needs_grad() {
+                let mut dx = crate::buffers::take(x.numel());
+                conv2d_backward_input(&s, &w.data(), dy, &mut dx);
+                grads.add_owned(&x, dx);
+            }
+            if let Some(b) = &b {
+                grads.accumulate(b, |gb| {
+                    let mut db = vec![0.0; s.out_channels];
+                    conv2d_backward_bias(&s, dy, &mut db);
+                    add_into(gb, &db);
+                });
+            }
+        })
+    }
+
+    /// `max_pool2d(relu(conv2d(x, weight, bias)))` as one op (see
+    /// [`conv2d_relu_pool_forward`]): the same values and gradients, bit for
+    /// bit, without the two full-size intermediate tensors.
+    pub fn conv2d_relu_max_pool2d(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        opts: Conv2dOptions,
+        pool: PoolOptions,
+    ) -> Tensor {
+        let s =
+            Conv2dShape::new(self.shape(), weight.shape(), opts).unwrap_or_else(|e| panic!("{e}"));
+        if let Some(b) = bias {
+            assert_eq!(
+                b.shape(),
+                [s.out_channels],
+                "conv2d_relu_max_pool2d: bias {:?} for {} output channels",
+                b.shape(),
+                s.out_channels
+            );
+        }
+        let out_shape = pool.output_shape(&s);
+        let n_out = out_shape.iter().product();
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        // Backward needs the argmaxes and the pooled values; find them and
+        // keep a copy only if it will run.
+        let tracked = crate::tape::is_recording() && inputs.iter().any(|t| t.needs_grad());
+        // Both overwritten whole.
+        let mut pooled = crate::buffers::take(n_out);
+        let mut arg = crate::buffers::Recycled(if tracked {
+            crate::buffers::take(n_out)
+        } else {
+            Vec::new()
+        });
+        conv2d_relu_pool_forward(
+            &s,
+            pool,
+            &self.data(),
+            &weight.data(),
+            bias.map(|b| b.data()).as_deref().map(|v| &v[..]),
+            &mut pooled,
+            tracked.then_some(&mut arg[..]),
+        );
+        let saved = crate::buffers::Recycled::copy_of(if tracked { &pooled } else { &[] });
+        let (x, w, b) = (self.clone(), weight.clone(), bias.cloned());
+        Tensor::from_op(pooled, &out_shape, &inputs, move |dpooled, grads| {
+            let mut dw = w.needs_grad().then(|| crate::buffers::take(w.numel()));
+            let mut db = b
+                .as_ref()
+                .filter(|b| b.needs_grad())
+                .map(|_| vec![0.0; s.out_channels]);
+            let mut dx = x.needs_grad().then(|| crate::buffers::take(x.numel()));
+            conv2d_relu_pool_backward(
+                &s,
+                pool,
+                &x.data(),
+                &w.data(),
+                &saved,
+                &arg,
+                dpooled,
+                dw.as_deref_mut(),
+                db.as_deref_mut(),
+                dx.as_deref_mut(),
+            );
+            if let Some(dw) = dw {
+                grads.add_owned(&w, dw);
+            }
+            if let (Some(b), Some(db)) = (&b, db) {
+                // Added into zeros, as conv2d's op does (so a −0 sum
+                // becomes +0 in both).
+                grads.accumulate(b, |gb| add_into(gb, &db));
+            }
+            if let Some(dx) = dx {
+                grads.add_owned(&x, dx);
+            }
+        })
+    }
+}
