@@ -17,8 +17,9 @@ use std::cell::RefCell;
 const MIN_LEN: usize = 1024;
 
 /// At most this many buffers are kept per thread (a LeNet step makes about
-/// twenty large ones).
+/// twenty large ones), holding at most `MAX_KEPT_BYTES` between them.
 const MAX_KEPT: usize = 48;
+const MAX_KEPT_BYTES: usize = 256 << 20;
 
 thread_local! {
     static FREE_F32: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
@@ -68,17 +69,20 @@ pub fn zeroed<T: Element>(n: usize) -> Vec<T> {
 }
 
 /// Returns a buffer to this thread's free list (or to the allocator if it
-/// is small). A full list lets its oldest buffer go, so that when the sizes
-/// change (from training to evaluation, say) the new ones take over.
+/// is small). A full list (by count or by bytes) lets its oldest buffers go,
+/// so that when the sizes change (from training to evaluation, say) the new
+/// ones take over, and one huge batch cannot pin much memory.
 pub fn give<T: Element>(v: Vec<T>) {
     if v.len() < MIN_LEN {
         return;
     }
+    let bytes = |f: &Vec<Vec<T>>| f.iter().map(|v| v.len()).sum::<usize>() * size_of::<T>();
     T::with_free(|f| {
-        if f.len() == MAX_KEPT {
+        f.push(v);
+        // The oldest go first.
+        while f.len() > MAX_KEPT || (f.len() > 1 && bytes(f) > MAX_KEPT_BYTES) {
             f.remove(0);
         }
-        f.push(v);
     });
 }
 

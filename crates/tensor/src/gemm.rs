@@ -125,7 +125,7 @@ pub fn gemm_row_blocks(alpha: f32, a: Mat, b: Mat, beta: f32, c: &mut [f32], ldc
     use rayon::prelude::*;
     let (m, k, n) = (a.rows, a.cols, b.cols);
     let blocks = (2 * m * k * n / ROW_BLOCK_FLOPS).min(m);
-    if blocks <= 1 || n == 0 || a.cols != b.rows || c.len() < (m - 1) * ldc + n {
+    if blocks <= 1 || n == 0 || ldc < n || a.cols != b.rows || c.len() < (m - 1) * ldc + n {
         // One call (and gemm's own checks and messages for bad shapes).
         return gemm(alpha, a, b, beta, c, ldc);
     }

@@ -10,9 +10,11 @@
 //! ```
 //!
 //! One departure: a buffer value that falls below f32's normal range
-//! (subnormal, under 1.2e-38) is stored as 0, because arithmetic on
-//! subnormals is very slow on x86 and such a value cannot move a weight of
-//! normal size (see `sgd_momentum`).
+//! (subnormal, under 2⁻¹²⁶ ≈ 1.2e-38) is stored as 0, because arithmetic on
+//! subnormals is very slow on x86. With lr ≤ 1 such a value cannot move a
+//! weight with |w| ≥ 2⁻¹⁰² ≈ 2e-31 (its step is under half an ulp of w); a
+//! smaller weight, exactly 0 included, could have moved by a subnormal
+//! amount (see `sgd_momentum`).
 
 use crate::tensor::Tensor;
 
@@ -171,8 +173,9 @@ fn sgd_momentum<const FIRST: bool, const NESTEROV: bool>(
         // buffer decays by `momentum` each step into subnormal numbers,
         // and every multiply by one costs x86 a microcode assist of about
         // a hundred cycles: such buffers made this loop the slowest part
-        // of a batch-4 step. A subnormal buffer (below 1.2e-38) moves no
-        // weight of normal size by a single bit, so it is flushed to 0.
+        // of a batch-4 step. A subnormal buffer (below 2⁻¹²⁶) times lr ≤ 1
+        // is under half an ulp of any weight with |w| ≥ 2⁻¹⁰², so it moves
+        // such a weight by nothing; it is flushed to 0.
         *b = if nb.is_subnormal() { 0.0 } else { nb };
         let step = if NESTEROV { g + c.momentum * *b } else { *b };
         *w -= c.lr * step;

@@ -339,11 +339,15 @@ unsafe fn unpool_avx2(
             let m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(2 * n - 8), count);
             let c = 16 * blk;
             // SAFETY: only columns below 2·pw ≤ rs are written (the masks),
-            // inside the rs-float rows `top` and `bottom`.
+            // inside the rs-float rows `top` and `bottom`; column c < 2·pw,
+            // and c + 8 is formed only when the block has more than 4
+            // windows, so c + 8 < 2·pw too: no pointer leaves the rows.
             _mm256_maskstore_ps(top.as_mut_ptr().add(c), m0, t0);
-            _mm256_maskstore_ps(top.as_mut_ptr().add(c + 8), m1, t1);
             _mm256_maskstore_ps(bottom.as_mut_ptr().add(c), m0, b0);
-            _mm256_maskstore_ps(bottom.as_mut_ptr().add(c + 8), m1, b1);
+            if n > 4 {
+                _mm256_maskstore_ps(top.as_mut_ptr().add(c + 8), m1, t1);
+                _mm256_maskstore_ps(bottom.as_mut_ptr().add(c + 8), m1, b1);
+            }
         }
         top[2 * pw..].fill(0.0);
         bottom[2 * pw..].fill(0.0);

@@ -14,14 +14,15 @@ use super::*;
 // ```
 //
 // For stride 1 and a 2×2 pool (the LeNet), forward relu-pools each output
-// channel's wide rows as the gather leaves them (`relu_pool_forward_wide`),
-// and backward never builds dY at all: each gradient task rebuilds the dY
-// planes it reads from the pooled gradient (`Dy::Pooled`), and the weight
-// tasks sum the bias gradient window by window. dx and dw are bitwise those
-// of conv2d_sparse → relu → max_pool2d; db equals theirs to rounding (the
-// sums run in another order). Other geometries run the sparse convolution of
-// one chunk of images into scratch and pool it, and rebuild the whole dY once
-// for the separate kernels: bitwise equal to the separate ops throughout.
+// channel's wide rows as the gather leaves them (`relu_pool_forward_wide`);
+// other geometries run the sparse convolution of one chunk of images into
+// scratch and pool it. For any stride-1 conv, backward never builds dY at
+// all: each gradient task rebuilds the dY planes it reads from the pooled
+// gradient (`Dy::Pooled`), and the weight tasks sum the bias gradient window
+// by window. Other strides rebuild the whole dY once for the separate
+// kernels. dx and dw are always bitwise those of conv2d_sparse → relu →
+// max_pool2d; db is too for strides other than 1, and equals theirs to
+// rounding for stride 1 (the sums run in another order).
 
 thread_local! {
     /// One chunk's conv output (forward), or the whole batch's rebuilt dY
@@ -367,9 +368,11 @@ pub fn sparse_conv2d_relu_pool_naive(
 }
 
 /// max_pool2d(relu(conv2d_sparse(x, w, bias, layout))) without the
-/// full-size intermediates: the same values and gradients, bit for bit, as
-/// the three ops one after the other. Backward gives dx, dw at the active
-/// taps only (exactly 0.0 elsewhere) and dbias, as [`conv2d_sparse`] does.
+/// full-size intermediates: the same values, dx and dw, bit for bit, as the
+/// three ops one after the other, and the same dbias (bit for bit, or for a
+/// stride-1 conv to rounding: see the comment at the top of this file).
+/// Backward gives dx, dw at the active taps only (exactly 0.0 elsewhere) and
+/// dbias, as [`conv2d_sparse`] does.
 pub fn conv2d_sparse_relu_max_pool2d(
     x: &Tensor,
     w: &Tensor,

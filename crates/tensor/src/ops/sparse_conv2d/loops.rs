@@ -249,7 +249,7 @@ pub(super) fn sum8(v: [f32; 8]) -> f32 {
 /// AVX2 `multi_dot`: four taps at a time share each load of `a` (10 loads
 /// per 8 FMAs instead of 16), with two accumulators per tap (16 floats a
 /// step), so that eight independent FMA chains hide the FMA's latency. A
-/// short last group repeats its first tap and drops the extra results, so
+/// short last group repeats its last tap and drops the extra results, so
 /// every tap is summed the same way.
 ///
 /// # Safety
