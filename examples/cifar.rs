@@ -147,8 +147,9 @@ struct Args {
     #[arg(long, help_heading = "Hebbian strength")]
     threshold: Option<f32>,
 
-    /// Kernels of the sparse layers: auto (sparse below the measured
-    /// crossover density, dense above), sparse or dense
+    /// Kernels of the sparse layers: auto (sparse where measured faster:
+    /// below the crossover density, or at any density for layers with at
+    /// most 8 output channels), sparse or dense
     #[arg(long, default_value = "auto", help_heading = "Running")]
     conv_path: ConvPath,
     /// Worker threads [default: all cores]. Results do not depend on it.

@@ -26,7 +26,7 @@ use std::rc::Rc;
 use tensor::nn::{kaiming_uniform_bound, Conv2d, MaxPool2d, DEFAULT_KAIMING_A};
 use tensor::ops::conv2d::PoolOptions;
 use tensor::ops::sparse_conv2d::{
-    conv2d_sparse, conv2d_sparse_relu_max_pool2d, SparseLayout, SPARSE_CROSSOVER_DENSITY,
+    conv2d_sparse, conv2d_sparse_relu_max_pool2d, sparse_pays, SparseLayout,
 };
 use tensor::optim::Sgd;
 use tensor::{Conv2dOptions, Conv2dShape, Rng, Tensor};
@@ -74,8 +74,9 @@ impl std::str::FromStr for PruneDims {
 /// the order of summation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPath {
-    /// Sparse below [`SPARSE_CROSSOVER_DENSITY`], where the direct sparse
-    /// kernels are measured to be faster; dense above it.
+    /// The sparse kernels where they are measured to be faster
+    /// ([`sparse_pays`]): below `SPARSE_CROSSOVER_DENSITY`, or at any
+    /// density for a layer with few output channels; dense otherwise.
     Auto,
     /// Always the direct sparse kernels over the active taps.
     Sparse,
@@ -293,7 +294,10 @@ impl DSConv2d {
     /// Whether the next forward runs the sparse kernels.
     pub fn uses_sparse_path(&self) -> bool {
         let sparse = match self.config.path {
-            ConvPath::Auto => self.density() < SPARSE_CROSSOVER_DENSITY,
+            ConvPath::Auto => {
+                let shape: [usize; 4] = self.conv.weight.shape().try_into().expect("4-d");
+                sparse_pays(shape, self.conv.opts.groups, self.density())
+            }
             ConvPath::Sparse => true,
             ConvPath::Dense => false,
         };

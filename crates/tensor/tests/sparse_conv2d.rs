@@ -1002,3 +1002,17 @@ fn fused_kernels_are_bitwise_independent_of_thread_count() {
         }
     }
 }
+
+/// Which layers `--conv-path auto` sends to the sparse kernels: narrow ones
+/// at any density, the others below the crossover.
+#[test]
+fn sparse_pays_for_narrow_layers_always_and_others_below_the_crossover() {
+    // The LeNet's first conv (6 output channels), even dense.
+    assert!(sparse_pays([6, 3, 5, 5], 1, 1.0));
+    // Its second (16 output channels): at 12 %, not at 100 %.
+    assert!(sparse_pays([16, 6, 5, 5], 1, 0.12));
+    assert!(!sparse_pays([16, 6, 5, 5], 1, 1.0));
+    assert!(!sparse_pays([16, 6, 5, 5], 1, SPARSE_CROSSOVER_DENSITY));
+    // Output channels count per group.
+    assert!(sparse_pays([16, 3, 5, 5], 2, 1.0));
+}

@@ -108,9 +108,25 @@ use loops::{gather_fma, multi_dot};
 /// 36 % and 52 % at batch 4 and between 52 % and 68 % at batch 64; the first
 /// (3→6 on 32×32) stays faster sparse even at 100 %. Forward alone breaks
 /// even at about 80–95 % (conv1) and 45–68 % (conv2). Below this value
-/// choose the sparse op. See
+/// choose the sparse op, unless the layer is narrow enough to take it at any
+/// density ([`SPARSE_ALWAYS_MAX_OUT_CHANNELS`]). See
 /// `docs/sparse-kernels.md` for the tables.
 pub const SPARSE_CROSSOVER_DENSITY: f64 = 0.6;
+
+/// Output channels per group up to which the sparse kernels beat the dense
+/// ones at every density, 100 % included: the dense backward multiplies by a
+/// matrix with one row per output channel, and the GEMM's 16-row blocks
+/// waste most of their work on a few rows. The LeNet's first conv (6 output
+/// channels) trains 1.7× to 1.95× faster on the sparse kernels at 100 %.
+pub const SPARSE_ALWAYS_MAX_OUT_CHANNELS: usize = 8;
+
+/// Whether a layer with this weight shape, groups and density runs faster
+/// on the sparse kernels than on the dense ones, for a training step: narrow
+/// layers always, others below [`SPARSE_CROSSOVER_DENSITY`].
+pub fn sparse_pays(weight_shape: [usize; 4], groups: usize, density: f64) -> bool {
+    weight_shape[0] / groups.max(1) <= SPARSE_ALWAYS_MAX_OUT_CHANNELS
+        || density < SPARSE_CROSSOVER_DENSITY
+}
 
 /// Which inner loops to run, so that tests can check each against the
 /// oracle. `Best` takes the widest the CPU has (checked at run time):
