@@ -83,9 +83,7 @@ impl Dy<'_> {
         match *self {
             Dy::Plain(dy) => {
                 let p = s.out_pixels();
-                for (oy, row) in dy[(b * o + oc) * p..][..p].chunks_exact(ow).enumerate() {
-                    copy_row(&mut rows[oy * wp..][..ow], row);
-                }
+                copy_rows(rows, wp, &dy[(b * o + oc) * p..][..p], ow, oh, ow, k);
                 0.0
             }
             Dy::Pooled(g) => {
@@ -189,9 +187,8 @@ pub(super) fn backward_input_wide(
                             continue;
                         }
                         gather_fma(dyq_bg, &plan.bwd_offs[r], ws, 0.0, dxw, k);
-                        for (iy, row) in dx_c.chunks_exact_mut(wd).enumerate() {
-                            copy_row(row, &dxw[(iy + py) * plan.wp + px..][..wd]);
-                        }
+                        let dxw_rows = &dxw[py * plan.wp + px..];
+                        copy_rows(dx_c, wd, dxw_rows, plan.wp, s.in_h, wd, k);
                     }
                 }
             }
@@ -305,7 +302,7 @@ pub(super) fn backward_weight_wide(
     with_scratch(&BATCH_SCRATCH, pad_len, |xpad| {
         // The whole batch padded once, shared by the channel tasks.
         let xs: &[f32] = if padded {
-            pad_planes(x, s.in_h, s.in_w, s.opts.padding, xpad);
+            pad_planes(x, s.in_h, s.in_w, s.opts.padding, xpad, k);
             xpad
         } else {
             x

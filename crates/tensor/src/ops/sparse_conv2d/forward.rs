@@ -59,7 +59,7 @@ pub fn sparse_conv2d_forward(
                 for g in 0..s.opts.groups {
                     let x_bg = &x[(b * c + g * cg) * hw..][..cg * hw]; // (Cg, H, W)
                     let src = if padded {
-                        pad_planes(x_bg, s.in_h, s.in_w, s.opts.padding, xpad);
+                        pad_planes(x_bg, s.in_h, s.in_w, s.opts.padding, xpad, k);
                         &*xpad
                     } else {
                         x_bg
@@ -72,9 +72,7 @@ pub fn sparse_conv2d_forward(
                         }
                         gather_fma(src, &plan.fwd_offs[r], ws, bias_of(oc), yw, k);
                         let y_o = &mut y_b[oc * p..(oc + 1) * p]; // (OH, OW)
-                        for (oy, row) in y_o.chunks_exact_mut(ow).enumerate() {
-                            copy_row(row, &yw[oy * plan.wp..][..ow]);
-                        }
+                        copy_rows(y_o, ow, yw, plan.wp, oh, ow, k);
                     }
                 }
             }

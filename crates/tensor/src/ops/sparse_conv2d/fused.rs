@@ -159,7 +159,7 @@ pub(super) fn relu_pool_forward_wide(
             for g in 0..s.opts.groups {
                 let x_bg = &x_c[(b * c + g * cg) * hw..][..cg * hw]; // (Cg, H, W)
                 let src = if padded {
-                    pad_planes(x_bg, s.in_h, s.in_w, s.opts.padding, xpad);
+                    pad_planes(x_bg, s.in_h, s.in_w, s.opts.padding, xpad, k);
                     &*xpad
                 } else {
                     x_bg

@@ -25,9 +25,9 @@
 //!
 //! one long contiguous loop instead of OH short rows (10 floats in the LeNet's
 //! second conv), at the price of Wp − OW wasted columns per row, dropped when
-//! the rows are copied out. The inner loop keeps a block of 64 outputs in
-//! eight AVX registers and streams the taps through it: one load and one FMA
-//! per tap and 8 outputs, and one store per output.
+//! the rows are copied out. The inner loop keeps a block of up to 12 AVX
+//! registers of outputs and streams the taps through it: one load and one
+//! FMA per tap and vector, and one store per output.
 //!
 //! The input gradient is the same loop on the other side. Lay dy out with
 //! the same row length Wp, its Wp − OW gap columns zero, and (KH−1)·dy zero
@@ -225,30 +225,155 @@ thread_local! {
 
 /// Copies the (C', H, W) planes of `x` into the middle of the zeroed
 /// (C', H + 2·py, W + 2·px) planes of `xp`.
-fn pad_planes(x: &[f32], h: usize, w: usize, (py, px): (usize, usize), xp: &mut [f32]) {
+fn pad_planes(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    (py, px): (usize, usize),
+    xp: &mut [f32],
+    k: KernelChoice,
+) {
     let (hp, wp) = (h + 2 * py, w + 2 * px);
     xp.fill(0.0);
     for (src, dst) in x.chunks_exact(h * w).zip(xp.chunks_exact_mut(hp * wp)) {
-        for iy in 0..h {
-            copy_row(&mut dst[(iy + py) * wp + px..][..w], &src[iy * w..][..w]);
+        copy_rows(&mut dst[py * wp + px..], wp, src, w, h, w, k);
+    }
+}
+
+/// Copies `rows` rows of `len` floats from `src`, whose rows start
+/// `src_stride` floats apart, to `dst`, whose rows start `dst_stride` apart:
+/// the short rows in and out of the wide layouts (10 to 32 floats in the
+/// LeNet). Row by row, `copy_from_slice` would call `memmove` for each.
+fn copy_rows(
+    dst: &mut [f32],
+    dst_stride: usize,
+    src: &[f32],
+    src_stride: usize,
+    rows: usize,
+    len: usize,
+    k: KernelChoice,
+) {
+    if rows == 0 || len == 0 {
+        return;
+    }
+    assert!(
+        len <= src_stride.min(dst_stride)
+            && (rows - 1) * src_stride + len <= src.len()
+            && (rows - 1) * dst_stride + len <= dst.len(),
+        "copy_rows: {rows} rows of {len} out of bounds"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if k.avx512() {
+        // SAFETY: AVX-512F is present (checked by `avx512`); the bounds the
+        // function relies on were asserted above.
+        unsafe { copy_rows_avx512(dst, dst_stride, src, src_stride, rows, len) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if k.avx2() {
+        // SAFETY: AVX2 is present (checked by `avx2`); the bounds the
+        // function relies on were asserted above.
+        unsafe { copy_rows_avx2(dst, dst_stride, src, src_stride, rows, len) };
+        return;
+    }
+    let _ = k; // (unused off x86-64)
+    for r in 0..rows {
+        let (d, s) = (
+            &mut dst[r * dst_stride..][..len],
+            &src[r * src_stride..][..len],
+        );
+        let mut d8 = d.chunks_exact_mut(8);
+        let mut s8 = s.chunks_exact(8);
+        for (d, s) in (&mut d8).zip(&mut s8) {
+            d.copy_from_slice(s);
+        }
+        for (d, s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
+            *d = *s;
         }
     }
 }
 
-/// `dst.copy_from_slice(src)` for the short rows copied in and out of the
-/// wide layouts (10 to 32 floats in the LeNet): fixed 8-float copies are
-/// inlined, where a run-time length would call `memmove` for each row.
-#[inline(always)]
-fn copy_row(dst: &mut [f32], src: &[f32]) {
-    let n = dst.len();
-    let src = &src[..n];
-    let mut d8 = dst.chunks_exact_mut(8);
-    let mut s8 = src.chunks_exact(8);
-    for (d, s) in (&mut d8).zip(&mut s8) {
-        d.copy_from_slice(s);
+/// AVX2 `copy_rows`: 8 floats per load and store, and a masked load and
+/// store for the last 1 to 7 of each row. The loop over rows is the inner
+/// one: a row-by-row copy loop is a pattern the compiler replaces with a
+/// call to `memcpy`, which costs more than the copy for rows this short.
+///
+/// # Safety
+/// The CPU must support AVX2; `len` ≤ both strides, and the last row ends
+/// inside both slices: `(rows − 1)·stride + len ≤ len()` for each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn copy_rows_avx2(
+    dst: &mut [f32],
+    dst_stride: usize,
+    src: &[f32],
+    src_stride: usize,
+    rows: usize,
+    len: usize,
+) {
+    use std::arch::x86_64::*;
+    let (full, rem) = (len - len % 8, len % 8);
+    let (dp, sp) = (dst.as_mut_ptr(), src.as_ptr());
+    // SAFETY (both loops): every access lies in the first `len` floats of
+    // a row r < rows, which the caller guarantees are inside both slices;
+    // masked-off lanes are not accessed.
+    for i in (0..full).step_by(8) {
+        for r in 0..rows {
+            unsafe {
+                let v = _mm256_loadu_ps(sp.add(r * src_stride + i));
+                _mm256_storeu_ps(dp.add(r * dst_stride + i), v);
+            }
+        }
     }
-    for (d, s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
-        *d = *s;
+    if rem > 0 {
+        // Lane i is copied iff i < rem (mask lanes have their sign bit set).
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem as i32), lane);
+        for r in 0..rows {
+            unsafe {
+                let v = _mm256_maskload_ps(sp.add(r * src_stride + full), mask);
+                _mm256_maskstore_ps(dp.add(r * dst_stride + full), mask, v);
+            }
+        }
+    }
+}
+
+/// AVX-512 `copy_rows`: as the AVX2 loop with 16 floats per load and
+/// store; the masked ones cost no more than plain ones here (28 floats, a
+/// row of the LeNet's first conv, are one plain and one masked copy).
+///
+/// # Safety
+/// As `copy_rows_avx2`, with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_rows_avx512(
+    dst: &mut [f32],
+    dst_stride: usize,
+    src: &[f32],
+    src_stride: usize,
+    rows: usize,
+    len: usize,
+) {
+    use std::arch::x86_64::*;
+    let (full, rem) = (len - len % 16, len % 16);
+    let (dp, sp) = (dst.as_mut_ptr(), src.as_ptr());
+    // SAFETY (both loops): as in the AVX2 loop.
+    for i in (0..full).step_by(16) {
+        for r in 0..rows {
+            unsafe {
+                let v = _mm512_loadu_ps(sp.add(r * src_stride + i));
+                _mm512_storeu_ps(dp.add(r * dst_stride + i), v);
+            }
+        }
+    }
+    if rem > 0 {
+        let mask: __mmask16 = (1 << rem) - 1; // lanes 0..rem
+        for r in 0..rows {
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(mask, sp.add(r * src_stride + full));
+                _mm512_mask_storeu_ps(dp.add(r * dst_stride + full), mask, v);
+            }
+        }
     }
 }
 
