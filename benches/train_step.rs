@@ -1,6 +1,7 @@
 //! The notebook's LeNet end to end, without data loading: one training step
 //! (forward, cross-entropy, backward, SGD with momentum, masks held) at
-//! batch 4 and 64, and one evaluation forward pass (no tape) at batch 100,
+//! batch 4 and 64, and one evaluation forward pass (no tape) at batch 100
+//! and at the example's evaluation batch (`EVAL_BATCH_SIZE`, 250),
 //! for the dense model and for a sparse one at 12 % conv density (the static
 //! mask: 3 of 25 taps per kernel, drawn at construction, on the sparse
 //! kernels). Throughput is reported in images per second. Everything runs
@@ -48,8 +49,10 @@ fn train_step(c: &mut Criterion) {
 
 fn eval_forward(c: &mut Criterion) {
     let mut group = c.benchmark_group("lenet_eval");
-    let batch = 100;
-    for sparse in [false, true] {
+    for (batch, sparse) in [100, hebbsparse::train::EVAL_BATCH_SIZE]
+        .into_iter()
+        .flat_map(|b| [(b, false), (b, true)])
+    {
         let mut rng = Rng::seed(1);
         let mut net = model(sparse, &mut rng);
         net.set_training(false);

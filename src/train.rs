@@ -36,6 +36,13 @@ pub fn json_key(key: &str) -> String {
 /// The notebook's logging and progress interval, in batches.
 pub const NOTEBOOK_INTERVAL: usize = 2000;
 
+/// Images per batch in evaluation. Each image's logits do not depend on the
+/// batch (see [`Trainer::logits`]), so this is chosen for speed alone:
+/// batches of 250 amortise each op's fork/join and the packing of the
+/// first linear layer's weight over more images than batches of 100, and
+/// still fit the caches (docs/benchmarks.md measures both).
+pub const EVAL_BATCH_SIZE: usize = 250;
+
 /// The network and rule a run trains: dense, or a preset prune/grow rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -636,40 +643,52 @@ impl Trainer {
         Ok(EpochEnd::Finished)
     }
 
-    /// Accuracy on `test`, per class, in inference mode (no tape, no strength).
+    /// Accuracy on `test`, per class, in inference mode (no tape, no
+    /// strength), in batches of [`EVAL_BATCH_SIZE`].
     pub fn evaluate(&mut self, test: &Split) -> Result<Evaluation, TrainError> {
-        check_split(test)?;
+        let start = Instant::now();
+        let logits = self.logits(test, EVAL_BATCH_SIZE)?;
+        self.eval_seconds += start.elapsed().as_secs_f64();
+        self.eval_images += test.len() as u64;
         let mut eval = Evaluation {
             correct: vec![0; 10],
             total: vec![0; 10],
         };
+        for (row, &label) in logits.chunks(10).zip(&test.labels) {
+            let label = label as usize;
+            // First maximum wins, like torch.max.
+            let pred = (0..10).fold(0, |best, j| if row[j] > row[best] { j } else { best });
+            eval.total[label] += 1;
+            eval.correct[label] += (pred == label) as usize;
+        }
+        Ok(eval)
+    }
+
+    /// The network's 10 logits for each image of `split`, in order, in
+    /// inference mode, computed in batches of `batch_size` (≥ 1). Each
+    /// image's logits are the same bits whatever the batch size: every op
+    /// computes an image's values on their own.
+    pub fn logits(&mut self, split: &Split, batch_size: usize) -> Result<Vec<f32>, TrainError> {
+        check_split(split)?;
         let cfg = BatchConfig {
-            batch_size: 100,
+            batch_size: batch_size.max(1),
             shuffle: false,
             augment: false,
             ..self.config.batch_config()
         };
         self.net.set_training(false);
-        let start = Instant::now();
+        let mut logits = Vec::with_capacity(split.len() * 10);
         no_grad(|| {
-            for batch in Batches::new(test, &cfg, 0) {
+            for batch in Batches::new(split, &cfg, 0) {
                 let n = batch.labels.len();
-                let logits = self
+                let y = self
                     .net
                     .forward(&Tensor::from_vec(batch.x, &[n, 3, 32, 32]));
-                let logits = logits.data();
-                for (row, &label) in logits.chunks(10).zip(&batch.labels) {
-                    // First maximum wins, like torch.max.
-                    let pred = (0..10).fold(0, |best, j| if row[j] > row[best] { j } else { best });
-                    eval.total[label] += 1;
-                    eval.correct[label] += (pred == label) as usize;
-                }
+                logits.extend_from_slice(&y.data());
             }
         });
-        self.eval_seconds += start.elapsed().as_secs_f64();
-        self.eval_images += test.len() as u64;
         self.net.set_training(true);
-        Ok(eval)
+        Ok(logits)
     }
 
     pub fn conv_density(&self) -> Vec<f64> {

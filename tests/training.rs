@@ -487,3 +487,31 @@ fn sparse_and_dense_kernels_train_the_same_network() {
         assert!(worst < 1e-4, "{mode:?}: weights differ by {worst}");
     }
 }
+
+/// An image's logits are the same bits whatever batch it is evaluated in,
+/// on the dense and the sparse kernels, after some training (so that the
+/// weights are not the initial ones): the evaluation batch size is free to
+/// be chosen for speed.
+#[test]
+fn logits_do_not_depend_on_the_evaluation_batch() {
+    let (train, test) = sample();
+    for mode in [Mode::Dense, Mode::Static] {
+        let mut t = Trainer::new(TrainConfig {
+            mode,
+            epochs: 1,
+            ..TrainConfig::default()
+        })
+        .unwrap();
+        t.run_epoch(&train.take(200), &|| false, &mut |_| {})
+            .unwrap();
+        let bits = |t: &mut Trainer, b: usize| -> Vec<u32> {
+            let logits = t.logits(&test, b).unwrap();
+            assert_eq!(logits.len(), 10 * test.len());
+            logits.into_iter().map(f32::to_bits).collect()
+        };
+        let whole = bits(&mut t, test.len());
+        for b in [1, 7, 100, hebbsparse::train::EVAL_BATCH_SIZE] {
+            assert!(bits(&mut t, b) == whole, "{mode:?}: batches of {b} differ");
+        }
+    }
+}

@@ -8,8 +8,8 @@ momentum 0.9), same data (the CIFAR-10 binary batches, normalised with mean
 0.5 and std 0.5, shuffled each epoch, no augmentation) and the same timing
 rule as `cargo run --release --example cifar`: the training clock runs only
 around each step (forward, loss, backward, optimiser step), not around batch
-preparation; the evaluation clock runs around the whole test pass (batch 100,
-no gradient).
+preparation; the evaluation clock runs around the whole test pass (batches of 250, as
+the engine's evaluation, no gradient).
 
     python3 benches/pytorch/lenet_train.py DATA_DIR --batch-size 4 --limit-train 20000
 
@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 RECORD = 1 + 3 * 32 * 32
+EVAL_BATCH = 250  # the engine's EVAL_BATCH_SIZE
 
 
 def read_batches(directory, names):
@@ -130,9 +131,9 @@ def main():
         correct = 0
         t = time.perf_counter()
         with torch.no_grad():
-            for start in range(0, len(x_test), 100):
-                logits = net(x_test[start : start + 100])
-                correct += (logits.argmax(1) == y_test[start : start + 100]).sum().item()
+            for start in range(0, len(x_test), EVAL_BATCH):
+                logits = net(x_test[start : start + EVAL_BATCH])
+                correct += (logits.argmax(1) == y_test[start : start + EVAL_BATCH]).sum().item()
         eval_seconds += time.perf_counter() - t
         eval_images_done += len(x_test)
         print(
