@@ -549,8 +549,9 @@ fn kernels_name_a_layout_for_other_options() {
 }
 
 /// The widest loops (AVX-512 where the CPU has it) run each output's FMAs
-/// in the same order as the AVX2 loops: forward and input gradient agree
-/// bit for bit, so results do not depend on which of the two a CPU has.
+/// in the same order as the AVX2 loops: forward, input gradient and weight
+/// gradient agree bit for bit, so results do not depend on which of the two
+/// a CPU has.
 #[test]
 fn best_and_avx2_loops_agree_bitwise() {
     for (name, input, weight) in [
@@ -571,11 +572,14 @@ fn best_and_avx2_loops_agree_bitwise() {
             sparse_conv2d_forward(&s, &l, &x, &w, None, &mut y, k);
             let mut dx = vec![0.0; x.len()];
             sparse_conv2d_backward_input(&s, &l, &w, &dy, &mut dx, k);
-            (y, dx)
+            let mut dw = vec![0.0; w.len()];
+            sparse_conv2d_backward_weight(&s, &l, &x, &dy, &mut dw, k);
+            (y, dx, dw)
         };
         let (best, avx2) = (run(KernelChoice::Best), run(KernelChoice::Avx2));
         assert_bitwise(&format!("{name}: forward"), &best.0, &avx2.0);
         assert_bitwise(&format!("{name}: input gradient"), &best.1, &avx2.1);
+        assert_bitwise(&format!("{name}: weight gradient"), &best.2, &avx2.2);
     }
 }
 

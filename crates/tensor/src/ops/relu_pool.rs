@@ -72,6 +72,18 @@ pub fn relu_max_pool_2x2_rows(
         y.len()
     );
     #[cfg(target_arch = "x86_64")]
+    if k.avx512() {
+        // SAFETY: AVX-512F is present (checked by `k.avx512()`); the loop
+        // reads only the first 2·PW floats of rows 0..2·PH, which lie in y
+        // (checked above: 2·PH ≤ OH, 2·PW ≤ OW), and pooled and arg hold
+        // PH·PW values (sliced above).
+        match arg {
+            Some(arg) => unsafe { relu_pool_avx512::<true>(y, row_len, ow, (ph, pw), pooled, arg) },
+            None => unsafe { relu_pool_avx512::<false>(y, row_len, ow, (ph, pw), pooled, &mut []) },
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if k.avx2() && y.len() >= wide_len_read(row_len, (oh, ow)) {
         // SAFETY: AVX2 is present (checked by `k.avx2()`), y holds every
         // float the loop reads (checked just above), and pooled and arg hold
@@ -204,6 +216,89 @@ unsafe fn relu_pool_avx2<const ARG: bool>(
     }
 }
 
+/// AVX-512 twin of `relu_pool_avx2`: sixteen windows at a time, the even
+/// and odd columns split by one two-source permute each, and masked loads
+/// and stores in place of the AVX2 loop's slack and masked moves (cheap
+/// here, costly there). Bitwise the same pooled values and argmaxes.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `y` must hold the first 2·pw floats of
+/// rows 0..2·ph of `rs` floats, `pooled` ph·pw values, and `arg` ph·pw
+/// values if `ARG`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn relu_pool_avx512<const ARG: bool>(
+    y: &[f32],
+    rs: usize,
+    ow: usize,
+    (ph, pw): (usize, usize),
+    pooled: &mut [f32],
+    arg: &mut [u32],
+) {
+    use std::arch::x86_64::*;
+    let zero = _mm512_setzero_ps();
+    // relu as the scalar one: v ≤ 0 (−0.0 included) gives +0.0, NaN stays.
+    let relu16 = |v: __m512| _mm512_maskz_mov_ps(!_mm512_cmp_ps_mask::<_CMP_LE_OQ>(v, zero), v);
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    // The first 2n ≤ 32 floats from p, split into even and odd columns;
+    // lanes past them read nothing and hold 0.
+    let split = |p: *const f32, n: usize| {
+        let m = if 2 * n >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << (2 * n)) - 1
+        };
+        // SAFETY (caller): the 2n floats from p lie in y; masked-off lanes
+        // are not accessed, and p + 16 is only formed, not read, when no
+        // lane of the second load is on.
+        let (a, b) = unsafe {
+            (
+                _mm512_maskz_loadu_ps(m as __mmask16, p),
+                _mm512_maskz_loadu_ps((m >> 16) as __mmask16, p.wrapping_add(16)),
+            )
+        };
+        (
+            relu16(_mm512_permutex2var_ps(a, even, b)),
+            relu16(_mm512_permutex2var_ps(a, odd, b)),
+        )
+    };
+    // The scan's step for (value, index) pairs: b wins if b > a or b is NaN.
+    let pick = |(a, ai): (__m512, __m512i), (b, bi): (__m512, __m512i)| {
+        let m = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(b, a) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(b, b);
+        let best = _mm512_mask_blend_ps(m, a, b);
+        if ARG {
+            (best, _mm512_mask_blend_epi32(m, ai, bi))
+        } else {
+            (best, ai)
+        }
+    };
+    let (one, w) = (_mm512_set1_epi32(1), _mm512_set1_epi32(ow as i32));
+    let yp = y.as_ptr();
+    for py in 0..ph {
+        for blk in 0..pw.div_ceil(16) {
+            let c = 32 * blk; // first input column of the block
+            let n = (pw - 16 * blk).min(16); // windows in the block
+            let (te, to) = split(yp.wrapping_add(2 * py * rs + c), n);
+            let (be, bo) = split(yp.wrapping_add((2 * py + 1) * rs + c), n);
+            let i0 = _mm512_add_epi32(_mm512_set1_epi32((2 * py * ow + c) as i32), even);
+            let i1 = _mm512_add_epi32(i0, one);
+            let top = pick((te, i0), (to, i1));
+            let bottom = pick((be, _mm512_add_epi32(i0, w)), (bo, _mm512_add_epi32(i1, w)));
+            let (best, best_i) = pick(top, bottom);
+            let at = py * pw + 16 * blk;
+            let keep = ((1u32 << n) - 1) as __mmask16;
+            // SAFETY: only the first n lanes are written, and at + n ≤
+            // ph·pw ≤ pooled.len() (and arg.len() if ARG).
+            unsafe { _mm512_mask_storeu_ps(pooled.as_mut_ptr().add(at), keep, best) };
+            if ARG {
+                // SAFETY: as above.
+                unsafe { _mm512_mask_storeu_epi32(arg.as_mut_ptr().add(at).cast(), keep, best_i) };
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Backward: the gradient back into the wide rows
 // ---------------------------------------------------------------------------
@@ -234,6 +329,12 @@ pub fn relu_pool_grad_2x2_rows(
     );
     let (pooled, arg, dpooled) = (&pooled[..n], &arg[..n], &dpooled[..n]);
     let rows = &mut rows[..oh * row_len];
+    #[cfg(target_arch = "x86_64")]
+    if k.avx512() && oh * ow <= i32::MAX as usize {
+        // SAFETY: AVX-512F is present (checked by `k.avx512()`); the slices
+        // are sized as for the AVX2 loop below.
+        return unsafe { unpool_avx512(pooled, arg, dpooled, ow, (ph, pw), row_len, rows) };
+    }
     #[cfg(target_arch = "x86_64")]
     if k.avx2() && oh * ow <= i32::MAX as usize {
         // SAFETY: AVX2 is present (checked by `k.avx2()`); pooled, arg and
@@ -358,6 +459,107 @@ unsafe fn unpool_avx2(
     ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
 }
 
+/// AVX-512 twin of `unpool_avx2`: sixteen windows at a time, interleaved
+/// by two-source permutes, with masked loads and stores. The window sum
+/// runs in the AVX2 loop's eight lanes and order (each 16-window block adds
+/// its two 8-window halves in turn), so both return the same bits.
+///
+/// # Safety
+/// As `unpool_avx2`, with AVX-512F (and AVX for the eight-lane sum).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx")]
+unsafe fn unpool_avx512(
+    pooled: &[f32],
+    arg: &[u32],
+    dpooled: &[f32],
+    ow: usize,
+    (ph, pw): (usize, usize),
+    rs: usize,
+    rows: &mut [f32],
+) -> f32 {
+    use std::arch::x86_64::*;
+    let zero = _mm512_setzero_ps();
+    let lanes2 = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    // (a, b) → a0 b0 a1 b1 … a7 b7 and a8 b8 … a15 b15.
+    let lo_idx = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let hi_idx = _mm512_add_epi32(lo_idx, _mm512_set1_epi32(8));
+    let interleave = |a: __m512, b: __m512| {
+        (
+            _mm512_permutex2var_ps(a, lo_idx, b),
+            _mm512_permutex2var_ps(a, hi_idx, b),
+        )
+    };
+    let (one, w, w1) = (
+        _mm512_set1_epi32(1),
+        _mm512_set1_epi32(ow as i32),
+        _mm512_set1_epi32(ow as i32 + 1),
+    );
+    let mask = |k: usize| -> __mmask16 { ((1u32 << k.min(16)) - 1) as __mmask16 };
+    let mut acc = _mm256_setzero_ps();
+    for py in 0..ph {
+        let (top, bottom) = rows[2 * py * rs..][..2 * rs].split_at_mut(rs);
+        let (tp, bp) = (top.as_mut_ptr(), bottom.as_mut_ptr());
+        for blk in 0..pw.div_ceil(16) {
+            let at = py * pw + 16 * blk;
+            let n = (pw - 16 * blk).min(16);
+            let keep = mask(n);
+            // SAFETY: lanes past n are masked off and not read; the first n
+            // lie inside the ph·pw values (at + n ≤ ph·pw).
+            let (v, d, a) = unsafe {
+                (
+                    _mm512_maskz_loadu_ps(keep, pooled.as_ptr().add(at)),
+                    _mm512_maskz_loadu_ps(keep, dpooled.as_ptr().add(at)),
+                    _mm512_maskz_loadu_epi32(keep, arg.as_ptr().add(at).cast()),
+                )
+            };
+            // relu's gradient (masked-off lanes: v = 0, so g = 0), −0 → +0.
+            let g = _mm512_add_ps(
+                zero,
+                _mm512_maskz_mov_ps(!_mm512_cmp_ps_mask::<_CMP_LE_OQ>(v, zero), d),
+            );
+            acc = _mm256_add_ps(acc, _mm512_castps512_ps256(g));
+            if n > 8 {
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(g)));
+                acc = _mm256_add_ps(acc, hi);
+            }
+            let corner = _mm512_set1_epi32((2 * py * ow + 32 * blk) as i32);
+            let r = _mm512_sub_epi32(a, _mm512_add_epi32(corner, lanes2));
+            let at_r = |m: __m512i| _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(r, m), g);
+            let (t0, t1) = interleave(at_r(_mm512_setzero_si512()), at_r(one));
+            let (b0, b1) = interleave(at_r(w), at_r(w1));
+            // Columns 32·blk .. 32·blk + 2n of both rows.
+            let c = 32 * blk;
+            let (m0, m1) = (mask(2 * n), mask((2 * n).saturating_sub(16)));
+            // SAFETY: only columns below 2·pw ≤ rs are written (the masks),
+            // inside the rs-float rows; c + 16 is formed with wrapping_add
+            // and written through only when some lane of m1 is on (then
+            // c + 16 < 2·pw).
+            unsafe {
+                _mm512_mask_storeu_ps(tp.add(c), m0, t0);
+                _mm512_mask_storeu_ps(bp.add(c), m0, b0);
+                _mm512_mask_storeu_ps(tp.wrapping_add(c + 16), m1, t1);
+                _mm512_mask_storeu_ps(bp.wrapping_add(c + 16), m1, b1);
+            }
+        }
+        // The gap columns 2·pw..rs: zeros.
+        let mut c = 2 * pw;
+        while c < rs {
+            let m = mask(rs - c);
+            // SAFETY: the m lanes from c lie in the row (c + m ≤ rs).
+            unsafe {
+                _mm512_mask_storeu_ps(tp.add(c), m, zero);
+                _mm512_mask_storeu_ps(bp.add(c), m, zero);
+            }
+            c += 16;
+        }
+    }
+    rows[2 * ph * rs..].fill(0.0);
+    let mut l = [0.0f32; 8];
+    // SAFETY: `l` holds exactly 8 floats.
+    unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc) };
+    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,6 +601,7 @@ mod tests {
             (3, 17),
             (16, 32),
             (9, 33),
+            (4, 70),
             (4, 2),
         ] {
             for extra in [0, 1, 4] {
@@ -446,8 +649,9 @@ mod tests {
             (3, 17),
             (16, 32),
             (9, 33),
+            (4, 70),
         ] {
-            for rs in [ow, ow + 3] {
+            for rs in [ow, ow + 3, ow + 21] {
                 let y: Vec<f32> = (0..(oh - 1) * rs + ow)
                     .map(|i| {
                         if i % 7 == 0 {
@@ -464,6 +668,7 @@ mod tests {
                     plane[a as usize] += crate::ops::elementwise::relu_grad(v, d);
                 }
                 let want_sum: f32 = plane.iter().sum();
+                let mut sums = Vec::new();
                 for k in KernelChoice::ALL {
                     let mut rows = vec![f32::NAN; oh * rs + 5];
                     let sum =
@@ -487,7 +692,10 @@ mod tests {
                         (sum - want_sum).abs() <= 1e-5 * (oh * ow) as f32,
                         "{k:?}: sum {sum}, want {want_sum}"
                     );
+                    sums.push(sum.to_bits());
                 }
+                // The widest loop sums in the AVX2 loop's lanes and order.
+                assert_eq!(sums[0], sums[1], "{oh}x{ow} rows {rs}: Best and Avx2 sums");
             }
         }
     }

@@ -2,7 +2,8 @@
 
 use super::*;
 
-/// dw = Σ_b dY_b · cols_bᵀ, per group. OVERWRITES dw.
+/// dw = Σ_b dY_b · cols_bᵀ, per group. OVERWRITES dw. Narrow stride-1
+/// layers ([`narrow_direct_backward`]) run the direct kernels instead.
 /// x is (B, C, H, W), dy is (B, O, OH, OW), dw is (O, C/groups, KH, KW).
 ///
 /// Each chunk of images puts its im2col matrices side by side in one wide
@@ -10,6 +11,20 @@ use super::*;
 /// inner dimension nb·P yields the chunk's partial dW. The partials are then
 /// added in chunk order: bitwise reproducible for any thread count.
 pub fn conv2d_backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    if narrow_direct_backward(s) {
+        // Every tap active: the direct kernels compute the dense gradient.
+        with_full_layout(s, |l| {
+            crate::ops::sparse_conv2d::sparse_conv2d_backward_weight(
+                s,
+                l,
+                x,
+                dy,
+                dw,
+                KernelChoice::Best,
+            )
+        });
+        return;
+    }
     backward_weight_core(
         "conv2d_backward_weight",
         s,
@@ -159,6 +174,8 @@ pub fn conv2d_backward_weight_naive(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: 
 // ---------------------------------------------------------------------------
 
 /// dx = col2im(W_gᵀ · dY_b,g) for every image b and group g. OVERWRITES dx.
+/// Narrow stride-1 layers ([`narrow_direct_backward`]) run the direct
+/// kernels instead.
 /// w is (O, C/groups, KH, KW), dy is (B, O, OH, OW), dx is (B, C, H, W).
 /// Images are independent, so there is no cross-chunk reduction.
 pub fn conv2d_backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
@@ -166,6 +183,20 @@ pub fn conv2d_backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f
     check_len(op, "w", s.weight_shape().iter().product(), w.len());
     check_len(op, "dy", s.output_shape().iter().product(), dy.len());
     check_len(op, "dx", s.input_shape().iter().product(), dx.len());
+    if narrow_direct_backward(s) {
+        // Every tap active: the direct kernels compute the dense gradient.
+        with_full_layout(s, |l| {
+            crate::ops::sparse_conv2d::sparse_conv2d_backward_input(
+                s,
+                l,
+                w,
+                dy,
+                dx,
+                KernelChoice::Best,
+            )
+        });
+        return;
+    }
     let (c, hw, o, p) = (
         s.in_channels,
         s.in_h * s.in_w,

@@ -225,6 +225,26 @@ pub fn conv2d_relu_pool_backward(
     if let Some(dx) = &dx {
         check_len(op, "dx", s.input_shape().iter().product(), dx.len());
     }
+    if narrow_direct_backward(s) {
+        // Every tap active: the direct kernels compute the dense gradients.
+        with_full_layout(s, |l| {
+            crate::ops::sparse_conv2d::sparse_conv2d_relu_pool_backward(
+                s,
+                l,
+                pool,
+                x,
+                w,
+                pooled,
+                arg,
+                dpooled,
+                dw,
+                db,
+                dx,
+                KernelChoice::Best,
+            )
+        });
+        return;
+    }
     let (c, hw, o, p) = (
         s.in_channels,
         s.in_h * s.in_w,
@@ -383,4 +403,54 @@ pub fn conv2d_relu_pool_naive(
         &mut arg,
     );
     (pooled, arg)
+}
+
+/// Whether the fused backward of this shape runs on the direct (sparse)
+/// kernels with every tap active instead of im2col + GEMM: stride 1 and at
+/// most [`SPARSE_ALWAYS_MAX_OUT_CHANNELS`] output channels per group. The
+/// GEMMs of the weight and input gradients have one row (or column) per
+/// output channel, and with a few of them most of each 16-wide block of the
+/// GEMM's micro-kernel is wasted, while the direct kernels cost the same per
+/// tap whatever the channel count: on the LeNet's first conv (6 output
+/// channels) they take the dense training step from 3.35 ms to about
+/// 2.7 ms at batch 64 (docs/benchmarks.md).
+///
+/// [`SPARSE_ALWAYS_MAX_OUT_CHANNELS`]: crate::ops::sparse_conv2d::SPARSE_ALWAYS_MAX_OUT_CHANNELS
+pub fn narrow_direct_backward(s: &Conv2dShape) -> bool {
+    s.opts.stride == (1, 1)
+        && s.group_out() <= crate::ops::sparse_conv2d::SPARSE_ALWAYS_MAX_OUT_CHANNELS
+}
+
+thread_local! {
+    /// The all-active layouts of the shapes this thread has run through
+    /// [`narrow_direct_backward`], built once each (a network has few).
+    static FULL_LAYOUTS: RefCell<Vec<std::rc::Rc<crate::ops::sparse_conv2d::SparseLayout>>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// `f` with the layout of `s`'s weight with every tap active. The list is
+/// not borrowed while `f` runs, so `f` may wait on the pool and run other
+/// work that comes back here.
+pub(super) fn with_full_layout<R>(
+    s: &Conv2dShape,
+    f: impl FnOnce(&crate::ops::sparse_conv2d::SparseLayout) -> R,
+) -> R {
+    use crate::ops::sparse_conv2d::SparseLayout;
+    let shape = s.weight_shape();
+    let layout = FULL_LAYOUTS.with(|cell| {
+        let mut layouts = cell.borrow_mut();
+        let found = layouts
+            .iter()
+            .find(|l| l.weight_shape() == shape && l.opts() == s.opts);
+        match found {
+            Some(l) => l.clone(),
+            None => {
+                let mask = vec![true; shape.iter().product()];
+                let l = std::rc::Rc::new(SparseLayout::new(shape, s.opts, &mask));
+                layouts.push(l.clone());
+                l
+            }
+        }
+    });
+    f(&layout)
 }

@@ -198,13 +198,15 @@ pub use backward::{
 pub use direct::{conv2d_forward_direct, conv2d_forward_naive, Kernel};
 pub use forward::conv2d_forward;
 pub use fused::{
-    conv2d_relu_pool_backward, conv2d_relu_pool_forward, conv2d_relu_pool_naive, PoolOptions,
+    conv2d_relu_pool_backward, conv2d_relu_pool_forward, conv2d_relu_pool_naive,
+    narrow_direct_backward, PoolOptions,
 };
 pub use im2col::{col2im, im2col};
 
 pub(crate) use backward::sum_lanes;
 use direct::{copy_planes, direct_applies, direct_scratch_len, for_each_tap, forward_direct, idx4};
 use forward::{forward_image, forward_scratch_len};
+use fused::with_full_layout;
 use im2col::im2col_strided;
 
 // ---------------------------------------------------------------------------

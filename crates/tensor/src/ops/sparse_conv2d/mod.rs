@@ -162,7 +162,7 @@ impl KernelChoice {
     /// Whether the AVX-512 loops may run: `Best`, on a CPU with AVX-512F
     /// (and AVX2 + FMA, which every such CPU has and the loops' short
     /// tails use).
-    fn avx512(self) -> bool {
+    pub(crate) fn avx512(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         if self == KernelChoice::Best {
             return is_x86_feature_detected!("avx512f") && has_avx2_fma();
