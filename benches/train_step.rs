@@ -5,13 +5,15 @@
 //! for the dense model and for a sparse one at 12 % conv density (the static
 //! mask: 3 of 25 taps per kernel, drawn at construction, on the sparse
 //! kernels). Throughput is reported in images per second. Everything runs
-//! on a thread of the rayon pool, as in the CIFAR example.
+//! on a thread of the rayon pool, each step and pass inside
+//! `with_pool_awake`, as in the CIFAR example.
 //!
 //! `cargo bench --bench train_step`
 
 use criterion::{criterion_group, Criterion, Throughput};
 use hebbsparse::sparse_conv::rules::Rule;
 use hebbsparse::sparse_conv::{DSConfig, LeNet};
+use hebbsparse::tensor::awake::with_pool_awake;
 use hebbsparse::tensor::optim::{Sgd, SgdConfig};
 use hebbsparse::tensor::{no_grad, Rng, Tensor};
 
@@ -40,7 +42,7 @@ fn train_step(c: &mut Criterion) {
             let name = if sparse { "sparse12" } else { "dense" };
             group.throughput(Throughput::Elements(batch as u64));
             group.bench_function(format!("{name}/b{batch}"), |b| {
-                b.iter(|| net.train_step(&mut opt, &x, &labels))
+                b.iter(|| with_pool_awake(|| net.train_step(&mut opt, &x, &labels)))
             });
         }
     }
@@ -60,7 +62,7 @@ fn eval_forward(c: &mut Criterion) {
         let name = if sparse { "sparse12" } else { "dense" };
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_function(format!("{name}/b{batch}"), |b| {
-            b.iter(|| no_grad(|| net.forward(&x).data()[0]))
+            b.iter(|| with_pool_awake(|| no_grad(|| net.forward(&x).data()[0])))
         });
     }
     group.finish();

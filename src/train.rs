@@ -15,6 +15,7 @@ use cifar::{BatchConfig, Batches, Normalize, Split};
 use sparse_conv::rules::Allocation;
 use sparse_conv::strength::{Measure, Method, StrengthConfig};
 use sparse_conv::{ConvPath, DSConfig, DSConv2d, LeNet, ProgressStats, PruneDims, Rule};
+use tensor::awake::with_pool_awake;
 use tensor::optim::{Sgd, SgdConfig};
 use tensor::{no_grad, Rng, Tensor};
 
@@ -587,7 +588,10 @@ impl Trainer {
             }
             self.opt.config.lr = self.lr_at(self.global_step, total_steps);
             let x = Tensor::from_vec(batch.x, &[n, 3, 32, 32]);
-            let value = self.net.train_step(&mut self.opt, &x, &batch.labels);
+            // The step's many small parallel ops find the pool's threads
+            // awake (see tensor::awake).
+            let (net, opt) = (&mut self.net, &mut self.opt);
+            let value = with_pool_awake(|| net.train_step(opt, &x, &batch.labels));
             if !value.is_finite() {
                 return Err(TrainError::NonFinite {
                     epoch: self.epoch + 1,
@@ -678,14 +682,15 @@ impl Trainer {
         };
         self.net.set_training(false);
         let mut logits = Vec::with_capacity(split.len() * 10);
-        no_grad(|| {
-            for batch in Batches::new(split, &cfg, 0) {
-                let n = batch.labels.len();
-                let y = self
-                    .net
-                    .forward(&Tensor::from_vec(batch.x, &[n, 3, 32, 32]));
-                logits.extend_from_slice(&y.data());
-            }
+        let net = &mut self.net;
+        with_pool_awake(|| {
+            no_grad(|| {
+                for batch in Batches::new(split, &cfg, 0) {
+                    let n = batch.labels.len();
+                    let y = net.forward(&Tensor::from_vec(batch.x, &[n, 3, 32, 32]));
+                    logits.extend_from_slice(&y.data());
+                }
+            })
         });
         self.net.set_training(true);
         Ok(logits)

@@ -18,6 +18,8 @@
 //!   layers, and its fused block), `reduce` (sum, mean), `shape` (reshape,
 //!   flatten), `loss` (log_softmax, cross_entropy). Each directory's
 //!   `mod.rs` opens with a map of its files.
+//! * [`awake`]: [`awake::with_pool_awake`], which keeps the pool's threads
+//!   awake through a training step's many small parallel ops.
 //! * [`buffers`]: recycled f32 and u32 buffers, so that a training step
 //!   reuses the last step's memory instead of allocating (and zeroing) its
 //!   own.
@@ -35,6 +37,7 @@
 //!
 //! Determinism: every reduction runs in a fixed order that does not depend on
 //! the number of rayon threads, so a seed gives bitwise-identical results.
+pub mod awake;
 pub mod buffers;
 pub mod gemm;
 pub mod gradcheck;

@@ -433,7 +433,7 @@ fn kernels_are_bitwise_independent_of_thread_count() {
         let mask = rng.mask(w.len(), 0.5);
         let l = SparseLayout::new(s.weight_shape(), s.opts, &mask);
         assert!(
-            2 * s.batch * l.nnz() * s.out_pixels() >= PARALLEL_MIN_FLOPS,
+            2 * s.batch * l.nnz() * s.out_pixels() >= SPARSE_PARALLEL_MIN_FLOPS,
             "{}: too small to run in parallel",
             c.name
         );
@@ -942,7 +942,7 @@ fn fused_kernels_are_bitwise_independent_of_thread_count() {
         let mask = rng.mask(w.len(), 0.5);
         let l = SparseLayout::new(s.weight_shape(), s.opts, &mask);
         assert!(
-            2 * s.batch * l.nnz() * s.out_pixels() >= PARALLEL_MIN_FLOPS,
+            2 * s.batch * l.nnz() * s.out_pixels() >= SPARSE_PARALLEL_MIN_FLOPS,
             "{}: too small to run in parallel",
             c.name
         );

@@ -53,7 +53,7 @@
 //! independent, so nothing is reduced across chunks. The weight gradient is
 //! split by output channel: each task owns the taps of one channel and sums
 //! over the images in order, so it is bitwise the same for any thread count.
-//! Small problems run on the calling thread ([`PARALLEL_MIN_FLOPS`]).
+//! Small problems run on the calling thread ([`SPARSE_PARALLEL_MIN_FLOPS`]).
 //!
 //! # Files
 //!
@@ -72,7 +72,7 @@
 
 use crate::ops::conv2d::{
     check_len, conv2d_backward_bias, scratch_in as with_scratch, sum_lanes, Conv2dOptions,
-    Conv2dShape, PoolOptions, PARALLEL_MIN_FLOPS,
+    Conv2dShape, PoolOptions,
 };
 use crate::ops::relu_pool::{relu_max_pool_2x2_rows, relu_pool_grad_2x2_rows, WIDE_SLACK};
 use crate::tensor::Tensor;
@@ -184,14 +184,24 @@ fn sparse_flops(s: &Conv2dShape, l: &SparseLayout) -> usize {
     2 * s.batch * l.nnz() * s.out_pixels()
 }
 
-/// Images per chunk: a pure function of the shape and the tap count.
+/// Images per chunk: a pure function of the shape and the tap count. At
+/// least two chunks (for batches of two or more), so that a small batch
+/// still gives the pool's second thread something to do.
 fn images_per_chunk(s: &Conv2dShape, l: &SparseLayout) -> usize {
     let per_image = (2 * l.nnz() * s.out_pixels()).max(1);
-    TASK_FLOPS.div_ceil(per_image).clamp(1, s.batch.max(1))
+    TASK_FLOPS
+        .div_ceil(per_image)
+        .clamp(1, s.batch.div_ceil(2).max(1))
 }
 
+/// Sparse ops of at least this many flops run on the pool. Lower than the
+/// dense kernels' [`PARALLEL_MIN_FLOPS`](crate::ops::conv2d::PARALLEL_MIN_FLOPS): the sparse LeNet convolutions at
+/// batch 4 (2–3·10⁵ flops) gain from the second thread once the training
+/// loop keeps it awake ([`crate::awake`]).
+pub const SPARSE_PARALLEL_MIN_FLOPS: usize = 1 << 16;
+
 fn run_parallel(s: &Conv2dShape, l: &SparseLayout) -> bool {
-    sparse_flops(s, l) >= PARALLEL_MIN_FLOPS
+    sparse_flops(s, l) >= SPARSE_PARALLEL_MIN_FLOPS
 }
 
 /// Calls `f(chunk_index, chunk)` for each `chunk_len`-sized piece of `data`,
