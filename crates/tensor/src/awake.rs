@@ -21,21 +21,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Runs `f` on this thread with the rest of the current rayon pool kept
 /// awake (see the module doc). `f` need not be `Send`. On a pool of one
-/// thread, or outside any pool, it simply runs `f` (the keepers, if any,
-/// run after it and stop at once).
+/// thread, or on a thread outside any pool (where keepers would spin on the
+/// global pool's threads while `f` runs without them), it simply runs `f`.
+/// If `f` panics, the keepers stop and the panic goes on to the caller.
 pub fn with_pool_awake<R>(f: impl FnOnce() -> R) -> R {
     let helpers = rayon::current_num_threads().saturating_sub(1);
-    if helpers == 0 {
+    if helpers == 0 || rayon::current_thread_index().is_none() {
         return f();
+    }
+    /// Tells the keepers to stop when dropped: after `f` returns or while
+    /// its panic unwinds (the scope waits for them either way).
+    struct Stop<'a>(&'a AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
     }
     let done = AtomicBool::new(false);
     rayon::in_place_scope(|scope| {
         for _ in 0..helpers {
             scope.spawn(|_| keep_awake(&done));
         }
-        let r = f();
-        done.store(true, Ordering::Release);
-        r
+        let _stop = Stop(&done);
+        f()
     })
 }
 
@@ -85,5 +93,22 @@ mod tests {
         // Not Send: f runs on the calling thread.
         let rc = std::rc::Rc::new(5);
         assert_eq!(with_pool_awake(|| *rc + 1), 6);
+    }
+
+    /// A panic in `f` stops the keepers and reaches the caller, on a pool
+    /// thread, and the pool still works afterwards.
+    #[test]
+    fn a_panic_in_f_reaches_the_caller() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let r = pool
+            .install(|| std::panic::catch_unwind(|| with_pool_awake(|| -> u32 { panic!("in f") })));
+        assert!(r.is_err());
+        assert_eq!(
+            pool.install(|| with_pool_awake(work)).to_bits(),
+            work().to_bits()
+        );
     }
 }

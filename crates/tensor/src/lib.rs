@@ -10,7 +10,8 @@
 //! * [`ops`]: the ops, one family per file (or directory), forward and
 //!   backward side by side: `elementwise` (add, mul, relu, sigmoid),
 //!   `matmul` (matmul, linear), `conv2d/` (a direct forward kernel for
-//!   stride 1, im2col + GEMM for the other forwards and for backward, the
+//!   stride 1, im2col + GEMM for the other forwards and for backward (but
+//!   for narrow layers, whose gradients come from the direct kernels), the
 //!   fused conv → ReLU → max-pool, and the naive oracles), `pool`
 //!   (max_pool2d), `relu_pool` (relu + 2×2 max-pool straight from a conv
 //!   kernel's wide rows, the tail of both fused blocks), `sparse_conv2d/`

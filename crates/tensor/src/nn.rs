@@ -73,8 +73,9 @@ impl Conv2d {
     }
 
     /// `pool.forward(&self.forward(x).relu())` as one fused op
-    /// ([`Tensor::conv2d_relu_max_pool2d`]): bitwise the same result, with
-    /// less memory traffic.
+    /// ([`Tensor::conv2d_relu_max_pool2d`]): bitwise the same output and
+    /// gradients (a narrow layer's bias gradient to rounding), with less
+    /// memory traffic.
     pub fn forward_relu_pool(&self, x: &Tensor, pool: &MaxPool2d) -> Tensor {
         x.conv2d_relu_max_pool2d(
             &self.weight,

@@ -1,7 +1,8 @@
 //! relu followed by a 2×2, stride-2 max-pool, read straight from a conv
 //! kernel's wide rows: the tail of the fused conv → relu → max-pool blocks
-//! (dense in `conv2d/fused.rs`, sparse in `sparse_conv2d/fused.rs`), as one pass with an
-//! AVX2 loop and its portable twin.
+//! (dense in `conv2d/fused.rs`, sparse in `sparse_conv2d/fused.rs`), as one
+//! pass with AVX-512 and AVX2 loops (bitwise the same) and their portable
+//! twin.
 //!
 //! The direct conv kernels leave an output plane (OH, OW) in rows of
 //! `row_len` ≥ OW floats (`y[oy·row_len + ox]`, the input's row length), with
@@ -44,10 +45,11 @@ pub fn wide_len_read(row_len: usize, (oh, ow): (usize, usize)) -> usize {
 /// held in rows of `row_len` floats (see the module doc). `pooled` and `arg`
 /// are (OH/2, OW/2); without `arg` (inference, where no backward will ask
 /// for them) the argmaxes are not computed, which saves about a third of
-/// the work. The SIMD loop runs when `k` allows AVX2 (see
-/// [`KernelChoice`]), the CPU has it and `y` has
-/// [`wide_len_read`] floats (give it [`WIDE_SLACK`] floats past the last
-/// row); otherwise the portable loop does.
+/// the work. The AVX-512 loop runs when `k` allows it (see
+/// [`KernelChoice`]) and the CPU has it, for any `y` (its masked loads read
+/// nothing past the rows); else the AVX2 loop, when `k` allows AVX2, the
+/// CPU has it and `y` has [`wide_len_read`] floats (give it [`WIDE_SLACK`]
+/// floats past the last row); otherwise the portable loop.
 pub fn relu_max_pool_2x2_rows(
     y: &[f32],
     row_len: usize,
@@ -310,7 +312,8 @@ unsafe fn relu_pool_avx512<const ARG: bool>(
 /// OVERWRITES `rows[..OH·row_len]`, gap columns and unpooled rows and
 /// columns included. Returns the sum of the window gradients, for the bias
 /// gradient: in window order on the portable loop, in eight lane sums on
-/// the AVX2 one (so the two agree to rounding, each deterministic).
+/// the AVX2 and AVX-512 ones (bitwise the same; the portable sum agrees to
+/// rounding, each deterministic).
 pub fn relu_pool_grad_2x2_rows(
     pooled: &[f32],
     arg: &[u32],

@@ -20,7 +20,11 @@ use super::*;
 // pooled value came from, so `pooled[q] > 0` is relu's mask at `arg[q]`.)
 // Every floating-point operation is the one the three separate ops perform,
 // in the same order (same GEMM shapes, same chunks), so the fused op is
-// bitwise equal to conv2d → relu → max_pool2d; the tests check that.
+// bitwise equal to conv2d → relu → max_pool2d; the tests check that. One
+// exception: narrow stride-1 layers ([`narrow_direct_backward`]) take their
+// gradients from the sparse fused backward with every tap active, whose dW
+// and dx are bitwise the separate ops' (which take the same route) but whose
+// bias gradient sums window by window: equal to rounding.
 
 /// A max-pool window and its stride, each (y, x); no padding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -423,7 +427,8 @@ pub fn narrow_direct_backward(s: &Conv2dShape) -> bool {
 
 thread_local! {
     /// The all-active layouts of the shapes this thread has run through
-    /// [`narrow_direct_backward`], built once each (a network has few).
+    /// [`narrow_direct_backward`], built once each (a network has few; at
+    /// most `MAX_FULL_LAYOUTS` are kept).
     static FULL_LAYOUTS: RefCell<Vec<std::rc::Rc<crate::ops::sparse_conv2d::SparseLayout>>> =
         const { RefCell::new(Vec::new()) };
 }
@@ -437,6 +442,8 @@ pub(super) fn with_full_layout<R>(
 ) -> R {
     use crate::ops::sparse_conv2d::SparseLayout;
     let shape = s.weight_shape();
+    /// Layouts kept per thread; the oldest goes first.
+    const MAX_FULL_LAYOUTS: usize = 8;
     let layout = FULL_LAYOUTS.with(|cell| {
         let mut layouts = cell.borrow_mut();
         let found = layouts
@@ -447,6 +454,9 @@ pub(super) fn with_full_layout<R>(
             None => {
                 let mask = vec![true; shape.iter().product()];
                 let l = std::rc::Rc::new(SparseLayout::new(shape, s.opts, &mask));
+                if layouts.len() == MAX_FULL_LAYOUTS {
+                    layouts.remove(0);
+                }
                 layouts.push(l.clone());
                 l
             }

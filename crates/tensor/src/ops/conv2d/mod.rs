@@ -1,5 +1,7 @@
 //! conv2d: geometry, the fast kernels (forward by a direct wide-row kernel
-//! for stride 1 and by im2col + GEMM otherwise; backward as two GEMMs), the
+//! for stride 1 and by im2col + GEMM otherwise; backward as two GEMMs, or,
+//! for narrow stride-1 layers, by the direct kernels of `sparse_conv2d/`
+//! with every tap active ([`narrow_direct_backward`])), the
 //! naive direct convolution kept as oracle, the autograd op, and the fused
 //! conv2d → relu → max_pool2d op of a LeNet block.
 //!
@@ -352,7 +354,9 @@ impl Tensor {
 
     /// `max_pool2d(relu(conv2d(x, weight, bias)))` as one op (see
     /// [`conv2d_relu_pool_forward`]): the same values and gradients, bit for
-    /// bit, without the two full-size intermediate tensors.
+    /// bit (but for the bias gradient of narrow layers, equal to rounding:
+    /// see [`narrow_direct_backward`]), without the two full-size
+    /// intermediate tensors.
     pub fn conv2d_relu_max_pool2d(
         &self,
         weight: &Tensor,

@@ -101,23 +101,25 @@ use layout::Plan;
 use loops::has_avx2_fma;
 use loops::{gather_fma, multi_dot};
 
-/// Density (active taps / all taps) above which the dense im2col + GEMM
-/// kernels on the masked weight are faster than these, for a training step
-/// (forward + both gradients), measured on the LeNet convolutions with
-/// balanced masks: the second conv (6→16, 5×5 on 14×14) breaks even between
-/// 36 % and 52 % at batch 4 and between 52 % and 68 % at batch 64; the first
-/// (3→6 on 32×32) stays faster sparse even at 100 %. Forward alone breaks
-/// even at about 80–95 % (conv1) and 45–68 % (conv2). Below this value
+/// Density (active taps / all taps) above which the dense kernels on the
+/// masked weight are faster than these, for a training step (forward + both
+/// gradients), measured on the LeNet convolutions with balanced masks: the
+/// second conv (6→16, 5×5 on 14×14) breaks even between 36 % and 52 % at
+/// batch 4 and between 68 % and 100 % at batch 64. Forward alone breaks even
+/// at 68–100 % on both. Below this value
 /// choose the sparse op, unless the layer is narrow enough to take it at any
 /// density ([`SPARSE_ALWAYS_MAX_OUT_CHANNELS`]). See
 /// `docs/sparse-kernels.md` for the tables.
 pub const SPARSE_CROSSOVER_DENSITY: f64 = 0.6;
 
-/// Output channels per group up to which the sparse kernels beat the dense
-/// ones at every density, 100 % included: the dense backward multiplies by a
+/// Output channels per group up to which the sparse kernels are used at
+/// every density, 100 % included: the im2col + GEMM backward multiplies by a
 /// matrix with one row per output channel, and the GEMM's 16-row blocks
-/// waste most of their work on a few rows. The LeNet's first conv (6 output
-/// channels) trains 1.7× to 1.95× faster on the sparse kernels at 100 %.
+/// waste most of their work on a few rows; the LeNet's first conv (6 output
+/// channels) trained 1.7× to 1.95× faster on the sparse kernels at 100 %.
+/// The dense conv now takes such a layer's gradients from these same kernels
+/// ([`narrow_direct_backward`](crate::ops::conv2d::narrow_direct_backward)),
+/// so at 100 % the two paths differ only in their forward kernel.
 pub const SPARSE_ALWAYS_MAX_OUT_CHANNELS: usize = 8;
 
 /// Whether a layer with this weight shape, groups and density runs faster
@@ -266,10 +268,16 @@ fn copy_rows(
     if rows == 0 || len == 0 {
         return;
     }
+    let ends_inside = |stride: usize, n: usize| {
+        (rows - 1)
+            .checked_mul(stride)
+            .and_then(|e| e.checked_add(len))
+            .is_some_and(|e| e <= n)
+    };
     assert!(
         len <= src_stride.min(dst_stride)
-            && (rows - 1) * src_stride + len <= src.len()
-            && (rows - 1) * dst_stride + len <= dst.len(),
+            && ends_inside(src_stride, src.len())
+            && ends_inside(dst_stride, dst.len()),
         "copy_rows: {rows} rows of {len} out of bounds"
     );
     #[cfg(target_arch = "x86_64")]
