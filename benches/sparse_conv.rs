@@ -13,6 +13,9 @@
 //!
 //! SPARSE_SWEEP=1 cargo bench --bench sparse_conv
 //!
+//! Everything runs on a thread of a rayon pool whose other threads are kept
+//! awake, as in the CIFAR example's training steps (`tensor::awake`).
+//!
 //! The `sparse_fused` group times the fused conv2d_sparse → relu →
 //! max_pool2d op against the three separate tape ops, on the two LeNet
 //! blocks at batch 4 and 64 with 3 taps per kernel (12 %): forward alone
@@ -24,6 +27,7 @@
 
 use criterion::{black_box, criterion_group, Criterion};
 use std::time::Instant;
+use tensor::awake::with_pool_awake;
 use tensor::ops::conv2d::*;
 use tensor::ops::sparse_conv2d::*;
 use tensor::Tensor;
@@ -289,11 +293,21 @@ fn bench_fused(c: &mut Criterion) {
 
 criterion_group!(benches, bench, bench_fused);
 
+/// On a thread of a rayon pool with the pool kept awake
+/// (`with_pool_awake`), as the CIFAR example runs every training step: each
+/// parallel op, dense or sparse, finds the other threads awake.
 fn main() {
-    if std::env::var_os("SPARSE_SWEEP").is_some() {
-        sweep();
-        return;
-    }
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .build()
+        .expect("a thread pool");
+    pool.install(|| {
+        with_pool_awake(|| {
+            if std::env::var_os("SPARSE_SWEEP").is_some() {
+                sweep();
+                return;
+            }
+            benches();
+            Criterion::default().configure_from_args().final_summary();
+        })
+    });
 }

@@ -80,7 +80,7 @@ pub enum ConvPath {
     Auto,
     /// Always the direct sparse kernels over the active taps.
     Sparse,
-    /// Always im2col + GEMM on the full masked weight.
+    /// Always the dense conv kernels on the full masked weight.
     Dense,
 }
 

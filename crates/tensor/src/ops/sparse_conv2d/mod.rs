@@ -103,13 +103,14 @@ use loops::{gather_fma, multi_dot};
 
 /// Density (active taps / all taps) above which the dense kernels on the
 /// masked weight are faster than these, for a training step (forward + both
-/// gradients), measured on the LeNet convolutions with balanced masks: the
-/// second conv (6→16, 5×5 on 14×14) breaks even between 36 % and 52 % at
-/// batch 4 and between 68 % and 100 % at batch 64. Forward alone breaks even
-/// at 68–100 % on both. Below this value
-/// choose the sparse op, unless the layer is narrow enough to take it at any
-/// density ([`SPARSE_ALWAYS_MAX_OUT_CHANNELS`]). See
-/// `docs/sparse-kernels.md` for the tables.
+/// gradients), measured on the LeNet convolutions with balanced masks, in
+/// the training loop's setting (the pool kept awake): the second conv
+/// (6→16, 5×5 on 14×14) breaks even between 68 % and 100 % at batch 4 and
+/// 64, and so does the forward pass alone of both convs; this value is
+/// below all of them. Below it choose the sparse op, unless the layer is
+/// narrow enough to take it at any density
+/// ([`SPARSE_ALWAYS_MAX_OUT_CHANNELS`]). See `docs/benchmarks.md` for the
+/// sweep.
 pub const SPARSE_CROSSOVER_DENSITY: f64 = 0.6;
 
 /// Output channels per group up to which the sparse kernels are used at
