@@ -89,6 +89,15 @@ impl Dy<'_> {
             Dy::Pooled(g) => {
                 let (ph, pw) = g.pool.pooled_size(s);
                 let r = (b * o + oc) * ph * pw..(b * o + oc + 1) * ph * pw;
+                // The weight-gradient tasks go through the images of one
+                // channel, planes O·PH·PW apart: ask for the next image's
+                // plane now, so that its loads are not waited for.
+                if b + 1 < s.batch {
+                    let next = r.start + o * ph * pw..r.end + o * ph * pw;
+                    prefetch(&g.pooled[next.clone()]);
+                    prefetch(&g.arg[next.clone()]);
+                    prefetch(&g.dpooled[next]);
+                }
                 let (pooled, arg, dpooled) =
                     (&g.pooled[r.clone()], &g.arg[r.clone()], &g.dpooled[r]);
                 if g.pool.kernel == (2, 2) && g.pool.stride == (2, 2) {
@@ -398,4 +407,22 @@ pub(super) fn backward_weight_rows(
         }
         dw_o[t.wi - oc * kk] = acc;
     }
+}
+
+/// Asks the CPU to bring `v` into the cache (no effect on results; nothing
+/// off x86-64).
+fn prefetch<T>(v: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let bytes = std::mem::size_of_val(v);
+        let p = v.as_ptr().cast::<i8>();
+        for off in (0..bytes).step_by(64) {
+            // SAFETY: SSE is part of x86-64; a prefetch reads nothing into
+            // the program and cannot fault, and p + off is inside v.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
 }

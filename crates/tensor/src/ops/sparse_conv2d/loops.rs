@@ -331,11 +331,12 @@ pub(super) fn sum8(v: [f32; 8]) -> f32 {
     ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
 }
 
-/// AVX2 `multi_dot`: four taps at a time share each load of `a` (10 loads
-/// per 8 FMAs instead of 16), with two accumulators per tap (16 floats a
-/// step), so that eight independent FMA chains hide the FMA's latency. A
-/// short last group repeats its last tap and drops the extra results, so
-/// every tap is summed the same way.
+/// AVX2 `multi_dot`: up to four taps at a time share each load of `a` (10
+/// loads per 8 FMAs instead of 16), with two accumulators per tap (16 floats
+/// a step), so that up to eight independent FMA chains hide the FMA's
+/// latency. The taps are cut into groups as evenly as possible
+/// ([`tap_groups`]): the LeNet's 9 taps per output channel are three groups
+/// of 3, not 4, 4 and a group of 1 that would do the work of 4.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA, `offs.len() == out.len()`, and
@@ -343,53 +344,92 @@ pub(super) fn sum8(v: [f32; 8]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn multi_dot_avx2(a: &[f32], src: &[f32], offs: &[usize], out: &mut [f32]) {
+    for r in tap_groups(offs.len(), 4) {
+        let (o, d) = (&offs[r.clone()], &mut out[r]);
+        // SAFETY (every arm): the caller's guarantees, for a subset of taps.
+        unsafe {
+            match o.len() {
+                1 => multi_dot_group_avx2::<1>(a, src, o, d),
+                2 => multi_dot_group_avx2::<2>(a, src, o, d),
+                3 => multi_dot_group_avx2::<3>(a, src, o, d),
+                _ => multi_dot_group_avx2::<4>(a, src, o, d),
+            }
+        }
+    }
+}
+
+/// The taps 0..t cut into ⌈t / max⌉ groups of as even a size as possible,
+/// in order.
+fn tap_groups(t: usize, max: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let groups = t.div_ceil(max);
+    let base = t.checked_div(groups).unwrap_or(0);
+    let extra = t.checked_rem(groups).unwrap_or(0);
+    (0..groups).scan(0, move |start, g| {
+        let len = base + usize::from(g < extra);
+        let r = *start..*start + len;
+        *start += len;
+        Some(r)
+    })
+}
+
+/// One group of G taps of the AVX2 `multi_dot`.
+///
+/// # Safety
+/// As `multi_dot_avx2`, with `offs.len() == out.len() == G`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn multi_dot_group_avx2<const G: usize>(
+    a: &[f32],
+    src: &[f32],
+    offs: &[usize],
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
     let n = a.len();
     let (ap, sp) = (a.as_ptr(), src.as_ptr());
-    for (offs4, out4) in offs.chunks(4).zip(out.chunks_mut(4)) {
-        let o4 = [0, 1, 2, 3].map(|t| offs4[t.min(offs4.len() - 1)]);
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut acc_hi = [_mm256_setzero_ps(); 4];
-        let mut p = 0;
-        while p + 16 <= n {
-            // SAFETY: p + 16 <= n = a.len().
-            let (a0, a1) = unsafe { (_mm256_loadu_ps(ap.add(p)), _mm256_loadu_ps(ap.add(p + 8))) };
-            for ((s, s_hi), &off) in acc.iter_mut().zip(acc_hi.iter_mut()).zip(&o4) {
-                // SAFETY: off + p + 16 <= off + n <= src.len().
-                let (x0, x1) = unsafe {
-                    (
-                        _mm256_loadu_ps(sp.add(off + p)),
-                        _mm256_loadu_ps(sp.add(off + p + 8)),
-                    )
-                };
-                *s = _mm256_fmadd_ps(a0, x0, *s);
-                *s_hi = _mm256_fmadd_ps(a1, x1, *s_hi);
-            }
-            p += 16;
+    let o: [usize; G] = std::array::from_fn(|t| offs[t]);
+    let mut acc = [_mm256_setzero_ps(); G];
+    let mut acc_hi = [_mm256_setzero_ps(); G];
+    let mut p = 0;
+    while p + 16 <= n {
+        // SAFETY: p + 16 <= n = a.len().
+        let (a0, a1) = unsafe { (_mm256_loadu_ps(ap.add(p)), _mm256_loadu_ps(ap.add(p + 8))) };
+        for ((s, s_hi), &off) in acc.iter_mut().zip(acc_hi.iter_mut()).zip(&o) {
+            // SAFETY: off + p + 16 <= off + n <= src.len().
+            let (x0, x1) = unsafe {
+                (
+                    _mm256_loadu_ps(sp.add(off + p)),
+                    _mm256_loadu_ps(sp.add(off + p + 8)),
+                )
+            };
+            *s = _mm256_fmadd_ps(a0, x0, *s);
+            *s_hi = _mm256_fmadd_ps(a1, x1, *s_hi);
         }
-        if p + 8 <= n {
-            // SAFETY: p + 8 <= n = a.len().
-            let av = unsafe { _mm256_loadu_ps(ap.add(p)) };
-            for (s, &off) in acc.iter_mut().zip(&o4) {
-                // SAFETY: off + p + 8 <= off + n <= src.len().
-                let x = unsafe { _mm256_loadu_ps(sp.add(off + p)) };
-                *s = _mm256_fmadd_ps(av, x, *s);
-            }
-            p += 8;
+        p += 16;
+    }
+    if p + 8 <= n {
+        // SAFETY: p + 8 <= n = a.len().
+        let av = unsafe { _mm256_loadu_ps(ap.add(p)) };
+        for (s, &off) in acc.iter_mut().zip(&o) {
+            // SAFETY: off + p + 8 <= off + n <= src.len().
+            let x = unsafe { _mm256_loadu_ps(sp.add(off + p)) };
+            *s = _mm256_fmadd_ps(av, x, *s);
         }
-        for (s, s_hi) in acc.iter_mut().zip(&acc_hi) {
-            *s = _mm256_add_ps(*s, *s_hi);
+        p += 8;
+    }
+    for (s, s_hi) in acc.iter_mut().zip(&acc_hi) {
+        *s = _mm256_add_ps(*s, *s_hi);
+    }
+    for ((s, &off), d) in acc.iter().zip(&o).zip(out.iter_mut()) {
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` holds exactly 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *s) };
+        let mut tail = 0.0f32;
+        for q in p..n {
+            tail = a[q].mul_add(src[off + q], tail);
         }
-        for ((s, &off), o) in acc.iter().zip(&o4).zip(out4.iter_mut()) {
-            let mut lanes = [0.0f32; 8];
-            // SAFETY: `lanes` holds exactly 8 floats.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *s) };
-            let mut tail = 0.0f32;
-            for q in p..n {
-                tail = a[q].mul_add(src[off + q], tail);
-            }
-            *o = sum8(lanes) + tail;
-        }
+        *d = sum8(lanes) + tail;
     }
 }
 
@@ -397,56 +437,87 @@ pub(super) unsafe fn multi_dot_avx2(a: &[f32], src: &[f32], offs: &[usize], out:
 /// accumulator is lane j of the AVX2 loop's `acc` (j < 8) or `acc_hi`
 /// (j ≥ 8), fed the same products in the same order; the step of 8 that
 /// the AVX2 loop adds to `acc` alone is a masked FMA on the low 8 lanes; and
-/// the halves are combined and summed as there. Eight taps at a time share
-/// each load of `a` (9 loads per 8 FMAs of 16 lanes) and keep eight FMA
-/// chains in flight.
+/// the halves are combined and summed as there. Up to eight taps at a time
+/// share each load of `a` (9 loads per 8 FMAs of 16 lanes), in groups cut
+/// as evenly as possible ([`tap_groups`]: the LeNet's 9 taps are 5 and 4,
+/// its 18 three groups of 6). Each tap's sum is its own, so the grouping
+/// changes no bit.
 ///
 /// # Safety
 /// As `multi_dot_avx2`, with AVX-512F as well.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(super) unsafe fn multi_dot_avx512(a: &[f32], src: &[f32], offs: &[usize], out: &mut [f32]) {
+    for r in tap_groups(offs.len(), 8) {
+        let (o, d) = (&offs[r.clone()], &mut out[r]);
+        // SAFETY (every arm): the caller's guarantees, for a subset of taps.
+        unsafe {
+            match o.len() {
+                1 => multi_dot_group_avx512::<1>(a, src, o, d),
+                2 => multi_dot_group_avx512::<2>(a, src, o, d),
+                3 => multi_dot_group_avx512::<3>(a, src, o, d),
+                4 => multi_dot_group_avx512::<4>(a, src, o, d),
+                5 => multi_dot_group_avx512::<5>(a, src, o, d),
+                6 => multi_dot_group_avx512::<6>(a, src, o, d),
+                7 => multi_dot_group_avx512::<7>(a, src, o, d),
+                _ => multi_dot_group_avx512::<8>(a, src, o, d),
+            }
+        }
+    }
+}
+
+/// One group of G taps of the AVX-512 `multi_dot`.
+///
+/// # Safety
+/// As `multi_dot_avx512`, with `offs.len() == out.len() == G`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn multi_dot_group_avx512<const G: usize>(
+    a: &[f32],
+    src: &[f32],
+    offs: &[usize],
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
     let n = a.len();
     let (ap, sp) = (a.as_ptr(), src.as_ptr());
     const LOW8: __mmask16 = 0x00ff;
-    for (offs8, out8) in offs.chunks(8).zip(out.chunks_mut(8)) {
-        let o8: [usize; 8] = std::array::from_fn(|t| offs8[t.min(offs8.len() - 1)]);
-        let mut acc = [_mm512_setzero_ps(); 8];
-        let mut p = 0;
-        while p + 16 <= n {
-            // SAFETY: p + 16 <= n = a.len().
-            let av = unsafe { _mm512_loadu_ps(ap.add(p)) };
-            for (s, &off) in acc.iter_mut().zip(&o8) {
-                // SAFETY: off + p + 16 <= off + n <= src.len().
-                let x = unsafe { _mm512_loadu_ps(sp.add(off + p)) };
-                *s = _mm512_fmadd_ps(av, x, *s);
-            }
-            p += 16;
+    let o: [usize; G] = std::array::from_fn(|t| offs[t]);
+    let mut acc = [_mm512_setzero_ps(); G];
+    let mut p = 0;
+    while p + 16 <= n {
+        // SAFETY: p + 16 <= n = a.len().
+        let av = unsafe { _mm512_loadu_ps(ap.add(p)) };
+        for (s, &off) in acc.iter_mut().zip(&o) {
+            // SAFETY: off + p + 16 <= off + n <= src.len().
+            let x = unsafe { _mm512_loadu_ps(sp.add(off + p)) };
+            *s = _mm512_fmadd_ps(av, x, *s);
         }
-        if p + 8 <= n {
-            // SAFETY: the 8 lanes read lie below p + 8 <= n (and off + n
-            // <= src.len()); the upper lanes are masked off, not read.
-            let av = unsafe { _mm512_maskz_loadu_ps(LOW8, ap.add(p)) };
-            for (s, &off) in acc.iter_mut().zip(&o8) {
-                // SAFETY: as above.
-                let x = unsafe { _mm512_maskz_loadu_ps(LOW8, sp.add(off + p)) };
-                *s = _mm512_mask3_fmadd_ps(av, x, *s, LOW8);
-            }
-            p += 8;
+        p += 16;
+    }
+    if p + 8 <= n {
+        // SAFETY: the 8 lanes read lie below p + 8 <= n (and off + n <=
+        // src.len()); the upper lanes are masked off, not read.
+        let av = unsafe { _mm512_maskz_loadu_ps(LOW8, ap.add(p)) };
+        for (s, &off) in acc.iter_mut().zip(&o) {
+            // SAFETY: as above.
+            let x = unsafe { _mm512_maskz_loadu_ps(LOW8, sp.add(off + p)) };
+            *s = _mm512_mask3_fmadd_ps(av, x, *s, LOW8);
         }
-        for ((s, &off), o) in acc.iter().zip(&o8).zip(out8.iter_mut()) {
-            let mut l = [0.0f32; 16];
-            // SAFETY: `l` holds exactly 16 floats.
-            unsafe { _mm512_storeu_ps(l.as_mut_ptr(), *s) };
-            // The AVX2 loop's acc + acc_hi, then its sum and tail.
-            let lanes: [f32; 8] = std::array::from_fn(|j| l[j] + l[j + 8]);
-            let mut tail = 0.0f32;
-            for q in p..n {
-                tail = a[q].mul_add(src[off + q], tail);
-            }
-            *o = sum8(lanes) + tail;
+        p += 8;
+    }
+    for ((s, &off), d) in acc.iter().zip(&o).zip(out.iter_mut()) {
+        let mut l = [0.0f32; 16];
+        // SAFETY: `l` holds exactly 16 floats.
+        unsafe { _mm512_storeu_ps(l.as_mut_ptr(), *s) };
+        // The AVX2 loop's acc + acc_hi, then its sum and tail.
+        let lanes: [f32; 8] = std::array::from_fn(|j| l[j] + l[j + 8]);
+        let mut tail = 0.0f32;
+        for q in p..n {
+            tail = a[q].mul_add(src[off + q], tail);
         }
+        *d = sum8(lanes) + tail;
     }
 }
 
@@ -547,5 +618,31 @@ mod tests {
                 assert_eq!(bits(&results[0]), bits(&results[1]), "n {n} taps {taps}");
             }
         }
+    }
+
+    /// Tap groups cover 0..t in order, each 1..=max long, as even as can be.
+    #[test]
+    fn tap_groups_are_even_and_cover_every_tap() {
+        for max in [1, 4, 8] {
+            for t in 0..100 {
+                let groups: Vec<_> = tap_groups(t, max).collect();
+                assert_eq!(groups.len(), t.div_ceil(max));
+                let mut next = 0;
+                for r in &groups {
+                    assert_eq!(r.start, next);
+                    assert!((1..=max).contains(&r.len()), "t {t} max {max}: {r:?}");
+                    next = r.end;
+                }
+                assert_eq!(next, t);
+                let (lo, hi) = groups.iter().fold((usize::MAX, 0), |(lo, hi), r| {
+                    (lo.min(r.len()), hi.max(r.len()))
+                });
+                assert!(groups.is_empty() || hi - lo <= 1, "t {t} max {max}");
+            }
+        }
+        assert_eq!(
+            tap_groups(9, 8).map(|r| r.len()).collect::<Vec<_>>(),
+            [5, 4]
+        );
     }
 }
