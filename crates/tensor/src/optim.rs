@@ -179,6 +179,64 @@ fn sgd_momentum<const FIRST: bool, const NESTEROV: bool>(
             .for_each(|((w, g), b)| sgd_momentum::<FIRST, NESTEROV>(c, w, g, b));
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked just above); the function
+        // is the safe loop below compiled for it.
+        unsafe { momentum_loop_avx512::<FIRST, NESTEROV>(c, w, grad, b) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above); as above.
+        unsafe { momentum_loop_avx2::<FIRST, NESTEROV>(c, w, grad, b) };
+        return;
+    }
+    momentum_loop::<FIRST, NESTEROV>(c, w, grad, b);
+}
+
+/// [`momentum_loop`] compiled for AVX-512: the compiler vectorises the same
+/// operations 16 floats at a time instead of SSE's 4. It does not fuse a
+/// multiply and an add (Rust never contracts them), so every value is
+/// bitwise the portable loop's.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn momentum_loop_avx512<const FIRST: bool, const NESTEROV: bool>(
+    c: &SgdConfig,
+    w: &mut [f32],
+    grad: &[f32],
+    b: &mut [f32],
+) {
+    momentum_loop::<FIRST, NESTEROV>(c, w, grad, b)
+}
+
+/// [`momentum_loop`] compiled for AVX2 (8 floats at a time), bitwise the
+/// same.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn momentum_loop_avx2<const FIRST: bool, const NESTEROV: bool>(
+    c: &SgdConfig,
+    w: &mut [f32],
+    grad: &[f32],
+    b: &mut [f32],
+) {
+    momentum_loop::<FIRST, NESTEROV>(c, w, grad, b)
+}
+
+/// The momentum step itself, element by element (see [`sgd_momentum`]).
+#[inline(always)]
+fn momentum_loop<const FIRST: bool, const NESTEROV: bool>(
+    c: &SgdConfig,
+    w: &mut [f32],
+    grad: &[f32],
+    b: &mut [f32],
+) {
     let keep = 1.0 - c.dampening;
     for ((w, &gr), b) in w.iter_mut().zip(grad).zip(b.iter_mut()) {
         let g = gr + c.weight_decay * *w;
@@ -193,5 +251,54 @@ fn sgd_momentum<const FIRST: bool, const NESTEROV: bool>(
         *b = if nb.is_subnormal() { 0.0 } else { nb };
         let step = if NESTEROV { g + c.momentum * *b } else { *b };
         *w -= c.lr * step;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dispatched momentum step (AVX-512 or AVX2 where the CPU has
+    /// them) gives the portable loop's bits, subnormal flushes included,
+    /// on lengths around the vector widths and the pool's chunks.
+    #[test]
+    fn wide_momentum_loops_equal_the_portable_one() {
+        // No weight decay, so that a zero gradient leaves the buffer to
+        // decay (into a subnormal, flushed).
+        let c = SgdConfig {
+            dampening: 0.1,
+            ..SgdConfig::new(0.01, 0.9)
+        };
+        let mut r = crate::Rng::seed(3);
+        for n in [0, 1, 7, 15, 16, 17, 100, 2 * SGD_CHUNK + 5] {
+            let w0: Vec<f32> = (0..n).map(|_| r.uniform(-1.0, 1.0)).collect();
+            let g: Vec<f32> = (0..n)
+                .map(|i| {
+                    if i % 3 == 0 {
+                        0.0
+                    } else {
+                        r.uniform(-1.0, 1.0)
+                    }
+                })
+                .collect();
+            // Some buffers one decay away from subnormal.
+            let b0: Vec<f32> = (0..n)
+                .map(|i| {
+                    if i % 3 == 0 {
+                        1.3e-38
+                    } else {
+                        r.uniform(-1.0, 1.0)
+                    }
+                })
+                .collect();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let (mut w1, mut b1) = (w0.clone(), b0.clone());
+            sgd_momentum::<false, true>(&c, &mut w1, &g, &mut b1);
+            let (mut w2, mut b2) = (w0.clone(), b0.clone());
+            momentum_loop::<false, true>(&c, &mut w2, &g, &mut b2);
+            assert_eq!(bits(&w1), bits(&w2), "n {n}: weights");
+            assert_eq!(bits(&b1), bits(&b2), "n {n}: buffers");
+            assert!(b1.iter().step_by(3).all(|&v| v == 0.0 || n == 0));
+        }
     }
 }
