@@ -8,8 +8,8 @@ momentum 0.9), same data (the CIFAR-10 binary batches, normalised with mean
 0.5 and std 0.5, shuffled each epoch, no augmentation) and the same timing
 rule as `cargo run --release --example cifar`: the training clock runs only
 around each step (forward, loss, backward, optimiser step), not around batch
-preparation; the evaluation clock runs around the whole test pass (batches of 250, as
-the engine's evaluation, no gradient).
+preparation; the evaluation clock runs around the whole test pass (batches
+of 250, as the engine's evaluation, no gradient).
 
     python3 benches/pytorch/lenet_train.py DATA_DIR --batch-size 4 --limit-train 20000
 
