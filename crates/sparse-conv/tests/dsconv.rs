@@ -391,4 +391,35 @@ fn the_fused_block_equals_conv_relu_pool_and_counts_each_pass_once() {
         l.forward_relu_pool(&x, &pool);
     }
     assert_eq!((l.passes(), l.strength_samples()), (3, 2));
+
+    // A sampled pass on the sparse kernels takes the fused op (with the
+    // separate ops' bias sum) and samples from a conv output computed off
+    // the tape: strength, values and every gradient are bitwise the three
+    // ops'.
+    let config = DSConfig {
+        update_interval: 1, // the notebook's rule: it reads strength
+        path: sparse_conv::ConvPath::Sparse,
+        ..DSConfig::default()
+    };
+    let mut fused = layer(3, 6, (5, 5), config, 27);
+    let mut plain = layer(3, 6, (5, 5), config, 27);
+    let x = Tensor::uniform(&[8, 3, 32, 32], -1.0, 1.0, &mut Rng::seed(28));
+    let bits = |v: Vec<f32>| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    // One backward per forward: a backward pass consumes the whole tape.
+    // A random upstream gradient, so that sums in another order would round
+    // differently.
+    let a = fused.forward_relu_pool(&x, &pool);
+    let r = Tensor::uniform(a.shape(), -1.0, 1.0, &mut Rng::seed(29));
+    let av = a.to_vec();
+    a.mul(&r).sum().backward();
+    let b = pool.forward(&plain.forward(&x).relu());
+    assert_eq!(bits(av), bits(b.to_vec()));
+    b.mul(&r).sum().backward();
+    for (f, p) in fused.parameters().iter().zip(plain.parameters()) {
+        assert_eq!(bits(f.grad().unwrap()), bits(p.grad().unwrap()));
+    }
+    let strength_bits = |l: &DSConv2d| l.strength().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(strength_bits(&fused), strength_bits(&plain));
+    assert_eq!((fused.strength_samples(), plain.strength_samples()), (1, 1));
+    assert!(fused.strength().iter().any(|&v| v > 0.0));
 }

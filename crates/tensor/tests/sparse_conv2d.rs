@@ -663,7 +663,7 @@ fn assert_bitwise(what: &str, got: &[f32], want: &[f32]) {
 /// The fused op gives conv2d_sparse → relu → max_pool2d's values and the
 /// gradients of x and w bit for bit, and the bias gradient bit for bit or,
 /// for stride 1, to rounding ([`assert_db`]), under a random upstream
-/// gradient.
+/// gradient; with `BiasSum::Planes`, the bias gradient bit for bit too.
 #[test]
 fn fused_op_matches_the_separate_ops() {
     for batch in [1, 3, 8] {
@@ -680,30 +680,40 @@ fn fused_op_matches_the_separate_ops() {
                 let out_shape = pool.output_shape(&s);
                 let r = Tensor::from_vec(rng.vec(out_shape.iter().product()), &out_shape);
 
-                // Returns the output and the gradients of x, w and b.
-                let run = |fused: bool| {
+                // Returns the output and the gradients of x, w and b: the
+                // fused op with either bias sum, or the three ops.
+                let run = |fused: Option<BiasSum>| {
                     let (x, w, b) = (
                         x.detach().requires_grad(),
                         w.detach().requires_grad(),
                         b.detach().requires_grad(),
                     );
-                    let y = if fused {
-                        conv2d_sparse_relu_max_pool2d(&x, &w, Some(&b), &l, pool)
-                    } else {
-                        conv2d_sparse(&x, &w, Some(&b), &l)
+                    let y = match fused {
+                        Some(sum) => {
+                            conv2d_sparse_relu_max_pool2d_with(&x, &w, Some(&b), &l, pool, sum)
+                        }
+                        None => conv2d_sparse(&x, &w, Some(&b), &l)
                             .relu()
-                            .max_pool2d(pool.kernel, pool.stride)
+                            .max_pool2d(pool.kernel, pool.stride),
                     };
                     assert_eq!(y.shape(), out_shape, "{name}: output shape");
                     let yv = y.to_vec();
                     y.mul(&r).sum().backward();
                     [yv, x.grad().unwrap(), w.grad().unwrap(), b.grad().unwrap()]
                 };
-                let (fused, separate) = (run(true), run(false));
+                let (fused, separate) = (run(Some(BiasSum::Windows)), run(None));
                 for (what, (f, sep)) in ["y", "dx", "dw"].iter().zip(fused.iter().zip(&separate)) {
                     assert_bitwise(&format!("{name}: {what}"), f, sep);
                 }
                 assert_db(&format!("{name}: db"), &s, &fused[3], &separate[3]);
+                // Summed over the planes, the bias gradient too is bitwise.
+                let planes = run(Some(BiasSum::Planes));
+                for (what, (f, sep)) in ["y", "dx", "dw", "db"]
+                    .iter()
+                    .zip(planes.iter().zip(&separate))
+                {
+                    assert_bitwise(&format!("{name}: {what} (plane sums)"), f, sep);
+                }
                 // The pooled values are not all zero, and some gradient flows.
                 assert!(fused[0].iter().any(|&v| v > 0.0), "{name}: all pooled ≤ 0");
                 assert!(fused[2].iter().any(|&v| v != 0.0), "{name}: dw all zero");

@@ -61,6 +61,8 @@ pub(super) struct PooledGrad<'a> {
     pub(super) pooled: &'a [f32],
     pub(super) arg: &'a [u32],
     pub(super) dpooled: &'a [f32],
+    /// How each plane's sum for the bias gradient is taken.
+    pub(super) bias_sum: BiasSum,
 }
 
 impl Dy<'_> {
@@ -101,7 +103,12 @@ impl Dy<'_> {
                 let (pooled, arg, dpooled) =
                     (&g.pooled[r.clone()], &g.arg[r.clone()], &g.dpooled[r]);
                 if g.pool.kernel == (2, 2) && g.pool.stride == (2, 2) {
-                    return relu_pool_grad_2x2_rows(pooled, arg, dpooled, (oh, ow), wp, rows, k);
+                    let windows =
+                        relu_pool_grad_2x2_rows(pooled, arg, dpooled, (oh, ow), wp, rows, k);
+                    return match g.bias_sum {
+                        BiasSum::Windows => windows,
+                        BiasSum::Planes => plane_sum(rows, (oh, ow), wp),
+                    };
                 }
                 // Any other pool: scatter each window's gradient to its
                 // argmax a = oy·OW + ox, at a + oy·(Wp − OW) in the rows.
@@ -124,7 +131,10 @@ impl Dy<'_> {
                         sum += grad;
                     }
                 }
-                sum
+                match g.bias_sum {
+                    BiasSum::Windows => sum,
+                    BiasSum::Planes => plane_sum(rows, (oh, ow), wp),
+                }
             }
         }
     }
@@ -425,4 +435,18 @@ fn prefetch<T>(v: &[T]) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = v;
+}
+
+thread_local! {
+    /// One dY plane, contiguous, for [`plane_sum`].
+    static PLANE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The sum of the (OH, OW) plane held in `rows` (rows `wp` floats apart),
+/// taken as [`conv2d_backward_bias`] sums a plain plane, so the same bits.
+fn plane_sum(rows: &[f32], (oh, ow): (usize, usize), wp: usize) -> f32 {
+    with_scratch(&PLANE, oh * ow, |plane| {
+        copy_rows(plane, ow, rows, wp, oh, ow, KernelChoice::Portable);
+        sum_lanes(plane)
+    })
 }

@@ -286,6 +286,50 @@ pub fn sparse_conv2d_relu_pool_backward(
     dx: Option<&mut [f32]>,
     k: KernelChoice,
 ) {
+    sparse_conv2d_relu_pool_backward_with(
+        s,
+        l,
+        pool,
+        (x, w),
+        (pooled, arg, dpooled),
+        (dw, db, dx),
+        BiasSum::Windows,
+        k,
+    )
+}
+
+/// How the fused backward sums dY for the bias gradient.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BiasSum {
+    /// Window by window, as the pooled gradient is scattered back (no pass
+    /// over the zeros; equal to the separate ops' sum to rounding).
+    #[default]
+    Windows,
+    /// Over each whole dY plane, in the order of the separate ops'
+    /// `conv2d_backward_bias`: bitwise their bias gradient, at the price of
+    /// one more pass over the planes.
+    Planes,
+}
+
+/// The gradients a backward may write: (dw, db, dx), each if wanted.
+pub type Grads<'a> = (
+    Option<&'a mut [f32]>,
+    Option<&'a mut [f32]>,
+    Option<&'a mut [f32]>,
+);
+
+/// [`sparse_conv2d_relu_pool_backward`] with the bias sum chosen.
+#[allow(clippy::too_many_arguments)]
+pub fn sparse_conv2d_relu_pool_backward_with(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    pool: PoolOptions,
+    (x, w): (&[f32], &[f32]),
+    (pooled, arg, dpooled): (&[f32], &[u32], &[f32]),
+    (dw, db, dx): Grads<'_>,
+    bias_sum: BiasSum,
+    k: KernelChoice,
+) {
     let op = "sparse_conv2d_relu_pool_backward";
     l.check(op, s);
     let pp: usize = pool.output_shape(s).iter().product();
@@ -306,6 +350,7 @@ pub fn sparse_conv2d_relu_pool_backward(
             pooled,
             arg,
             dpooled,
+            bias_sum,
         });
         let weight_and_bias = || match dw {
             Some(dw) => {
@@ -345,7 +390,10 @@ pub fn sparse_conv2d_relu_pool_backward(
             sparse_conv2d_backward_weight(s, l, x, dy, dw, k);
         }
         if let Some(db) = db {
-            add_image_sums(sums, db);
+            match bias_sum {
+                BiasSum::Windows => add_image_sums(sums, db),
+                BiasSum::Planes => conv2d_backward_bias(s, dy, db),
+            }
         }
         if let Some(dx) = dx {
             sparse_conv2d_backward_input(s, l, w, dy, dx, k);
@@ -379,6 +427,20 @@ pub fn conv2d_sparse_relu_max_pool2d(
     bias: Option<&Tensor>,
     layout: &Rc<SparseLayout>,
     pool: PoolOptions,
+) -> Tensor {
+    conv2d_sparse_relu_max_pool2d_with(x, w, bias, layout, pool, BiasSum::Windows)
+}
+
+/// [`conv2d_sparse_relu_max_pool2d`] with the bias gradient's sum chosen:
+/// with [`BiasSum::Planes`] every value and gradient is bitwise the three
+/// separate ops'.
+pub fn conv2d_sparse_relu_max_pool2d_with(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    layout: &Rc<SparseLayout>,
+    pool: PoolOptions,
+    bias_sum: BiasSum,
 ) -> Tensor {
     let op = "conv2d_sparse_relu_max_pool2d";
     assert_eq!(
@@ -433,18 +495,14 @@ pub fn conv2d_sparse_relu_max_pool2d(
             .filter(|b| b.needs_grad())
             .map(|_| vec![0.0; s.out_channels]);
         let mut dx = xc.needs_grad().then(|| crate::buffers::take(xc.numel()));
-        sparse_conv2d_relu_pool_backward(
+        sparse_conv2d_relu_pool_backward_with(
             &s,
             &l,
             pool,
-            &xc.data(),
-            &wc.data(),
-            &saved,
-            &arg,
-            dpooled,
-            dw.as_deref_mut(),
-            db.as_deref_mut(),
-            dx.as_deref_mut(),
+            (&xc.data(), &wc.data()),
+            (&saved, &arg, dpooled),
+            (dw.as_deref_mut(), db.as_deref_mut(), dx.as_deref_mut()),
+            bias_sum,
             KernelChoice::Best,
         );
         if let Some(dw) = dw {

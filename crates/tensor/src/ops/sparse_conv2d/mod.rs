@@ -90,8 +90,9 @@ mod loops;
 pub use backward::{sparse_conv2d_backward_input, sparse_conv2d_backward_weight};
 pub use forward::sparse_conv2d_forward;
 pub use fused::{
-    conv2d_sparse_relu_max_pool2d, sparse_conv2d_relu_pool_backward,
-    sparse_conv2d_relu_pool_forward, sparse_conv2d_relu_pool_naive,
+    conv2d_sparse_relu_max_pool2d, conv2d_sparse_relu_max_pool2d_with,
+    sparse_conv2d_relu_pool_backward, sparse_conv2d_relu_pool_backward_with,
+    sparse_conv2d_relu_pool_forward, sparse_conv2d_relu_pool_naive, BiasSum,
 };
 pub use layout::SparseLayout;
 
