@@ -563,6 +563,17 @@ impl Trainer {
         should_stop: &dyn Fn() -> bool,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<EpochEnd, TrainError> {
+        // The steps' many small parallel ops, and the batches' conversion,
+        // find the pool's threads awake (see tensor::awake).
+        with_pool_awake(|| self.epoch_steps(train, should_stop, on_event))
+    }
+
+    fn epoch_steps(
+        &mut self,
+        train: &Split,
+        should_stop: &dyn Fn() -> bool,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<EpochEnd, TrainError> {
         check_split(train)?;
         let mut batches = Batches::new(train, &self.config.batch_config(), self.epoch as u64);
         let total = batches.num_batches();
@@ -588,10 +599,7 @@ impl Trainer {
             }
             self.opt.config.lr = self.lr_at(self.global_step, total_steps);
             let x = Tensor::from_vec(batch.x, &[n, 3, 32, 32]);
-            // The step's many small parallel ops find the pool's threads
-            // awake (see tensor::awake).
-            let (net, opt) = (&mut self.net, &mut self.opt);
-            let value = with_pool_awake(|| net.train_step(opt, &x, &batch.labels));
+            let value = self.net.train_step(&mut self.opt, &x, &batch.labels);
             if !value.is_finite() {
                 return Err(TrainError::NonFinite {
                     epoch: self.epoch + 1,
