@@ -294,7 +294,7 @@ fn bench_fused(c: &mut Criterion) {
 criterion_group!(benches, bench, bench_fused);
 
 /// On a thread of a rayon pool with the pool kept awake
-/// (`with_pool_awake`), as the CIFAR example runs every training step: each
+/// (`with_pool_awake`), as the CIFAR example runs every training epoch: each
 /// parallel op, dense or sparse, finds the other threads awake.
 fn main() {
     let pool = rayon::ThreadPoolBuilder::new()

@@ -556,7 +556,9 @@ impl Trainer {
     /// batch. On a non-finite loss, stops with an error before the step that
     /// would spread it to the weights. That batch's forward pass has still
     /// counted (and may have sampled strength), so after this error the run
-    /// should end, as the example does, rather than go on.
+    /// should end, as the example does, rather than go on. On a rayon pool
+    /// of several threads, the other threads are kept busy-waiting for work
+    /// until the epoch returns (`tensor::awake`), `on_event` included.
     pub fn run_epoch(
         &mut self,
         train: &Split,
@@ -564,7 +566,8 @@ impl Trainer {
         on_event: &mut dyn FnMut(Event),
     ) -> Result<EpochEnd, TrainError> {
         // The steps' many small parallel ops, and the batches' conversion,
-        // find the pool's threads awake (see tensor::awake).
+        // find the pool's threads awake (see tensor::awake). The other
+        // threads spin meanwhile, through `on_event` too.
         with_pool_awake(|| self.epoch_steps(train, should_stop, on_event))
     }
 

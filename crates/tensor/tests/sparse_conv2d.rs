@@ -714,6 +714,26 @@ fn fused_op_matches_the_separate_ops() {
                 {
                     assert_bitwise(&format!("{name}: {what} (plane sums)"), f, sep);
                 }
+                // Also when only the bias wants a gradient (its own path).
+                let bias_only = |fused: Option<BiasSum>| {
+                    let b = b.detach().requires_grad();
+                    let (x, w) = (x.detach(), w.detach());
+                    let y = match fused {
+                        Some(sum) => {
+                            conv2d_sparse_relu_max_pool2d_with(&x, &w, Some(&b), &l, pool, sum)
+                        }
+                        None => conv2d_sparse(&x, &w, Some(&b), &l)
+                            .relu()
+                            .max_pool2d(pool.kernel, pool.stride),
+                    };
+                    y.mul(&r).sum().backward();
+                    b.grad().unwrap()
+                };
+                assert_bitwise(
+                    &format!("{name}: db alone (plane sums)"),
+                    &bias_only(Some(BiasSum::Planes)),
+                    &bias_only(None),
+                );
                 // The pooled values are not all zero, and some gradient flows.
                 assert!(fused[0].iter().any(|&v| v > 0.0), "{name}: all pooled ≤ 0");
                 assert!(fused[2].iter().any(|&v| v != 0.0), "{name}: dw all zero");

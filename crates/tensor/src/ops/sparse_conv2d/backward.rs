@@ -68,10 +68,12 @@ pub(super) struct PooledGrad<'a> {
 impl Dy<'_> {
     /// Writes plane (b, oc) of dY into the OH data rows `rows` (OH·Wp
     /// floats, gap columns included; the zeros around them are the
-    /// caller's) and returns the plane's sum for the bias gradient: the
-    /// window gradients' sum for a pooled dY (see
-    /// [`relu_pool_grad_2x2_rows`]), 0 for a plain one (its bias gradient is
-    /// the separate ops' business).
+    /// caller's) and, if `want_sum`, returns the plane's sum for the bias
+    /// gradient: for a pooled dY the window gradients' sum (see
+    /// [`relu_pool_grad_2x2_rows`]) or, with [`BiasSum::Planes`], the whole
+    /// plane's in `conv2d_backward_bias`'s order; 0 for a plain dY (its bias
+    /// gradient is the separate ops' business) or without `want_sum`.
+    #[allow(clippy::too_many_arguments)] // the plane's coordinates and where it goes
     pub(super) fn plane_into(
         &self,
         s: &Conv2dShape,
@@ -79,6 +81,7 @@ impl Dy<'_> {
         b: usize,
         oc: usize,
         rows: &mut [f32],
+        want_sum: bool,
         k: KernelChoice,
     ) -> f32 {
         let (o, oh, ow, wp) = (s.out_channels, s.out_h(), s.out_w(), plan.wp);
@@ -105,9 +108,10 @@ impl Dy<'_> {
                 if g.pool.kernel == (2, 2) && g.pool.stride == (2, 2) {
                     let windows =
                         relu_pool_grad_2x2_rows(pooled, arg, dpooled, (oh, ow), wp, rows, k);
-                    return match g.bias_sum {
-                        BiasSum::Windows => windows,
-                        BiasSum::Planes => plane_sum(rows, (oh, ow), wp),
+                    return match (want_sum, g.bias_sum) {
+                        (false, _) => 0.0,
+                        (true, BiasSum::Windows) => windows,
+                        (true, BiasSum::Planes) => plane_sum(rows, (oh, ow), wp, k),
                     };
                 }
                 // Any other pool: scatter each window's gradient to its
@@ -131,9 +135,10 @@ impl Dy<'_> {
                         sum += grad;
                     }
                 }
-                match g.bias_sum {
-                    BiasSum::Windows => sum,
-                    BiasSum::Planes => plane_sum(rows, (oh, ow), wp),
+                match (want_sum, g.bias_sum) {
+                    (false, _) => 0.0,
+                    (true, BiasSum::Windows) => sum,
+                    (true, BiasSum::Planes) => plane_sum(rows, (oh, ow), wp, k),
                 }
             }
         }
@@ -186,7 +191,8 @@ pub(super) fn backward_input_wide(
                 for g in 0..s.opts.groups {
                     // The planes this group's inputs read.
                     for (j, plane) in dyq_bg.chunks_exact_mut(q_plane).enumerate() {
-                        dy.plane_into(s, plan, b, g * og + j, &mut plane[start..][..rows], k);
+                        let plane = &mut plane[start..][..rows];
+                        dy.plane_into(s, plan, b, g * og + j, plane, false, k);
                     }
                     let dyq_bg = &*dyq_bg;
                     for ci in g * cg..(g + 1) * cg {
@@ -343,7 +349,7 @@ pub(super) fn backward_weight_wide(
                 dyw.fill(0.0);
                 let mut sum = 0.0f32;
                 for b in 0..s.batch {
-                    sum += dy.plane_into(s, plan, b, oc, dyw, k);
+                    sum += dy.plane_into(s, plan, b, oc, dyw, db_o.is_some(), k);
                     if taps.is_empty() {
                         continue;
                     }
@@ -444,9 +450,9 @@ thread_local! {
 
 /// The sum of the (OH, OW) plane held in `rows` (rows `wp` floats apart),
 /// taken as [`conv2d_backward_bias`] sums a plain plane, so the same bits.
-fn plane_sum(rows: &[f32], (oh, ow): (usize, usize), wp: usize) -> f32 {
+fn plane_sum(rows: &[f32], (oh, ow): (usize, usize), wp: usize, k: KernelChoice) -> f32 {
     with_scratch(&PLANE, oh * ow, |plane| {
-        copy_rows(plane, ow, rows, wp, oh, ow, KernelChoice::Portable);
+        copy_rows(plane, ow, rows, wp, oh, ow, k);
         sum_lanes(plane)
     })
 }

@@ -22,7 +22,9 @@ use super::*;
 // by window. Other strides rebuild the whole dY once for the separate
 // kernels. dx and dw are always bitwise those of conv2d_sparse → relu →
 // max_pool2d; db is too for strides other than 1, and equals theirs to
-// rounding for stride 1 (the sums run in another order).
+// rounding for stride 1 (the sums run in another order), unless the op is
+// asked for `BiasSum::Planes`: then each rebuilt plane is also summed whole
+// in conv2d_backward_bias's order, and db is bitwise theirs as well.
 
 thread_local! {
     /// One chunk's conv output (forward), or the whole batch's rebuilt dY
@@ -261,7 +263,9 @@ pub(super) fn bias_grad_pooled(
     let rows = s.out_h() * plan.wp;
     with_scratch(&SCRATCH, rows, |plane| {
         for (oc, d) in db.iter_mut().enumerate() {
-            *d = (0..s.batch).fold(0.0, |acc, b| acc + dy.plane_into(s, plan, b, oc, plane, k));
+            *d = (0..s.batch).fold(0.0, |acc, b| {
+                acc + dy.plane_into(s, plan, b, oc, plane, true, k)
+            });
         }
     });
 }
@@ -307,7 +311,7 @@ pub enum BiasSum {
     Windows,
     /// Over each whole dY plane, in the order of the separate ops'
     /// `conv2d_backward_bias`: bitwise their bias gradient, at the price of
-    /// one more pass over the planes.
+    /// one more pass over each plane the weight tasks rebuild.
     Planes,
 }
 
@@ -418,7 +422,9 @@ pub fn sparse_conv2d_relu_pool_naive(
 /// max_pool2d(relu(conv2d_sparse(x, w, bias, layout))) without the
 /// full-size intermediates: the same values, dx and dw, bit for bit, as the
 /// three ops one after the other, and the same dbias (bit for bit, or for a
-/// stride-1 conv to rounding: see the comment at the top of this file).
+/// stride-1 conv to rounding: see the comment at the top of this file; bit
+/// for bit always with [`conv2d_sparse_relu_max_pool2d_with`] and
+/// [`BiasSum::Planes`]).
 /// Backward gives dx, dw at the active taps only (exactly 0.0 elsewhere) and
 /// dbias, as [`conv2d_sparse`] does.
 pub fn conv2d_sparse_relu_max_pool2d(
