@@ -41,6 +41,72 @@ pub fn wide_len_read(row_len: usize, (oh, ow): (usize, usize)) -> usize {
     (2 * ph - 1) * row_len + pw.div_ceil(8) * 16
 }
 
+// Partial vectors for the AVX2 loops' last blocks. `_mm256_maskload_ps`
+// and `_mm256_maskstore_ps` would do, but on some CPUs (AMD's) a masked
+// move costs many times a plain one; these take a plain one where all 8
+// lanes fit in the slice, and go through the stack only at its very end.
+
+/// The 32-bit values `src[at..at + n]` (n ≤ 8) in the low lanes, zeros
+/// above.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn load_n<T: Copy + Default>(src: &[T], at: usize, n: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    const { assert!(std::mem::size_of::<T>() == 4) };
+    if at + 8 <= src.len() {
+        let count = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), count);
+        // SAFETY: src[at..at + 8] is 8 values of 4 bytes (checked).
+        let v = _mm256_loadu_si256(src[at..at + 8].as_ptr().cast());
+        _mm256_and_si256(v, keep)
+    } else {
+        let mut t = [T::default(); 8];
+        t[..n].copy_from_slice(&src[at..at + n]);
+        // SAFETY: t is 8 values of 4 bytes.
+        _mm256_loadu_si256(t.as_ptr().cast())
+    }
+}
+
+/// Writes the low `n` lanes of `v` (n ≤ 8) to `dst[at..at + n]`, and where
+/// all 8 fit before `limit` (≤ dst.len()), the other lanes after them: the
+/// caller passes a `limit` up to which such extra values are overwritten
+/// later or harmless.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn store_n<T: Copy + Default>(
+    dst: &mut [T],
+    at: usize,
+    n: usize,
+    limit: usize,
+    v: std::arch::x86_64::__m256i,
+) {
+    use std::arch::x86_64::*;
+    const { assert!(std::mem::size_of::<T>() == 4) };
+    if at + 8 <= limit.min(dst.len()) {
+        // SAFETY: dst[at..at + 8] is 8 values of 4 bytes (checked).
+        _mm256_storeu_si256(dst[at..at + 8].as_mut_ptr().cast(), v);
+    } else if n <= 4 && at + 4 <= limit.min(dst.len()) {
+        // SAFETY: as above, for 4 values.
+        _mm_storeu_si128(
+            dst[at..at + 4].as_mut_ptr().cast(),
+            _mm256_castsi256_si128(v),
+        );
+    } else {
+        let mut t = [T::default(); 8];
+        // SAFETY: t is 8 values of 4 bytes.
+        _mm256_storeu_si256(t.as_mut_ptr().cast(), v);
+        dst[at..at + n].copy_from_slice(&t[..n]);
+    }
+}
+
 /// `pooled, arg = max_pool2d(relu(y), 2, 2)` for one plane of OH × OW values
 /// held in rows of `row_len` floats (see the module doc). `pooled` and `arg`
 /// are (OH/2, OW/2); without `arg` (inference, where no backward will ask
@@ -181,7 +247,6 @@ unsafe fn relu_pool_avx2<const ARG: bool>(
         }
     };
     let lanes = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
-    let count = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     let (one, w) = (_mm256_set1_epi32(1), _mm256_set1_epi32(ow as i32));
     let yp = y.as_ptr();
     for py in 0..ph {
@@ -202,17 +267,12 @@ unsafe fn relu_pool_avx2<const ARG: bool>(
             let (best, best_i) = pick(top, bottom);
             let at = py * pw + 8 * blk;
             let n = (pw - 8 * blk).min(8);
-            // The first n lanes: a masked store (a plain loop here would
-            // become a call to memmove, for 5 floats in the LeNet's conv2).
-            let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), count);
-            let p_n = &mut pooled[at..at + n];
-            // SAFETY: only the first n lanes are written (`keep`), and p_n
-            // (and a_n below) are n values long (sliced just above);
-            // masked-off lanes are not accessed.
-            _mm256_maskstore_ps(p_n.as_mut_ptr(), keep, best);
+            // All 8 lanes where they fit: those past the n windows land on
+            // windows further on in the plane, which later blocks
+            // overwrite (blocks run in increasing order).
+            store_n(pooled, at, n, pooled.len(), _mm256_castps_si256(best));
             if ARG {
-                let a_n = &mut arg[at..at + n];
-                _mm256_maskstore_epi32(a_n.as_mut_ptr().cast(), keep, best_i);
+                store_n(arg, at, n, arg.len(), best_i);
             }
         }
     }
@@ -401,7 +461,6 @@ unsafe fn unpool_avx2(
     use std::arch::x86_64::*;
     let (zero, zero_i) = (_mm256_setzero_ps(), _mm256_setzero_si256());
     let lanes = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
-    let count = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     let (one, w, w1) = (
         _mm256_set1_epi32(1),
         _mm256_set1_epi32(ow as i32),
@@ -415,19 +474,23 @@ unsafe fn unpool_avx2(
             _mm256_permute2f128_ps::<0x31>(lo, hi),
         )
     };
+    // Eight floats at rows[at..], of which the first `n` (1 ≤ n ≤ 8) are
+    // the block's columns and the rest +0.0: stored whole where they end
+    // before `limit`, the extra zeros landing in gap columns (zeros anyway)
+    // or in rows this call writes later.
+    let store8 = |rows: &mut [f32], at: usize, v: __m256, n: i32, limit: usize| {
+        store_n(rows, at, n as usize, limit, _mm256_castps_si256(v))
+    };
     let mut acc = zero;
     for py in 0..ph {
-        let (top, bottom) = rows[2 * py * rs..][..2 * rs].split_at_mut(rs);
         for blk in 0..pw.div_ceil(8) {
             let at = py * pw + 8 * blk;
             let n = (pw - 8 * blk).min(8) as i32;
-            let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), count);
-            // SAFETY: lanes past n are masked off and not read; the first n
-            // lie inside the ph·pw values (at + n ≤ ph·pw).
-            let v = _mm256_maskload_ps(pooled.as_ptr().add(at), keep);
-            let d = _mm256_maskload_ps(dpooled.as_ptr().add(at), keep);
-            let a = _mm256_maskload_epi32(arg.as_ptr().add(at).cast(), keep);
-            // relu's gradient (masked-off lanes: v = 0, so g = 0), −0 → +0.
+            // The n windows of the block, zeros past them (at + n ≤ ph·pw).
+            let v = _mm256_castsi256_ps(load_n(pooled, at, n as usize));
+            let d = _mm256_castsi256_ps(load_n(dpooled, at, n as usize));
+            let a = load_n(arg, at, n as usize);
+            // relu's gradient (lanes past n: v = 0, so g = 0), −0 → +0.
             let g = _mm256_add_ps(
                 zero,
                 _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(v, zero), d),
@@ -438,21 +501,23 @@ unsafe fn unpool_avx2(
             let at_r = |m: __m256i| _mm256_and_ps(g, _mm256_castsi256_ps(_mm256_cmpeq_epi32(r, m)));
             let (t0, t1) = interleave(at_r(zero_i), at_r(one));
             let (b0, b1) = interleave(at_r(w), at_r(w1));
-            // Columns 16·blk .. 16·blk + 2n of both rows.
-            let m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(2 * n), count);
-            let m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(2 * n - 8), count);
-            let c = 16 * blk;
-            // SAFETY: only columns below 2·pw ≤ rs are written (the masks),
-            // inside the rs-float rows `top` and `bottom`; column c < 2·pw,
-            // and c + 8 is formed only when the block has more than 4
-            // windows, so c + 8 < 2·pw too: no pointer leaves the rows.
-            _mm256_maskstore_ps(top.as_mut_ptr().add(c), m0, t0);
-            _mm256_maskstore_ps(bottom.as_mut_ptr().add(c), m0, b0);
+            // Columns 16·blk .. 16·blk + 2n of both rows, then zeros: the
+            // lanes past 2n hold +0.0 (g is 0 past the n windows).
+            // The top row's stores stay in the row: the bottom row's
+            // earlier blocks are written already. The bottom row's may run
+            // into the next pair, or the odd last row, written later.
+            let (c, top, bottom) = (16 * blk, 2 * py * rs, (2 * py + 1) * rs);
+            let end = rows.len();
+            store8(rows, top + c, t0, 2 * n, bottom);
             if n > 4 {
-                _mm256_maskstore_ps(top.as_mut_ptr().add(c + 8), m1, t1);
-                _mm256_maskstore_ps(bottom.as_mut_ptr().add(c + 8), m1, b1);
+                store8(rows, top + c + 8, t1, 2 * n - 8, bottom);
+            }
+            store8(rows, bottom + c, b0, 2 * n, end);
+            if n > 4 {
+                store8(rows, bottom + c + 8, b1, 2 * n - 8, end);
             }
         }
+        let (top, bottom) = rows[2 * py * rs..][..2 * rs].split_at_mut(rs);
         top[2 * pw..].fill(0.0);
         bottom[2 * pw..].fill(0.0);
     }
