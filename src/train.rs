@@ -681,8 +681,10 @@ impl Trainer {
 
     /// The network's 10 logits for each image of `split`, in order, in
     /// inference mode, computed in batches of `batch_size` (≥ 1). Each
-    /// image's logits are the same bits whatever the batch size: every op
-    /// computes an image's values on their own.
+    /// image's logits are the same bits whatever the batch size (every op
+    /// computes an image's values on their own), but for batches of at most
+    /// `SMALL_BATCH_ROWS` images: the linear layers' small-batch loops sum
+    /// in another order, so those agree with the rest to rounding.
     pub fn logits(&mut self, split: &Split, batch_size: usize) -> Result<Vec<f32>, TrainError> {
         check_split(split)?;
         let cfg = BatchConfig {

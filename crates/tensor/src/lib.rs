@@ -9,7 +9,8 @@
 //!   backward pass is a reverse walk of the tape. [`no_grad`] records nothing.
 //! * [`ops`]: the ops, one family per file (or directory), forward and
 //!   backward side by side: `elementwise` (add, mul, relu, sigmoid),
-//!   `matmul` (matmul, linear), `conv2d/` (a direct forward kernel for
+//!   `matmul` (matmul, linear), `linear_small` (linear's products at
+//!   batches of a few rows, without the GEMM's packing), `conv2d/` (a direct forward kernel for
 //!   stride 1, im2col + GEMM for the other forwards and for backward (but
 //!   for narrow layers, whose gradients come from the direct kernels), the
 //!   fused conv → ReLU → max-pool, and the naive oracles), `pool`

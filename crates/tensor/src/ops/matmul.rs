@@ -1,8 +1,14 @@
 //! matmul (A·B) and linear (x·Wᵀ + b), both as GEMMs with transposes taken as
 //! strides, each large product split into row blocks run in parallel
-//! ([`crate::gemm::gemm_row_blocks`]).
+//! ([`crate::gemm::gemm_row_blocks`]); linear at batches of a few rows
+//! through the unpacked loops of [`crate::ops::linear_small`].
 
 use crate::gemm::{gemm_row_blocks as gemm, Mat};
+use crate::ops::linear_small::{
+    linear_backward_input_small, linear_backward_weight_small, linear_forward_small,
+    SMALL_BATCH_ROWS,
+};
+use crate::ops::sparse_conv2d::KernelChoice;
 use crate::tensor::Tensor;
 
 impl Tensor {
@@ -55,35 +61,53 @@ impl Tensor {
             );
         }
         // x is (N, in), y is (N, out)
+        // A few rows: the loops of linear_small.rs, with no packing.
+        let small = n <= SMALL_BATCH_ROWS;
         // Overwritten whole: rows start as the bias (GEMM beta = 1) or are
         // ignored (beta = 0).
         let mut out = crate::buffers::take(n * fout);
-        if let Some(b) = bias {
+        if small {
+            let b = bias.map(|b| b.data());
+            let k = KernelChoice::Best;
+            linear_forward_small(
+                &self.data(),
+                &w.data(),
+                b.as_deref().map(|v| &v[..]),
+                (n, fin, fout),
+                &mut out,
+                k,
+            );
+        } else if let Some(b) = bias {
             for row in out.chunks_mut(fout) {
                 row.copy_from_slice(&b.data());
             }
         }
         let beta = if bias.is_some() { 1.0 } else { 0.0 };
-        gemm(
-            1.0,
-            Mat::row_major(&self.data(), n, fin),
-            Mat::row_major(&w.data(), fout, fin).t(),
-            beta,
-            &mut out,
-            fout,
-        );
+        if !small {
+            gemm(
+                1.0,
+                Mat::row_major(&self.data(), n, fin),
+                Mat::row_major(&w.data(), fout, fin).t(),
+                beta,
+                &mut out,
+                fout,
+            );
+        }
         let (x, wt, bt) = (self.clone(), w.clone(), bias.cloned());
         let mut inputs = vec![self, w];
         inputs.extend(bias);
         Tensor::from_op(out, &[n, fout], &inputs, move |dout, grads| {
             let dy = Mat::row_major(dout, n, fout);
+            let (shape, k) = ((n, fin, fout), KernelChoice::Best);
             // dx = dY · W (N, in)
-            grads.accumulate(&x, |gx| {
-                gemm(1.0, dy, Mat::row_major(&wt.data(), fout, fin), 1.0, gx, fin)
+            grads.accumulate(&x, |gx| match small {
+                true => linear_backward_input_small(dout, &wt.data(), shape, gx, k),
+                false => gemm(1.0, dy, Mat::row_major(&wt.data(), fout, fin), 1.0, gx, fin),
             });
             // dW = dYᵀ · x (out, in)
-            grads.accumulate(&wt, |gw| {
-                gemm(1.0, dy.t(), Mat::row_major(&x.data(), n, fin), 1.0, gw, fin)
+            grads.accumulate(&wt, |gw| match small {
+                true => linear_backward_weight_small(dout, &x.data(), shape, gw, k),
+                false => gemm(1.0, dy.t(), Mat::row_major(&x.data(), n, fin), 1.0, gw, fin),
             });
             // db = Σ_rows dY, summed in row order.
             if let Some(b) = &bt {

@@ -2,6 +2,7 @@
 //! backward written side by side.
 pub mod conv2d;
 pub mod elementwise;
+pub mod linear_small;
 pub mod loss;
 pub mod matmul;
 pub mod pool;
