@@ -1,5 +1,7 @@
 //! Loading CIFAR-10's training and test sets from the directory and from the
-//! .tar.gz archive.
+//! .tar.gz archive, and turning the training set into one epoch of shuffled,
+//! normalised batches of 4 and of 64 (`cifar10_batches`: the data side of
+//! every training step).
 //!
 //! The full dataset is looked up in `CIFAR10_DIR`, then `<workspace>/data`,
 //! then `<workspace>/../data`; without it, the bundled 1,500-image sample is
@@ -70,5 +72,32 @@ fn bench_load(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_load);
+fn bench_batches(c: &mut Criterion) {
+    let dir = full_data_dir()
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/cifar10-sample"));
+    let data = load_cifar10(&dir.join("cifar-10-batches-bin")).unwrap();
+    let mut group = c.benchmark_group("cifar10_batches");
+    group.sample_size(10);
+    group.throughput(criterion::Throughput::Elements(data.train.len() as u64));
+    // On a thread of the pool, as in the CIFAR example.
+    let pool = rayon::ThreadPoolBuilder::new().build().unwrap();
+    for batch_size in [4, 64] {
+        let cfg = cifar::BatchConfig {
+            batch_size,
+            ..cifar::BatchConfig::default()
+        };
+        group.bench_function(format!("epoch/b{batch_size}"), |b| {
+            b.iter(|| {
+                pool.install(|| {
+                    cifar::Batches::new(&data.train, &cfg, 0)
+                        .map(|batch| batch.x[0])
+                        .sum::<f32>()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_load, bench_batches);
 criterion_main!(benches);

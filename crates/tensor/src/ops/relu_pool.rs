@@ -65,7 +65,12 @@ unsafe fn load_n<T: Copy + Default>(src: &[T], at: usize, n: usize) -> std::arch
         _mm256_and_si256(v, keep)
     } else {
         let mut t = [T::default(); 8];
-        t[..n].copy_from_slice(&src[at..at + n]);
+        // Element by element: a copy of n values would be a call to memcpy.
+        for (i, v) in t.iter_mut().enumerate() {
+            if i < n {
+                *v = src[at + i];
+            }
+        }
         // SAFETY: t is 8 values of 4 bytes.
         _mm256_loadu_si256(t.as_ptr().cast())
     }
@@ -103,7 +108,11 @@ unsafe fn store_n<T: Copy + Default>(
         let mut t = [T::default(); 8];
         // SAFETY: t is 8 values of 4 bytes.
         _mm256_storeu_si256(t.as_mut_ptr().cast(), v);
-        dst[at..at + n].copy_from_slice(&t[..n]);
+        for (i, &v) in t.iter().enumerate() {
+            if i < n {
+                dst[at + i] = v;
+            }
+        }
     }
 }
 
@@ -476,11 +485,19 @@ unsafe fn unpool_avx2(
     };
     // Eight floats at rows[at..], of which the first `n` (1 ≤ n ≤ 8) are
     // the block's columns and the rest +0.0: stored whole where they end
-    // before `limit`, the extra zeros landing in gap columns (zeros anyway)
-    // or in rows this call writes later.
+    // before `limit`, the extra zeros landing on zeros or on rows this call
+    // writes later.
     let store8 = |rows: &mut [f32], at: usize, v: __m256, n: i32, limit: usize| {
         store_n(rows, at, n as usize, limit, _mm256_castps_si256(v))
     };
+    // Zeros first (gap columns, the odd last row and every value no
+    // window's gradient lands on), by vector stores: `fill` would call
+    // memset, which costs more for planes this small. Then the blocks.
+    let mut z = rows.chunks_exact_mut(8);
+    for c in &mut z {
+        _mm256_storeu_ps(c.as_mut_ptr(), zero);
+    }
+    z.into_remainder().fill(0.0);
     let mut acc = zero;
     for py in 0..ph {
         for blk in 0..pw.div_ceil(8) {
@@ -517,11 +534,7 @@ unsafe fn unpool_avx2(
                 store8(rows, bottom + c + 8, b1, 2 * n - 8, end);
             }
         }
-        let (top, bottom) = rows[2 * py * rs..][..2 * rs].split_at_mut(rs);
-        top[2 * pw..].fill(0.0);
-        bottom[2 * pw..].fill(0.0);
     }
-    rows[2 * ph * rs..].fill(0.0);
     let mut l = [0.0f32; 8];
     _mm256_storeu_ps(l.as_mut_ptr(), acc);
     ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
