@@ -34,7 +34,7 @@ pub const SMALL_BATCH_ROWS: usize = 8;
 ///
 /// y[m, o] is an 8-lane dot product over k (lane j takes k ≡ j mod 8, the
 /// lanes added as ((0+4)+(1+5))+((2+6)+(3+7))), the last K mod 8 terms
-/// added in order, then b[o].
+/// added in order, then `b[o]`.
 pub fn linear_forward_small(
     x: &[f32],
     w: &[f32],
