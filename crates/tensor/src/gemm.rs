@@ -114,7 +114,7 @@ pub fn gemm(alpha: f32, a: Mat, b: Mat, beta: f32, c: &mut [f32], ldc: usize) {
 
 /// Flops a row block of [`gemm_row_blocks`] holds at least, so that each
 /// rayon task is worth its fork/join and its share of packing B.
-const ROW_BLOCK_FLOPS: usize = 1 << 21;
+pub const ROW_BLOCK_FLOPS: usize = 1 << 21;
 
 /// [`gemm`] on blocks of C's rows, in parallel. The blocks depend only on
 /// the shape (each holds at least `ROW_BLOCK_FLOPS`), never on the number

@@ -104,6 +104,11 @@ fn matmul_and_linear() {
         &|t| t[0].linear(&t[1], None),
         &[input(&[2, 3], 6), input(&[5, 3], 7)],
     );
+    // More rows than the small-batch loops take: through the GEMM.
+    check(
+        &|t| t[0].linear(&t[1], Some(&t[2])),
+        &[input(&[11, 7], 8), input(&[4, 7], 9), input(&[4], 10)],
+    );
 }
 
 #[test]

@@ -47,6 +47,15 @@ pub fn linear_forward_small(
     if let Some(b) = b {
         assert_eq!(b.len(), o, "linear: bias of {} for {o} outputs", b.len());
     }
+    if k == 0 || o == 0 {
+        // Empty sums: y is the bias (or zeros).
+        for yr in y.chunks_mut(o.max(1)) {
+            yr.iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = b.map_or(0.0, |b| b[i]));
+        }
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if kc.avx2() {
         // SAFETY: AVX2 and FMA are present (checked by `kc.avx2()`); the
@@ -83,6 +92,9 @@ pub fn linear_backward_input_small(
     kc: KernelChoice,
 ) {
     let (dy, w, dx) = (&dy[..m * o], &w[..o * k], &mut dx[..m * k]);
+    if k == 0 || o == 0 {
+        return; // nothing to add
+    }
     #[cfg(target_arch = "x86_64")]
     if kc.avx2() {
         // SAFETY: AVX2 and FMA are present; the slices are sliced above.
@@ -109,6 +121,9 @@ pub fn linear_backward_weight_small(
     kc: KernelChoice,
 ) {
     let (dy, x, dw) = (&dy[..m * o], &x[..m * k], &mut dw[..o * k]);
+    if k == 0 || o == 0 {
+        return; // nothing to add
+    }
     #[cfg(target_arch = "x86_64")]
     if kc.avx2() {
         // SAFETY: AVX2 and FMA are present; the slices are sliced above.
@@ -334,7 +349,15 @@ mod tests {
     #[test]
     fn small_products_match_the_gemm() {
         let mut rng = crate::Rng::seed(3);
-        for (k, o) in [(400, 120), (120, 84), (84, 10), (37, 5), (32, 3), (7, 9)] {
+        for (k, o) in [
+            (400, 120),
+            (120, 84),
+            (84, 10),
+            (37, 5),
+            (32, 3),
+            (7, 9),
+            (19, 1),
+        ] {
             for m in 1..=SMALL_BATCH_ROWS {
                 let mut v = |n: usize| (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect::<Vec<f32>>();
                 let (x, w, b, dy, dx0, dw0) =
@@ -354,13 +377,24 @@ mod tests {
                     let mut y = vec![f32::NAN; m * o];
                     linear_forward_small(&x, &w, Some(&b), (m, k, o), &mut y, kc);
                     close(&y, &want_y, &format!("y {what}"));
-                    // Row 0 alone: the same bits as inside the batch.
-                    let mut y0 = vec![0.0; o];
-                    linear_forward_small(&x[..k], &w, Some(&b), (1, k, o), &mut y0, kc);
-                    assert!(
-                        y0.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
-                        "{what}"
-                    );
+                    // Each row alone: the same bits as inside the batch.
+                    for r in 0..m {
+                        let mut y1 = vec![0.0; o];
+                        let xr = &x[r * k..(r + 1) * k];
+                        linear_forward_small(xr, &w, Some(&b), (1, k, o), &mut y1, kc);
+                        let yr = &y[r * o..(r + 1) * o];
+                        let same = y1.iter().zip(yr).all(|(p, q)| p.to_bits() == q.to_bits());
+                        assert!(same, "{what} row {r}");
+                    }
+                    // Without a bias: the same values less the bias.
+                    let mut yn = vec![f32::NAN; m * o];
+                    linear_forward_small(&x, &w, None, (m, k, o), &mut yn, kc);
+                    let less: Vec<f32> = want_y
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| v - b[i % o])
+                        .collect();
+                    close(&yn, &less, &format!("y without bias {what}"));
                     let mut dx = dx0.clone();
                     linear_backward_input_small(&dy, &w, (m, k, o), &mut dx, kc);
                     close(&dx, &want_dx, &format!("dx {what}"));
@@ -369,6 +403,25 @@ mod tests {
                     close(&dw, &want_dw, &format!("dw {what}"));
                 }
             }
+        }
+    }
+
+    /// Empty layers (no inputs or no outputs): y is the bias, and the
+    /// gradients are left as they were, on both paths.
+    #[test]
+    fn empty_layers_are_no_work() {
+        for kc in KernelChoice::ALL {
+            let mut y = vec![f32::NAN; 6];
+            linear_forward_small(&[], &[], Some(&[1.0, 2.0]), (3, 0, 2), &mut y, kc);
+            assert_eq!(y, [1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
+            let mut y = vec![f32::NAN; 6];
+            linear_forward_small(&[], &[], None, (3, 0, 2), &mut y, kc);
+            assert_eq!(y, [0.0; 6]);
+            linear_forward_small(&[1.0; 6], &[], None, (3, 2, 0), &mut [], kc);
+            let mut dx = vec![5.0; 6];
+            linear_backward_input_small(&[], &[], (3, 2, 0), &mut dx, kc);
+            assert_eq!(dx, [5.0; 6]);
+            linear_backward_weight_small(&[1.0; 6], &[], (3, 0, 2), &mut [], kc);
         }
     }
 }

@@ -1,9 +1,10 @@
 //! matmul (A·B) and linear (x·Wᵀ + b), both as GEMMs with transposes taken as
 //! strides, each large product split into row blocks run in parallel
 //! ([`crate::gemm::gemm_row_blocks`]); linear at batches of a few rows
-//! through the unpacked loops of [`crate::ops::linear_small`].
+//! (and a size the GEMM would not split) through the unpacked loops of
+//! [`crate::ops::linear_small`].
 
-use crate::gemm::{gemm_row_blocks as gemm, Mat};
+use crate::gemm::{gemm_row_blocks as gemm, Mat, ROW_BLOCK_FLOPS};
 use crate::ops::linear_small::{
     linear_backward_input_small, linear_backward_weight_small, linear_forward_small,
     SMALL_BATCH_ROWS,
@@ -61,8 +62,10 @@ impl Tensor {
             );
         }
         // x is (N, in), y is (N, out)
-        // A few rows: the loops of linear_small.rs, with no packing.
-        let small = n <= SMALL_BATCH_ROWS;
+        // A few rows: the loops of linear_small.rs, with no packing; unless
+        // the layer is so large that the GEMM would split it into row
+        // blocks on the pool (those loops run on one thread).
+        let small = n <= SMALL_BATCH_ROWS && 2 * n * fin * fout < 2 * ROW_BLOCK_FLOPS;
         // Overwritten whole: rows start as the bias (GEMM beta = 1) or are
         // ignored (beta = 0).
         let mut out = crate::buffers::take(n * fout);

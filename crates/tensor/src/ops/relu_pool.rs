@@ -46,6 +46,12 @@ pub fn wide_len_read(row_len: usize, (oh, ow): (usize, usize)) -> usize {
 // move costs many times a plain one; these take a plain one where all 8
 // lanes fit in the slice, and go through the stack only at its very end.
 
+/// The 32-bit lane types the partial moves take: every bit pattern is a
+/// value of each, so a store of any vector's lanes is sound.
+trait Lane32: Copy + Default {}
+impl Lane32 for f32 {}
+impl Lane32 for u32 {}
+
 /// The 32-bit values `src[at..at + n]` (n ≤ 8) in the low lanes, zeros
 /// above.
 ///
@@ -54,7 +60,7 @@ pub fn wide_len_read(row_len: usize, (oh, ow): (usize, usize)) -> usize {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn load_n<T: Copy + Default>(src: &[T], at: usize, n: usize) -> std::arch::x86_64::__m256i {
+unsafe fn load_n<T: Lane32>(src: &[T], at: usize, n: usize) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
     const { assert!(std::mem::size_of::<T>() == 4) };
     if at + 8 <= src.len() {
@@ -76,17 +82,17 @@ unsafe fn load_n<T: Copy + Default>(src: &[T], at: usize, n: usize) -> std::arch
     }
 }
 
-/// Writes the low `n` lanes of `v` (n ≤ 8) to `dst[at..at + n]`, and where
-/// all 8 fit before `limit` (≤ dst.len()), the other lanes after them: the
-/// caller passes a `limit` up to which such extra values are overwritten
-/// later or harmless.
+/// Writes the low `n` lanes of `v` (n ≤ 8) to `dst[at..at + n]`, and
+/// where they fit before `limit` (≤ dst.len()) some lanes after them too:
+/// all 8, or for n ≤ 4 the low 4. The caller passes a `limit` up to which
+/// such extra values are overwritten later or harmless.
 ///
 /// # Safety
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn store_n<T: Copy + Default>(
+unsafe fn store_n<T: Lane32>(
     dst: &mut [T],
     at: usize,
     n: usize,
@@ -217,7 +223,9 @@ fn relu_pool_portable(
 ///
 /// # Safety
 /// The CPU must support AVX2; `y` must hold [`wide_len_read`]`(rs, (2·ph, ow))`
-/// floats, `pooled` ph·pw values, and `arg` ph·pw values if `ARG`.
+/// floats, `pooled` ph·pw values, and `arg` ph·pw values if `ARG`. (Exactly
+/// those: partial blocks may write junk past their windows up to the end
+/// of `pooled` and `arg`, for later blocks to overwrite.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn relu_pool_avx2<const ARG: bool>(
@@ -289,8 +297,9 @@ unsafe fn relu_pool_avx2<const ARG: bool>(
 
 /// AVX-512 twin of `relu_pool_avx2`: sixteen windows at a time, the even
 /// and odd columns split by one two-source permute each, and masked loads
-/// and stores in place of the AVX2 loop's slack and masked moves (cheap
-/// here, costly there). Bitwise the same pooled values and argmaxes.
+/// and stores in place of the AVX2 loop's slack and partial stores (masked
+/// moves are cheap wherever AVX-512 is). Bitwise the same pooled values and
+/// argmaxes.
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `y` must hold the first 2·pw floats of
@@ -454,8 +463,8 @@ fn unpool_portable(
 
 /// # Safety
 /// The CPU must support AVX2; pooled, arg and dpooled must hold ph·pw
-/// values, rows (2·ph + the odd row, if any)·rs floats with rs ≥ 2·pw, and
-/// OH·OW must fit in i32.
+/// values, rows exactly (2·ph + the odd row, if any)·rs floats with
+/// rs ≥ 2·pw (everything in it is written), and OH·OW must fit in i32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn unpool_avx2(
@@ -483,12 +492,12 @@ unsafe fn unpool_avx2(
             _mm256_permute2f128_ps::<0x31>(lo, hi),
         )
     };
-    // Eight floats at rows[at..], of which the first `n` (1 ≤ n ≤ 8) are
-    // the block's columns and the rest +0.0: stored whole where they end
-    // before `limit`, the extra zeros landing on zeros or on rows this call
-    // writes later.
+    // Eight floats at rows[at..], of which the first `n` (n ≥ 1; 8 if
+    // larger) are the block's columns and the rest +0.0: stored whole (or
+    // their low half) where that ends before `limit`, the extra zeros
+    // landing on zeros or on rows this call writes later.
     let store8 = |rows: &mut [f32], at: usize, v: __m256, n: i32, limit: usize| {
-        store_n(rows, at, n as usize, limit, _mm256_castps_si256(v))
+        store_n(rows, at, (n as usize).min(8), limit, _mm256_castps_si256(v))
     };
     // Zeros first (gap columns, the odd last row and every value no
     // window's gradient lands on), by vector stores: `fill` would call
@@ -731,6 +740,9 @@ mod tests {
             (16, 32),
             (9, 33),
             (4, 70),
+            (4, 2),
+            (6, 3),
+            (7, 4),
         ] {
             for rs in [ow, ow + 3, ow + 21] {
                 let y: Vec<f32> = (0..(oh - 1) * rs + ow)
