@@ -6,8 +6,7 @@
 
 use crate::gemm::{gemm_row_blocks as gemm, Mat, ROW_BLOCK_FLOPS};
 use crate::ops::linear_small::{
-    linear_backward_input_small, linear_backward_weight_small, linear_forward_small,
-    SMALL_BATCH_ROWS,
+    linear_backward_input_small, linear_forward_small, linear_weight_grad_small, SMALL_BATCH_ROWS,
 };
 use crate::ops::sparse_conv2d::KernelChoice;
 use crate::tensor::Tensor;
@@ -107,11 +106,18 @@ impl Tensor {
                 true => linear_backward_input_small(dout, &wt.data(), shape, gx, k),
                 false => gemm(1.0, dy, Mat::row_major(&wt.data(), fout, fin), 1.0, gx, fin),
             });
-            // dW = dYᵀ · x (out, in)
-            grads.accumulate(&wt, |gw| match small {
-                true => linear_backward_weight_small(dout, &x.data(), shape, gw, k),
-                false => gemm(1.0, dy.t(), Mat::row_major(&x.data(), n, fin), 1.0, gw, fin),
-            });
+            // dW = dYᵀ · x (out, in). Small batches write it whole into a
+            // buffer of its own (no zeroing, no read back), then hand it
+            // over: moved in if it is W's first gradient, else added.
+            if small && wt.needs_grad() {
+                let mut gw = crate::buffers::take(fout * fin);
+                linear_weight_grad_small(dout, &x.data(), shape, &mut gw, k);
+                grads.add_owned(&wt, gw);
+            } else {
+                grads.accumulate(&wt, |gw| {
+                    gemm(1.0, dy.t(), Mat::row_major(&x.data(), n, fin), 1.0, gw, fin)
+                });
+            }
             // db = Σ_rows dY, summed in row order.
             if let Some(b) = &bt {
                 grads.accumulate(b, |gb| {
