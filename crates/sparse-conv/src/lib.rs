@@ -4,8 +4,9 @@
 //! How the files fit together:
 //!
 //! * [`strength`]: the strength measures (coactivation, correlation), with the
-//!   notebook's four implementations kept for study and a fast one, the
-//!   default, which is one conv weight-gradient GEMM.
+//!   notebook's four implementations kept for study, a general fast one
+//!   (one conv weight-gradient GEMM) and the default, a bit-counting one
+//!   that gives the same coactivation counts faster.
 //! * [`dsconv`]: the `DSConv2d` layer: its forward pass, its mask, and the
 //!   state the rules read (strength sampled during training, a seeded
 //!   stream); it holds the mask through every optimiser step.

@@ -11,7 +11,7 @@
 //!   backward side by side: `elementwise` (add, mul, relu, sigmoid),
 //!   `matmul` (matmul, linear), `linear_small` (linear's products at
 //!   batches of a few rows, without the GEMM's packing), `conv2d/` (a direct forward kernel for
-//!   stride 1, im2col + GEMM for the other forwards and for backward (but
+//!   stride 1 without padding or dilation, im2col + GEMM for the other forwards and for backward (but
 //!   for narrow layers, whose gradients come from the direct kernels), the
 //!   fused conv → ReLU → max-pool, and the naive oracles), `pool`
 //!   (max_pool2d), `relu_pool` (relu + 2×2 max-pool straight from a conv

@@ -1,4 +1,5 @@
-//! The default method: both measures as GEMMs.
+//! The general method: both measures as GEMMs (the default, bitcount, hands
+//! over to it wherever bits do not apply).
 //!
 //! Coactivation. The weight gradient of a convolution is
 //! `dW[o,c,j,h] = Σ_b Σ_{y,x} dY[b,o,y,x] · X[b, g·Cg + c, y·s_y + j·d_y − p_y, x·s_x + h·d_x − p_x]`

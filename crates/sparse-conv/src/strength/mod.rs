@@ -36,7 +36,7 @@
 //!
 //! * `mod.rs` (this file): the API ([`strength`], [`accumulate_strength`],
 //!   [`StrengthConfig`]), input checking, and dispatch to a method.
-//! * `fast.rs`: the default. Coactivation *is* a conv weight gradient of
+//! * `fast.rs`: the general method, and bitcount's fallback. Coactivation *is* a conv weight gradient of
 //!   binarised activity, so it is one im2col GEMM; correlation is a batched
 //!   GEMM of z-scores, one small product per output position.
 //! * `single_unit.rs` (f1), `grouped.rs` (f2), `reduced.rs` (f2b): the

@@ -16,8 +16,11 @@
 //!
 //! Each output value is summed in an order fixed by the shapes alone, and a
 //! row's forward and input gradient by its own values only (not the batch's
-//! other rows). One call runs on the calling thread: the products are
-//! small, a few hundred thousand FMAs.
+//! other rows). The forward and the input gradient run on the calling
+//! thread: the products are small, a few hundred thousand FMAs. The weight
+//! gradient, which writes the whole of dW, runs in blocks of output rows on
+//! the pool (`WEIGHT_GRAD_TASK_MACS` per block at least); every value is
+//! still one row's sum, so the split changes no bits.
 //!
 //! The AVX2 + FMA loops and their portable twins use the same summation
 //! orders; the twins round each product before adding it (no FMA), so they

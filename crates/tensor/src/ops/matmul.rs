@@ -63,7 +63,7 @@ impl Tensor {
         // x is (N, in), y is (N, out)
         // A few rows: the loops of linear_small.rs, with no packing; unless
         // the layer is so large that the GEMM would split it into row
-        // blocks on the pool (those loops run on one thread).
+        // blocks on the pool (the forward loops run on one thread).
         let small = n <= SMALL_BATCH_ROWS && 2 * n * fin * fout < 2 * ROW_BLOCK_FLOPS;
         // Overwritten whole: rows start as the bias (GEMM beta = 1) or are
         // ignored (beta = 0).

@@ -44,8 +44,9 @@ pub fn conv2d_backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [
 /// ```
 ///
 /// over the taps that land inside the input. This is exactly
-/// [`conv2d_backward_weight`] of `[x > θ]` and `[y > θ]`, computed by the
-/// same kernel with the threshold applied on the way in, so it costs no more
+/// [`conv2d_backward_weight`] of `[x > θ]` and `[y > θ]`, computed by its
+/// im2col + GEMM kernel (the one it uses for all but narrow stride-1
+/// layers) with the threshold applied on the way in, so it costs no more
 /// than a weight gradient. Padded taps stay 0, i.e. inactive, even for a
 /// negative θ. The counts are integers below 2^24, hence exact in f32 and
 /// independent of the summation order.

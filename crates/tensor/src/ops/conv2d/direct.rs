@@ -62,7 +62,8 @@ pub(super) fn direct_wide_len(s: &Conv2dShape) -> usize {
     ((s.out_h() - 1) * s.in_w + s.out_w()).div_ceil(DIRECT_PX) * DIRECT_PX
 }
 
-/// Scratch of [`forward_direct`]: the padded input, the weights in tap-major
+/// Scratch of [`forward_direct`]: the input followed by a pixel block of
+/// zeros (the last block reads past L), the weights in tap-major
 /// blocks, and one block of wide output rows.
 pub(super) fn direct_scratch_len(s: &Conv2dShape) -> usize {
     let k = s.col_rows();

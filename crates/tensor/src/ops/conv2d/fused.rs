@@ -199,7 +199,9 @@ pub fn conv2d_relu_pool_forward(
 /// matrix that [`conv2d_backward_weight`] multiplies, and then does that
 /// function's dW GEMM, [`conv2d_backward_input`]'s GEMM and col2im per image,
 /// and [`conv2d_backward_bias`]'s per-plane sums. dW partials and bias sums
-/// are added in chunk and image order afterwards.
+/// are added in chunk and image order afterwards. Narrow stride-1 layers
+/// ([`narrow_direct_backward`]) instead run the sparse fused backward with
+/// every tap active: the same dW and dx bits, db equal to rounding.
 #[allow(clippy::too_many_arguments)] // the three optional gradients read best named
 pub fn conv2d_relu_pool_backward(
     s: &Conv2dShape,

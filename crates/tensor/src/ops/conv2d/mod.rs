@@ -1,5 +1,5 @@
 //! conv2d: geometry, the fast kernels (forward by a direct wide-row kernel
-//! for stride 1 and by im2col + GEMM otherwise; backward as two GEMMs, or,
+//! for stride 1 with no padding or dilation, and by im2col + GEMM otherwise; backward as two GEMMs, or,
 //! for narrow stride-1 layers, by the direct kernels of `sparse_conv2d/`
 //! with every tap active ([`narrow_direct_backward`])), the
 //! naive direct convolution kept as oracle, the autograd op, and the fused
@@ -295,9 +295,10 @@ pub(crate) fn check_len(op: &str, what: &str, expected: usize, actual: usize) {
 }
 
 // ---------------------------------------------------------------------------
-// The op on the tape: forward runs the im2col kernel, backward the two
-// backward GEMMs, skipping whichever gradient nobody needs (e.g. the input
-// image's).
+// The op on the tape: forward runs `conv2d_forward` (direct or im2col +
+// GEMM), backward `conv2d_backward_weight` and `conv2d_backward_input` (two
+// GEMMs, or the direct kernels for narrow layers), skipping whichever
+// gradient nobody needs (e.g. the input image's).
 // ---------------------------------------------------------------------------
 
 fn add_into(dst: &mut [f32], src: &[f32]) {

@@ -60,8 +60,8 @@
 //! * `layout.rs`: [`SparseLayout`], the tap lists built once per mask, and
 //!   the per-input-size offsets of the wide trick.
 //! * `loops.rs`: the inner loops, `gather_fma` (forward and input gradient;
-//!   portable, AVX2 and AVX-512) and `multi_dot` (weight gradient; portable
-//!   and AVX2).
+//!   portable, AVX2 and AVX-512) and `multi_dot` (weight gradient; portable,
+//!   AVX2 and AVX-512).
 //! * `forward.rs`: [`sparse_conv2d_forward`].
 //! * `backward.rs`: [`sparse_conv2d_backward_input`] and
 //!   [`sparse_conv2d_backward_weight`], and `Dy`, where their tasks find dY.
