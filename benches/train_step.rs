@@ -12,7 +12,7 @@
 
 use criterion::{criterion_group, Criterion, Throughput};
 use hebbsparse::sparse_conv::rules::Rule;
-use hebbsparse::sparse_conv::{DSConfig, LeNet};
+use hebbsparse::sparse_conv::{DSConfig, LeNet, Model};
 use hebbsparse::tensor::awake::with_pool_awake;
 use hebbsparse::tensor::optim::{Sgd, SgdConfig};
 use hebbsparse::tensor::{no_grad, Rng, Tensor};
@@ -24,7 +24,7 @@ fn model(sparse: bool, rng: &mut Rng) -> LeNet {
     });
     let mut net = LeNet::new(cfg, rng).expect("the static rule's configuration is valid");
     // A static mask never updates, so the training loop samples no strength.
-    for l in net.sparse_layers_mut() {
+    for (_, l) in net.sparse_layers_mut() {
         l.set_sampling(false);
     }
     net

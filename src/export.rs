@@ -4,10 +4,13 @@
 //!
 //! ```text
 //! DIR/index.json            {"step", "epoch", "settings": {...}, "layers": [...]}
-//! DIR/conv1.weight.npy      (O, C, KH, KW) float32
-//! DIR/conv1.mask.npy        (O, C, KH, KW) float32, 1 = active
-//! DIR/conv1.strength.npy    (O, C, KH, KW) float32, accumulated since the last update
+//! DIR/LAYER.weight.npy      (O, C, KH, KW) float32
+//! DIR/LAYER.mask.npy        (O, C, KH, KW) float32, 1 = active
+//! DIR/LAYER.strength.npy    (O, C, KH, KW) float32, accumulated since the last update
 //! ```
+//!
+//! LAYER is the sparse layer's name in the model (`conv1` in the LeNet,
+//! `layer2.0.conv1` in a ResNet).
 //!
 //! In numpy:
 //!
@@ -26,7 +29,7 @@ use std::path::{Path, PathBuf};
 use sparse_conv::DSConv2d;
 use tensor::npy::encode_npy;
 
-use crate::train::json_key;
+use crate::config::{json_key, Setting};
 
 /// The sub-folder of `dir` that an export at a mask update goes to.
 pub fn step_dir(dir: &Path, step: u64) -> PathBuf {
@@ -74,7 +77,7 @@ pub fn export_layers(
     dir: &Path,
     names: &[&str],
     layers: &[&DSConv2d],
-    settings: &[(&str, String)],
+    settings: &[(&str, Setting)],
     step: u64,
     epoch: usize,
 ) -> io::Result<()> {
@@ -111,7 +114,7 @@ pub fn export_layers(
     }
     let settings: Vec<String> = settings
         .iter()
-        .map(|(k, v)| format!("{}: {}", json_str(&json_key(k)), json_str(v)))
+        .map(|(k, v)| format!("{}: {}", json_str(&json_key(k)), v.json()))
         .collect();
     let index = format!(
         "{{\"step\": {step}, \"epoch\": {epoch}, \"settings\": {{{}}}, \"layers\": [{}]}}\n",

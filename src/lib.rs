@@ -8,13 +8,22 @@
 //!   SGD with momentum, cross-entropy).
 //! * [`sparse_conv`]: Hebbian connection strength and the `DSConv2d` layer.
 //! * [`cifar`]: the CIFAR-10/100 binary loader.
-//! * [`train`]: the resumable training loop, its settings (the notebook's
-//!   recipe and the rule presets) and its events; [`checkpoint`] is its file
-//!   format.
+//! * [`config`]: a run's settings: the network, the mode (dense or a preset
+//!   prune/grow rule), the recipe's numbers, every part of the rule, and
+//!   the list a checkpoint must match.
+//! * [`recipe`]: the named recipes (`notebook`, `sample`, `resnet`) and each
+//!   network's defaults for its sparse layers.
+//! * [`train`]: the resumable training loop over any network of the model
+//!   API, its events, evaluation and summary.
+//! * [`checkpoint`]: the checkpoint file format (named tensors, written
+//!   atomically); [`state`] maps a model and its optimiser to those names.
 //! * [`export`]: the sparse layers' weights, masks and strength as `.npy`
 //!   files with a JSON index, for study in numpy or in the report.
 pub mod checkpoint;
+pub mod config;
 pub mod export;
+pub mod recipe;
+pub mod state;
 pub mod train;
 
 pub use cifar;

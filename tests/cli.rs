@@ -84,6 +84,8 @@ fn a_short_run_prints_the_notebook_report_and_writes_metrics() {
     let metrics = std::env::temp_dir().join(format!("hebbsparse-cli-{}.jsonl", std::process::id()));
     let out = Command::new(example())
         .args([
+            "--recipe",
+            "notebook",
             "--limit-train",
             "80",
             "--limit-test",
@@ -106,7 +108,10 @@ fn a_short_run_prints_the_notebook_report_and_writes_metrics() {
     );
     assert!(stdout.contains("[1,    10] loss: "), "{stdout}");
     assert!(stdout.contains("Accuracy of plane : "), "{stdout}");
-    assert!(stdout.contains("conv density: 0.120, 0.120"), "{stdout}");
+    assert!(
+        stdout.contains("density: 0.1200 (per layer: 0.120, 0.120)"),
+        "{stdout}"
+    );
     let lines = read_metrics(&metrics);
     let types: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
     // 20 batches: mask updates every 5 (a quarter epoch), two layers each,
@@ -142,6 +147,8 @@ fn tmp(name: &str) -> PathBuf {
 fn short() -> Command {
     let mut c = Command::new(example());
     c.args([
+        "--recipe",
+        "notebook",
         "--limit-train",
         "80",
         "--limit-test",
@@ -173,10 +180,10 @@ fn every_preset_runs_and_reports_its_density() {
         );
         match density {
             Some(d) => assert!(
-                stdout.contains(&format!("conv density: {d}")),
+                stdout.contains(&format!("(per layer: {d})")),
                 "{mode}: {stdout}"
             ),
-            None => assert!(!stdout.contains("conv density"), "{stdout}"),
+            None => assert!(!stdout.contains("density"), "{stdout}"),
         }
     }
 }
@@ -350,7 +357,7 @@ fn an_export_round_trips_through_the_npy_reader() {
         ));
     }
     assert!(
-        stdout.contains(&format!("conv density: {}", densities.join(", "))),
+        stdout.contains(&format!("(per layer: {})", densities.join(", "))),
         "{stdout} vs {densities:?}"
     );
     // One step folder per mask update: 20 batches, every 5, and SET stops

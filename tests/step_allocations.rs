@@ -9,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hebbsparse::sparse_conv::rules::Rule;
-use hebbsparse::sparse_conv::{DSConfig, LeNet};
+use hebbsparse::sparse_conv::{DSConfig, LeNet, Model};
 use hebbsparse::tensor::ops::conv2d::PoolOptions;
 use hebbsparse::tensor::ops::sparse_conv2d::conv2d_sparse_relu_max_pool2d;
 use hebbsparse::tensor::optim::{Sgd, SgdConfig};
@@ -60,7 +60,7 @@ fn per_step(sparse: bool, batch: usize, steps: usize) -> (usize, usize) {
         ..DSConfig::default()
     });
     let mut net = LeNet::new(cfg, &mut rng).unwrap();
-    for l in net.sparse_layers_mut() {
+    for (_, l) in net.sparse_layers_mut() {
         l.set_sampling(false);
     }
     let mut opt = Sgd::new(net.parameters(), SgdConfig::new(0.01, 0.9));

@@ -23,7 +23,7 @@
 use std::fmt;
 use std::rc::Rc;
 
-use tensor::nn::{kaiming_uniform_bound, Conv2d, MaxPool2d, DEFAULT_KAIMING_A};
+use tensor::nn::{Conv2d, Init, MaxPool2d};
 use tensor::ops::conv2d::PoolOptions;
 use tensor::ops::sparse_conv2d::{
     conv2d_sparse, conv2d_sparse_relu_max_pool2d_with, sparse_pays, BiasSum, SparseLayout,
@@ -162,6 +162,9 @@ impl std::error::Error for DSConfigError {}
 pub struct DSConv2d {
     pub conv: Conv2d,
     pub config: DSConfig,
+    /// How the weights were drawn; grown taps with `GrowInit::Kaiming` are
+    /// drawn the same way.
+    init: Init,
     /// Weight-shaped; false means pruned (the weight is held at zero).
     mask: Vec<bool>,
     /// Weight-shaped accumulated strength since the last update.
@@ -199,6 +202,32 @@ impl DSConv2d {
         config: DSConfig,
         rng: &mut Rng,
     ) -> Result<DSConv2d, DSConfigError> {
+        let init = Init::Default;
+        DSConv2d::with_init(
+            in_channels,
+            out_channels,
+            kernel,
+            opts,
+            bias,
+            init,
+            config,
+            rng,
+        )
+    }
+
+    /// As [`DSConv2d::new`], with the weights drawn by `init`, as
+    /// `Conv2d::with_init` draws them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_init(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: (usize, usize),
+        opts: Conv2dOptions,
+        bias: bool,
+        init: Init,
+        config: DSConfig,
+        rng: &mut Rng,
+    ) -> Result<DSConv2d, DSConfigError> {
         let c = config;
         if !(c.keep_fraction > 0.0
             && c.keep_fraction <= c.total_fraction
@@ -228,11 +257,12 @@ impl DSConv2d {
             )));
         }
         let own_rng = rng.fork(0xD5C0);
-        let conv = Conv2d::new(in_channels, out_channels, kernel, opts, bias, rng);
+        let conv = Conv2d::with_init(in_channels, out_channels, kernel, opts, bias, init, rng);
         let n = conv.weight.numel();
         let mut layer = DSConv2d {
             conv,
             config,
+            init,
             mask: vec![true; n],
             strength: vec![0.0; n],
             scratch: Vec::new(),
@@ -479,9 +509,9 @@ impl DSConv2d {
         let (n, _, k2) = self.group_sizes();
         let n_drop = self.drop_count(step, total_steps);
         let rule = self.config.rule;
-        let bound = kaiming_uniform_bound(self.conv.fan_in(), DEFAULT_KAIMING_A);
+        let (layer_init, fan_in) = (self.init, self.conv.fan_in());
         let mut init = |rng: &mut Rng| match rule.grow_init {
-            GrowInit::Kaiming => rng.uniform(-bound, bound),
+            GrowInit::Kaiming => layer_init.draw(fan_in, rng),
             GrowInit::Zero => 0.0,
         };
         let grad = if rule.grow == Grow::Gradient {
@@ -590,21 +620,59 @@ impl DSConv2d {
         }
     }
 
-    pub fn restore(&mut self, state: DSConvState) -> Result<(), DSConfigError> {
+    /// Puts back a state saved by [`DSConv2d::state`], keeping the
+    /// invariants of [`DSConv2d::set_mask`].
+    pub fn restore(
+        &mut self,
+        state: DSConvState,
+        opt: Option<&mut Sgd>,
+    ) -> Result<(), DSConfigError> {
         let n = self.mask.len();
-        if state.mask.len() != n || state.strength.len() != n {
+        if state.strength.len() != n {
             return Err(DSConfigError(format!(
-                "saved state has {} mask and {} strength values, the layer has {n} weights",
-                state.mask.len(),
+                "saved state has {} strength values, the layer has {n} weights",
                 state.strength.len()
             )));
         }
-        self.mask = state.mask;
-        self.layout = None;
+        self.set_mask(state.mask, opt)?;
         self.strength = state.strength;
         self.strength_samples = state.strength_samples;
         self.passes = state.passes;
         self.rng = Rng::from_state(state.rng);
+        Ok(())
+    }
+
+    /// Replaces the mask (one entry per weight, true = active), for a mask
+    /// made elsewhere: the weights at inactive taps, and their momentum in
+    /// `opt`, become zero, and the sparse kernels' layout is rebuilt on the
+    /// next forward, so the sparse and dense paths agree at once. Active
+    /// taps keep their weights.
+    pub fn set_mask(
+        &mut self,
+        mask: Vec<bool>,
+        opt: Option<&mut Sgd>,
+    ) -> Result<(), DSConfigError> {
+        let n = self.mask.len();
+        if mask.len() != n {
+            return Err(DSConfigError(format!(
+                "a mask of {} values for a layer of {n} weights (shape {:?})",
+                mask.len(),
+                self.conv.weight.shape()
+            )));
+        }
+        self.mask = mask;
+        self.layout = None;
+        match opt {
+            Some(opt) => self.enforce_mask(opt),
+            None => {
+                let mut w = self.conv.weight.data_mut();
+                for (wi, &m) in w.iter_mut().zip(&self.mask) {
+                    if !m {
+                        *wi = 0.0;
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -4,71 +4,14 @@
 //! The two convolutions are plain Conv2d in the dense model and DSConv2d in
 //! every sparse mode; both are built from the same seeded stream in the same
 //! order, so a dense and a sparse model of one seed start from the same
-//! weights.
+//! weights. Every layer has PyTorch's default initialisation.
 
-use tensor::nn::{Conv2d, Linear, MaxPool2d};
-use tensor::optim::Sgd;
+use tensor::nn::{Init, Linear, MaxPool2d};
 use tensor::{Conv2dOptions, Rng, Tensor};
 
-use crate::dsconv::{DSConfig, DSConfigError, DSConv2d, PruneDims};
-use crate::rules::{erk_densities, Allocation};
-
-pub enum ConvLayer {
-    Dense(Conv2d),
-    /// Boxed: the sparse layer carries its mask state and is much larger.
-    Sparse(Box<DSConv2d>),
-}
-
-impl ConvLayer {
-    fn new(
-        cin: usize,
-        cout: usize,
-        sparse: Option<DSConfig>,
-        rng: &mut Rng,
-    ) -> Result<ConvLayer, DSConfigError> {
-        let opts = Conv2dOptions::default();
-        Ok(match sparse {
-            None => ConvLayer::Dense(Conv2d::new(cin, cout, (5, 5), opts, true, rng)),
-            Some(cfg) => ConvLayer::Sparse(Box::new(DSConv2d::new(
-                cin,
-                cout,
-                (5, 5),
-                opts,
-                true,
-                cfg,
-                rng,
-            )?)),
-        })
-    }
-
-    pub fn forward(&mut self, x: &Tensor) -> Tensor {
-        match self {
-            ConvLayer::Dense(c) => c.forward(x),
-            ConvLayer::Sparse(c) => c.forward(x),
-        }
-    }
-
-    pub fn parameters(&self) -> Vec<Tensor> {
-        match self {
-            ConvLayer::Dense(c) => c.parameters(),
-            ConvLayer::Sparse(c) => c.parameters(),
-        }
-    }
-
-    pub fn sparse(&self) -> Option<&DSConv2d> {
-        match self {
-            ConvLayer::Dense(_) => None,
-            ConvLayer::Sparse(c) => Some(c),
-        }
-    }
-
-    pub fn sparse_mut(&mut self) -> Option<&mut DSConv2d> {
-        match self {
-            ConvLayer::Dense(_) => None,
-            ConvLayer::Sparse(c) => Some(c),
-        }
-    }
-}
+use crate::dsconv::{DSConfig, DSConfigError, DSConv2d};
+use crate::model::{ConvLayer, ConvSpec, Model, Sparsity};
+use crate::rules::Allocation;
 
 pub struct LeNet {
     pub conv1: ConvLayer,
@@ -79,42 +22,45 @@ pub struct LeNet {
     pool: MaxPool2d,
 }
 
+fn conv5x5(cin: usize, cout: usize) -> ConvSpec {
+    ConvSpec {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: (5, 5),
+        opts: Conv2dOptions::default(),
+        bias: true,
+        init: Init::Default,
+    }
+}
+
 impl LeNet {
     /// `sparse: None` builds the dense model; `Some(config)` makes both convs
     /// DSConv2d with that configuration.
     pub fn new(sparse: Option<DSConfig>, rng: &mut Rng) -> Result<LeNet, DSConfigError> {
-        LeNet::with_allocation(sparse, Allocation::Uniform, rng)
+        let sparsity = sparse.map(|config| Sparsity {
+            config,
+            allocation: Allocation::Uniform,
+        });
+        LeNet::with_sparsity(sparsity, rng)
     }
 
     /// As [`LeNet::new`], with the target density spread over the two convs
-    /// by `allocation`. ERK gives each conv its own total fraction (and scales
-    /// the keep fraction with it); it needs whole-layer groups.
-    pub fn with_allocation(
-        sparse: Option<DSConfig>,
-        allocation: Allocation,
+    /// as `sparsity` says (ERK gives each conv its own density).
+    pub fn with_sparsity(
+        sparsity: Option<Sparsity>,
         rng: &mut Rng,
     ) -> Result<LeNet, DSConfigError> {
-        let (c1, c2) = match (sparse, allocation) {
-            (Some(c), Allocation::Erk) => {
-                if c.prune_dims != PruneDims::Layer {
-                    return Err(DSConfigError(
-                        "ERK allocates density across whole layers: it needs layer prune dims"
-                            .into(),
-                    ));
-                }
-                let d = erk_densities(&[[6, 3, 5, 5], [16, 6, 5, 5]], c.total_fraction);
-                let per_layer = |d: f64| DSConfig {
-                    total_fraction: d,
-                    keep_fraction: (c.keep_fraction * d / c.total_fraction).min(d),
-                    ..c
-                };
-                (Some(per_layer(d[0])), Some(per_layer(d[1])))
+        let specs = [conv5x5(3, 6), conv5x5(6, 16)];
+        let configs: Vec<Option<DSConfig>> = match sparsity {
+            Some(s) => {
+                let shapes: Vec<[usize; 4]> = specs.iter().map(|c| c.weight_shape()).collect();
+                s.layer_configs(&shapes)?.into_iter().map(Some).collect()
             }
-            _ => (sparse, sparse),
+            None => vec![None, None],
         };
         Ok(LeNet {
-            conv1: ConvLayer::new(3, 6, c1, rng)?,
-            conv2: ConvLayer::new(6, 16, c2, rng)?,
+            conv1: ConvLayer::new(specs[0], configs[0], rng)?,
+            conv2: ConvLayer::new(specs[1], configs[1], rng)?,
             fc1: Linear::new(16 * 5 * 5, 120, true, rng),
             fc2: Linear::new(120, 84, true, rng),
             fc3: Linear::new(84, 10, true, rng),
@@ -125,9 +71,23 @@ impl LeNet {
     pub fn dense(rng: &mut Rng) -> LeNet {
         LeNet::new(None, rng).expect("the dense model has no sparse configuration to reject")
     }
+}
+
+impl Model for LeNet {
+    fn name(&self) -> String {
+        "lenet".into()
+    }
+
+    fn input_shape(&self) -> [usize; 3] {
+        [3, 32, 32]
+    }
+
+    fn num_classes(&self) -> usize {
+        10
+    }
 
     /// x is (B, 3, 32, 32); returns logits (B, 10).
-    pub fn forward(&mut self, x: &Tensor) -> Tensor {
+    fn forward(&mut self, x: &Tensor) -> Tensor {
         // A conv block is one fused op where it can be (the same numbers as
         // the three ops).
         let pool = self.pool;
@@ -142,56 +102,38 @@ impl LeNet {
         self.fc3.forward(&h) // (B, 10)
     }
 
-    /// In parameter order: conv1 w, b, conv2 w, b, fc1 w, b, fc2 w, b, fc3 w, b.
-    pub fn parameters(&self) -> Vec<Tensor> {
-        [
-            self.conv1.parameters(),
-            self.conv2.parameters(),
-            self.fc1.parameters(),
-            self.fc2.parameters(),
-            self.fc3.parameters(),
-        ]
-        .concat()
-    }
-
-    pub fn sparse_layers(&self) -> Vec<&DSConv2d> {
-        [&self.conv1, &self.conv2]
-            .into_iter()
-            .filter_map(|c| c.sparse())
-            .collect()
-    }
-
-    pub fn sparse_layers_mut(&mut self) -> Vec<&mut DSConv2d> {
-        [&mut self.conv1, &mut self.conv2]
-            .into_iter()
-            .filter_map(|c| c.sparse_mut())
-            .collect()
-    }
-
     /// Training mode samples Hebbian strength; evaluation does not.
-    pub fn set_training(&mut self, on: bool) {
-        for l in self.sparse_layers_mut() {
-            l.set_training(on);
-        }
+    fn set_training(&mut self, on: bool) {
+        self.conv1.set_training(on);
+        self.conv2.set_training(on);
     }
 
-    /// One SGD step on a batch: forward, cross-entropy, backward, step, and
-    /// the sparse layers' masks held. Returns the loss. If the loss is NaN or
-    /// infinite, nothing is updated (no backward, no step) and the loss is
-    /// returned all the same, so the caller can stop before it spreads.
-    pub fn train_step(&mut self, opt: &mut Sgd, x: &Tensor, labels: &[usize]) -> f32 {
-        let loss = self.forward(x).cross_entropy(labels);
-        let value = loss.item();
-        if !value.is_finite() {
-            tensor::tape::clear();
-            return value;
+    /// conv1 w, b, conv2 w, b, fc1 w, b, fc2 w, b, fc3 w, b.
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v = self.conv1.named_parameters("conv1");
+        v.extend(self.conv2.named_parameters("conv2"));
+        for (name, fc) in [("fc1", &self.fc1), ("fc2", &self.fc2), ("fc3", &self.fc3)] {
+            v.push((format!("{name}.weight"), fc.weight.clone()));
+            v.extend(fc.bias.clone().map(|b| (format!("{name}.bias"), b)));
         }
-        opt.zero_grad();
-        loss.backward();
-        opt.step();
-        for l in self.sparse_layers() {
-            l.enforce_mask(opt);
-        }
-        value
+        v
+    }
+
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    fn sparse_layers(&self) -> Vec<(String, &DSConv2d)> {
+        [("conv1", &self.conv1), ("conv2", &self.conv2)]
+            .into_iter()
+            .filter_map(|(n, c)| c.sparse().map(|l| (n.to_string(), l)))
+            .collect()
+    }
+
+    fn sparse_layers_mut(&mut self) -> Vec<(String, &mut DSConv2d)> {
+        [("conv1", &mut self.conv1), ("conv2", &mut self.conv2)]
+            .into_iter()
+            .filter_map(|(n, c)| c.sparse_mut().map(|l| (n.to_string(), l)))
+            .collect()
     }
 }

@@ -13,12 +13,23 @@
 //! * [`rules`]: the prune/grow rules a mask update applies per group: the
 //!   notebook's, Hebbian growth, SET, RigL, random and static masks; the
 //!   drop-fraction schedule, the update window, ERK density allocation.
+//! * [`model`]: the model API every network implements ([`Model`]: forward
+//!   in training and evaluation, named parameters and buffers, named sparse
+//!   layers), the dense-or-sparse [`model::ConvLayer`], how the density is
+//!   spread over the sparse layers ([`model::Sparsity`]), and networks by
+//!   name ([`model::Arch`], [`model::ModelSpec`]).
 //! * [`lenet`]: the notebook's LeNet, with dense or DSConv2d convolutions.
+//! * [`resnet`]: the CIFAR ResNets (ResNet-20/32/56, …), with BatchNorm,
+//!   residual blocks, and dense or DSConv2d 3×3 convolutions.
 pub mod dsconv;
 pub mod lenet;
+pub mod model;
+pub mod resnet;
 pub mod rules;
 pub mod strength;
 
 pub use dsconv::{ConvPath, DSConfig, DSConv2d, PruneDims};
 pub use lenet::LeNet;
+pub use model::{Arch, Model, ModelSpec, Sparsity};
+pub use resnet::{ResNet, ResNetConfig, Shortcut};
 pub use rules::{ProgressStats, Rule};

@@ -82,7 +82,9 @@ pub enum Grow {
 /// What a grown or revived tap starts from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GrowInit {
-    /// Uniform in ±1/√fan_in, the layer's own initialisation (the notebook).
+    /// A fresh draw from the layer's own initialisation: uniform in
+    /// ±1/√fan_in for PyTorch's default (the notebook's LeNet), normal with
+    /// standard deviation √2/√fan_in for Kaiming-normal (the ResNets).
     Kaiming,
     /// Zero: it becomes trainable but starts from nothing (RigL, SET here).
     Zero,
@@ -202,9 +204,11 @@ impl Rule {
         }
     }
 
-    /// Whether the rule reads accumulated strength (so it must be sampled).
+    /// Whether the rule reads accumulated strength (so it must be sampled):
+    /// it prunes or grows by strength, and it updates at all (a static
+    /// mask, whose parts are the notebook's, never reads it).
     pub fn uses_strength(&self) -> bool {
-        self.prune == Prune::Strength || self.grow == Grow::Strength
+        self.updates() && (self.prune == Prune::Strength || self.grow == Grow::Strength)
     }
 
     /// Whether updates ever happen.

@@ -1,6 +1,11 @@
-//! Layers with parameters (Conv2d, Linear) and MaxPool2d, initialised as
-//! PyTorch initialises them, from a seeded generator.
+//! Layers with parameters (Conv2d, Linear, BatchNorm2d) and MaxPool2d,
+//! initialised as PyTorch initialises them, from a seeded generator.
+//!
+//! Two weight initialisations ([`Init`]): PyTorch's default for Conv2d and
+//! Linear (uniform, bound 1/√fan_in), and the Kaiming-normal one that the
+//! CIFAR ResNets use (normal, standard deviation √2/√fan_in).
 
+use crate::ops::batch_norm::BatchNormMode;
 use crate::ops::conv2d::{Conv2dOptions, PoolOptions};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -16,16 +21,50 @@ pub fn kaiming_uniform_bound(fan_in: usize, a: f32) -> f32 {
 /// The `a` PyTorch uses for the default initialisation of Conv2d and Linear.
 pub const DEFAULT_KAIMING_A: f32 = 2.236_068; // √5
 
-/// Weights uniform in ±kaiming_uniform_bound(fan_in, √5), then a bias uniform in
-/// ±1/√fan_in: the order and the bounds of PyTorch's `reset_parameters`.
-fn default_init(
+/// How a layer's weight is drawn. A bias, if any, is always PyTorch's
+/// default: uniform in ±1/√fan_in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// PyTorch's default for Conv2d and Linear: uniform in
+    /// ±kaiming_uniform_bound(fan_in, √5) = ±1/√fan_in.
+    Default,
+    /// `torch.nn.init.kaiming_normal_(w)` (mode fan_in, ReLU gain √2):
+    /// normal with standard deviation √2/√fan_in. The CIFAR ResNets use it.
+    KaimingNormal,
+}
+
+impl Init {
+    /// One weight value for a unit with `fan_in` inputs.
+    pub fn draw(self, fan_in: usize, rng: &mut Rng) -> f32 {
+        match self {
+            Init::Default => {
+                let b = kaiming_uniform_bound(fan_in, DEFAULT_KAIMING_A);
+                rng.uniform(-b, b)
+            }
+            Init::KaimingNormal => kaiming_normal_std(fan_in) * rng.normal(),
+        }
+    }
+}
+
+/// The standard deviation of PyTorch's `kaiming_normal_` with its defaults
+/// (fan_in, gain √2 for ReLU): √2/√fan_in.
+pub fn kaiming_normal_std(fan_in: usize) -> f32 {
+    (2.0 / fan_in as f32).sqrt()
+}
+
+/// Weights by `init`, then a bias uniform in ±1/√fan_in: the order and the
+/// bounds of PyTorch's `reset_parameters` (followed, for Kaiming-normal,
+/// by the model's own re-initialisation of the weight).
+fn init_layer(
     weight_shape: &[usize],
     fan_in: usize,
     bias: bool,
+    init: Init,
     rng: &mut Rng,
 ) -> (Tensor, Option<Tensor>) {
-    let wb = kaiming_uniform_bound(fan_in, DEFAULT_KAIMING_A);
-    let weight = Tensor::uniform(weight_shape, -wb, wb, rng).requires_grad();
+    let n = weight_shape.iter().product();
+    let w = (0..n).map(|_| init.draw(fan_in, rng)).collect();
+    let weight = Tensor::from_vec(w, weight_shape).requires_grad();
     let bias = bias.then(|| {
         let bb = 1.0 / (fan_in as f32).sqrt();
         Tensor::uniform(&[weight_shape[0]], -bb, bb, rng).requires_grad()
@@ -41,12 +80,33 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    /// PyTorch's default initialisation.
     pub fn new(
         in_channels: usize,
         out_channels: usize,
         kernel: (usize, usize),
         opts: Conv2dOptions,
         bias: bool,
+        rng: &mut Rng,
+    ) -> Conv2d {
+        Conv2d::with_init(
+            in_channels,
+            out_channels,
+            kernel,
+            opts,
+            bias,
+            Init::Default,
+            rng,
+        )
+    }
+
+    pub fn with_init(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: (usize, usize),
+        opts: Conv2dOptions,
+        bias: bool,
+        init: Init,
         rng: &mut Rng,
     ) -> Conv2d {
         assert!(
@@ -58,8 +118,13 @@ impl Conv2d {
         );
         let cg = in_channels / opts.groups;
         let fan_in = cg * kernel.0 * kernel.1;
-        let (weight, bias) =
-            default_init(&[out_channels, cg, kernel.0, kernel.1], fan_in, bias, rng);
+        let (weight, bias) = init_layer(
+            &[out_channels, cg, kernel.0, kernel.1],
+            fan_in,
+            bias,
+            init,
+            rng,
+        );
         Conv2d { weight, bias, opts }
     }
 
@@ -102,8 +167,20 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// PyTorch's default initialisation.
     pub fn new(in_features: usize, out_features: usize, bias: bool, rng: &mut Rng) -> Linear {
-        let (weight, bias) = default_init(&[out_features, in_features], in_features, bias, rng);
+        Linear::with_init(in_features, out_features, bias, Init::Default, rng)
+    }
+
+    pub fn with_init(
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+        init: Init,
+        rng: &mut Rng,
+    ) -> Linear {
+        let shape = [out_features, in_features];
+        let (weight, bias) = init_layer(&shape, in_features, bias, init, rng);
         Linear { weight, bias }
     }
 
@@ -115,6 +192,72 @@ impl Linear {
         std::iter::once(self.weight.clone())
             .chain(self.bias.clone())
             .collect()
+    }
+}
+
+/// Batch normalisation over channels, PyTorch's `BatchNorm2d(C)`: weight
+/// γ = 1 and bias β = 0 (parameters), running mean 0 and running variance
+/// 1 (buffers), momentum 0.1, eps 1e-5. In training mode it normalises by
+/// the batch and moves the running statistics; in evaluation mode it
+/// normalises by the running statistics (see [`crate::ops::batch_norm`]).
+pub struct BatchNorm2d {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    /// Training batches seen, PyTorch's `num_batches_tracked` (a count kept
+    /// for checkpoints; with a fixed momentum nothing reads it).
+    pub num_batches_tracked: Tensor,
+    pub momentum: f32,
+    pub eps: f32,
+    pub training: bool,
+}
+
+impl BatchNorm2d {
+    pub fn new(channels: usize) -> BatchNorm2d {
+        BatchNorm2d {
+            weight: Tensor::full(&[channels], 1.0).requires_grad(),
+            bias: Tensor::zeros(&[channels]).requires_grad(),
+            running_mean: Tensor::zeros(&[channels]),
+            running_var: Tensor::full(&[channels], 1.0),
+            num_batches_tracked: Tensor::zeros(&[]),
+            momentum: 0.1,
+            eps: 1e-5,
+            training: true,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let mode = if self.training {
+            self.num_batches_tracked.data_mut()[0] += 1.0;
+            BatchNormMode::Train {
+                momentum: self.momentum,
+            }
+        } else {
+            BatchNormMode::Eval
+        };
+        x.batch_norm2d(
+            &self.weight,
+            &self.bias,
+            &self.running_mean,
+            &self.running_var,
+            mode,
+            self.eps,
+        )
+    }
+
+    pub fn parameters(&self) -> Vec<Tensor> {
+        vec![self.weight.clone(), self.bias.clone()]
+    }
+
+    /// The buffers in PyTorch's order: running mean, running variance,
+    /// batches tracked.
+    pub fn buffers(&self) -> Vec<Tensor> {
+        vec![
+            self.running_mean.clone(),
+            self.running_var.clone(),
+            self.num_batches_tracked.clone(),
+        ]
     }
 }
 

@@ -15,7 +15,10 @@ use std::collections::HashMap;
 
 use crate::tensor::Tensor;
 
-type BackwardFn = Box<dyn FnOnce(&[f32], &mut Grads)>;
+/// A backward closure: given the op's output tensor (for ops whose
+/// gradient reads their own output) and the gradient of that output, adds
+/// the inputs' gradients.
+type BackwardFn = Box<dyn FnOnce(&Tensor, &[f32], &mut Grads)>;
 
 struct Record {
     output: Tensor,
@@ -73,6 +76,21 @@ impl Tensor {
         inputs: &[&Tensor],
         backward: impl FnOnce(&[f32], &mut Grads) + 'static,
     ) -> Tensor {
+        Tensor::from_op_with_output(data, shape, inputs, move |_, dout, grads| {
+            backward(dout, grads)
+        })
+    }
+
+    /// As [`Tensor::from_op`], for an op whose backward reads its own
+    /// output (relu after an add, say): `backward(output, dout, grads)`
+    /// receives the output tensor, which the tape holds anyway, so the op
+    /// need not save a copy of it.
+    pub fn from_op_with_output(
+        data: Vec<f32>,
+        shape: &[usize],
+        inputs: &[&Tensor],
+        backward: impl FnOnce(&Tensor, &[f32], &mut Grads) + 'static,
+    ) -> Tensor {
         assert_eq!(
             data.len(),
             crate::tensor::numel(shape),
@@ -112,7 +130,7 @@ impl Tensor {
         grads.map.insert(self.id(), vec![1.0]);
         for record in records.into_iter().rev() {
             if let Some(dout) = grads.map.remove(&record.output.id()) {
-                (record.backward)(&dout, &mut grads);
+                (record.backward)(&record.output, &dout, &mut grads);
                 crate::buffers::give(dout);
             }
         }

@@ -1,5 +1,6 @@
 //! Operations. Each file holds one family of ops, with each op's forward and
 //! backward written side by side.
+pub mod batch_norm;
 pub mod conv2d;
 pub mod elementwise;
 pub mod linear_small;
@@ -8,5 +9,6 @@ pub mod matmul;
 pub mod pool;
 pub mod reduce;
 pub mod relu_pool;
+pub mod residual;
 pub mod shape;
 pub mod sparse_conv2d;

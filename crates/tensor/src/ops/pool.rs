@@ -1,8 +1,15 @@
-//! max_pool2d, which saves the argmax of every window in forward so that
-//! backward is a scatter (the approach burn takes).
+//! Pooling: max_pool2d, which saves the argmax of every window in forward
+//! so that backward is a scatter (the approach burn takes), and the global
+//! average pool that ends a ResNet.
+//!
+//! ```text
+//! global_avg_pool2d   y[b, c] = Σ_ij x[b, c, i, j] / (H·W)     (B, C, H, W) → (B, C)
+//!                     dx[b, c, i, j] = dy[b, c] / (H·W)
+//! ```
 
 use rayon::prelude::*;
 
+use crate::ops::reduce::sum_f64;
 use crate::tensor::Tensor;
 
 /// Below this many outputs, splitting across threads costs more than it saves.
@@ -186,6 +193,53 @@ impl Tensor {
         let a = self.clone();
         Tensor::from_op(y, &out_shape, &[self], move |dout, grads| {
             grads.accumulate(&a, |dx| max_pool2d_backward(dout, &arg, h * w, oh * ow, dx));
+        })
+    }
+}
+
+/// Each plane's mean: x is (planes, H·W), y is (planes). Each plane is
+/// summed on its own in a fixed order ([`sum_f64`]). OVERWRITES y.
+pub fn global_avg_pool2d_forward(x: &[f32], hw: usize, y: &mut [f32]) {
+    assert_eq!(x.len(), y.len() * hw, "global_avg_pool2d: lengths");
+    let mean = |(y, p): (&mut f32, &[f32])| *y = (sum_f64(p) / hw as f64) as f32;
+    if x.len() >= PARALLEL_MIN_OUTPUTS {
+        y.par_iter_mut().zip(x.par_chunks(hw)).for_each(mean);
+    } else {
+        y.iter_mut().zip(x.chunks(hw)).for_each(mean);
+    }
+}
+
+/// dx = dy / (H·W) over each plane. OVERWRITES dx.
+pub fn global_avg_pool2d_backward(dy: &[f32], hw: usize, dx: &mut [f32]) {
+    assert_eq!(dx.len(), dy.len() * hw, "global_avg_pool2d: lengths");
+    let spread = |(p, &d): (&mut [f32], &f32)| p.fill(d / hw as f32);
+    if dx.len() >= PARALLEL_MIN_OUTPUTS {
+        dx.par_chunks_mut(hw).zip(dy.par_iter()).for_each(spread);
+    } else {
+        dx.chunks_mut(hw).zip(dy.iter()).for_each(spread);
+    }
+}
+
+impl Tensor {
+    /// The mean of each (H, W) plane: (B, C, H, W) → (B, C), PyTorch's
+    /// `F.adaptive_avg_pool2d(x, 1).flatten(1)`.
+    pub fn global_avg_pool2d(&self) -> Tensor {
+        let s = self.shape().to_vec();
+        assert!(
+            s.len() == 4 && s[2] * s[3] > 0,
+            "global_avg_pool2d: input {s:?} must be (B, C, H, W) with H, W ≥ 1"
+        );
+        let hw = s[2] * s[3];
+        let mut y = vec![0.0; s[0] * s[1]];
+        global_avg_pool2d_forward(&self.data(), hw, &mut y);
+        let a = self.clone();
+        Tensor::from_op(y, &[s[0], s[1]], &[self], move |dout, grads| {
+            if !a.needs_grad() {
+                return;
+            }
+            let mut dx = crate::buffers::take(a.numel()); // overwritten whole
+            global_avg_pool2d_backward(dout, hw, &mut dx);
+            grads.add_owned(&a, dx);
         })
     }
 }

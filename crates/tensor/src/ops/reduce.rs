@@ -1,7 +1,49 @@
-//! Reductions to a scalar: sum and mean. Summed in index order, so the result
-//! never depends on threads.
+//! Reductions: sum and mean of a whole tensor, and the f64 slice sums that
+//! the per-channel and per-plane reductions (batch norm, average pooling)
+//! share. Every sum runs in a fixed order, so the result never depends on
+//! threads.
 
 use crate::tensor::Tensor;
+
+/// Independent accumulators of the slice sums below: enough to keep the
+/// adds from waiting on each other, and a fixed order of combination.
+const LANES: usize = 4;
+
+/// Σ f(i) over `len` values in LANES interleaved f64 accumulators, combined
+/// as (l0 + l1) + (l2 + l3): a fixed order, whatever the caller.
+#[inline(always)]
+fn lane_sum(len: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let full = len / LANES * LANES;
+    for i in (0..full).step_by(LANES) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(i + l);
+        }
+    }
+    for (l, i) in (full..len).enumerate() {
+        acc[l] += f(i);
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
+}
+
+/// Σ x, in f64.
+pub fn sum_f64(x: &[f32]) -> f64 {
+    lane_sum(x.len(), |i| x[i] as f64)
+}
+
+/// Σ x², in f64.
+pub fn sum_squares_f64(x: &[f32]) -> f64 {
+    lane_sum(x.len(), |i| {
+        let v = x[i] as f64;
+        v * v
+    })
+}
+
+/// Σ d·(x − center), in f64. `d` and `x` have the same length.
+pub fn sum_products_f64(d: &[f32], x: &[f32], center: f64) -> f64 {
+    assert_eq!(d.len(), x.len(), "sum_products_f64: lengths differ");
+    lane_sum(d.len(), |i| d[i] as f64 * (x[i] as f64 - center))
+}
 
 impl Tensor {
     pub fn sum(&self) -> Tensor {
@@ -19,5 +61,28 @@ impl Tensor {
         Tensor::from_op(vec![s], &[], &[self], move |dout, grads| {
             grads.accumulate(&a, |g| g.iter_mut().for_each(|v| *v += dout[0] / n));
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lane_sums_match_plain_sums() {
+        for n in [0, 1, 3, 4, 5, 17] {
+            let x: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 2.0).collect();
+            let d: Vec<f32> = (0..n).map(|i| 1.0 - i as f32 * 0.25).collect();
+            let plain: f64 = x.iter().map(|&v| v as f64).sum();
+            assert!((sum_f64(&x) - plain).abs() < 1e-12);
+            let sq: f64 = x.iter().map(|&v| (v as f64).powi(2)).sum();
+            assert!((sum_squares_f64(&x) - sq).abs() < 1e-12);
+            let pr: f64 = d
+                .iter()
+                .zip(&x)
+                .map(|(&d, &x)| d as f64 * (x as f64 - 0.3))
+                .sum();
+            assert!((sum_products_f64(&d, &x, 0.3) - pr).abs() < 1e-12);
+        }
     }
 }

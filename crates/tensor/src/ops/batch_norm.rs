@@ -1,0 +1,349 @@
+//! Batch normalisation of (B, C, H, W) images, per channel, with the
+//! semantics of PyTorch's `BatchNorm2d`.
+//!
+//! ```text
+//! training    N = B·H·W values per channel c
+//!             mean_c = Σ x / N        var_c = Σ (x − mean_c)² / N     (biased)
+//!             y = (x − mean_c) · invstd_c · γ_c + β_c,   invstd_c = 1/√(var_c + eps)
+//!             running_mean_c ← (1 − m)·running_mean_c + m·mean_c
+//!             running_var_c  ← (1 − m)·running_var_c  + m·var_c·N/(N − 1)  (unbiased)
+//! evaluation  the same y with running_mean and running_var in place of the
+//!             batch's; nothing is updated
+//! ```
+//!
+//! Backward, with x̂ = (x − mean)·invstd (the batch's statistics in
+//! training, the running ones in evaluation):
+//!
+//! ```text
+//! dβ_c = Σ dy        dγ_c = Σ dy·x̂
+//! training    dx = γ·invstd · (dy − dβ/N − x̂·dγ/N)   (mean and var depend on x)
+//! evaluation  dx = γ·invstd · dy                      (they are constants)
+//! ```
+//!
+//! Every sum over a channel is taken plane by plane (one image's H·W values,
+//! in f64 lanes of a fixed order), and the planes' sums are added in image
+//! order, so the result does not depend on how rayon splits the planes. The
+//! variance comes from Σx and Σx² in f64, which holds ample precision for
+//! activations (whose mean is not millions of standard deviations from 0).
+//!
+//! [`batch_norm2d_naive`] and [`batch_norm2d_backward_naive`] are the
+//! definitions written out in f64, kept as the test oracles.
+
+use rayon::prelude::*;
+
+use crate::ops::reduce::{sum_f64, sum_products_f64, sum_squares_f64};
+use crate::tensor::Tensor;
+
+/// Below this many values, one thread does the whole op.
+const PARALLEL_MIN_VALUES: usize = 1 << 14;
+
+/// Whether the layer normalises by the batch or by its running statistics.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BatchNormMode {
+    /// Batch statistics; the running statistics move by `momentum`.
+    Train { momentum: f32 },
+    /// Running statistics; nothing changes.
+    Eval,
+}
+
+/// One value per (image, channel) plane of `x` (B·C planes of `hw` values),
+/// in plane order, computed in parallel when there is enough work.
+fn per_plane<T: Send>(x: &[f32], hw: usize, f: impl Fn(usize, &[f32]) -> T + Sync) -> Vec<T> {
+    if x.len() >= PARALLEL_MIN_VALUES {
+        x.par_chunks(hw).enumerate().map(|(p, v)| f(p, v)).collect()
+    } else {
+        x.chunks(hw).enumerate().map(|(p, v)| f(p, v)).collect()
+    }
+}
+
+/// Adds the planes' values channel by channel, in image order.
+fn channel_totals(planes: &[f64], c: usize) -> Vec<f64> {
+    let mut t = vec![0.0; c];
+    for image in planes.chunks(c) {
+        for (t, v) in t.iter_mut().zip(image) {
+            *t += v;
+        }
+    }
+    t
+}
+
+/// The batch's mean and biased variance per channel, in f64.
+/// x is (B, C, H·W) flattened; `c` channels of `hw` values.
+pub fn batch_stats(x: &[f32], c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
+    let n = (x.len() / (c * hw).max(1) * hw) as f64;
+    let sums = per_plane(x, hw, |_, p| (sum_f64(p), sum_squares_f64(p)));
+    let s = channel_totals(&sums.iter().map(|v| v.0).collect::<Vec<_>>(), c);
+    let q = channel_totals(&sums.iter().map(|v| v.1).collect::<Vec<_>>(), c);
+    let mean: Vec<f64> = s.iter().map(|s| s / n).collect();
+    let var = q
+        .iter()
+        .zip(&mean)
+        .map(|(q, m)| (q / n - m * m).max(0.0))
+        .collect();
+    (mean, var)
+}
+
+/// y = x·scale_c + shift_c, plane by plane. OVERWRITES y.
+fn scale_shift(x: &[f32], hw: usize, scale: &[f32], shift: &[f32], y: &mut [f32]) {
+    let c = scale.len();
+    let plane = |(p, (yp, xp)): (usize, (&mut [f32], &[f32]))| {
+        let (a, b) = (scale[p % c], shift[p % c]);
+        for (y, &x) in yp.iter_mut().zip(xp) {
+            *y = x * a + b;
+        }
+    };
+    if x.len() >= PARALLEL_MIN_VALUES {
+        y.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(plane);
+    } else {
+        y.chunks_mut(hw)
+            .zip(x.chunks(hw))
+            .enumerate()
+            .for_each(plane);
+    }
+}
+
+/// What the backward pass needs from the forward: per channel, the mean
+/// and 1/√(var + eps) that normalised x.
+struct Saved {
+    mean: Vec<f64>,
+    invstd: Vec<f64>,
+    training: bool,
+}
+
+/// The forward pass on slices. x and y are (B, C, H·W); `weight`, `bias`,
+/// `running_mean`, `running_var` have C values. Returns the statistics the
+/// backward pass needs; in training mode, also updates the running ones.
+/// OVERWRITES y.
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    x: &[f32],
+    (c, hw): (usize, usize),
+    weight: &[f32],
+    bias: &[f32],
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    mode: BatchNormMode,
+    eps: f32,
+    y: &mut [f32],
+) -> Saved {
+    let (mean, var, training) = match mode {
+        BatchNormMode::Train { momentum } => {
+            let (mean, var) = batch_stats(x, c, hw);
+            let n = (x.len() / c) as f64;
+            let (m, n1) = (momentum as f64, n / (n - 1.0));
+            for ch in 0..c {
+                running_mean[ch] = ((1.0 - m) * running_mean[ch] as f64 + m * mean[ch]) as f32;
+                running_var[ch] = ((1.0 - m) * running_var[ch] as f64 + m * var[ch] * n1) as f32;
+            }
+            (mean, var, true)
+        }
+        BatchNormMode::Eval => (
+            running_mean.iter().map(|&v| v as f64).collect(),
+            running_var.iter().map(|&v| v as f64).collect(),
+            false,
+        ),
+    };
+    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps as f64).sqrt()).collect();
+    // y = (x − mean)·invstd·γ + β = x·scale + shift.
+    let scale: Vec<f32> = (0..c)
+        .map(|i| (invstd[i] * weight[i] as f64) as f32)
+        .collect();
+    let shift: Vec<f32> = (0..c)
+        .map(|i| (bias[i] as f64 - mean[i] * invstd[i] * weight[i] as f64) as f32)
+        .collect();
+    scale_shift(x, hw, &scale, &shift, y);
+    Saved {
+        mean,
+        invstd,
+        training,
+    }
+}
+
+/// The backward pass on slices: returns (dx, dγ, dβ). dx is a fresh
+/// buffer written whole.
+fn backward(
+    x: &[f32],
+    dy: &[f32],
+    (c, hw): (usize, usize),
+    weight: &[f32],
+    saved: &Saved,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let n = (x.len() / c) as f64;
+    let sums = per_plane(dy, hw, |p, d| {
+        let xp = &x[p * hw..(p + 1) * hw];
+        (sum_f64(d), sum_products_f64(d, xp, saved.mean[p % c]))
+    });
+    // Σ dy and Σ dy·(x − mean) per channel.
+    let sd = channel_totals(&sums.iter().map(|v| v.0).collect::<Vec<_>>(), c);
+    let sdx = channel_totals(&sums.iter().map(|v| v.1).collect::<Vec<_>>(), c);
+    let dgamma: Vec<f32> = (0..c).map(|i| (sdx[i] * saved.invstd[i]) as f32).collect();
+    let dbeta: Vec<f32> = sd.iter().map(|&v| v as f32).collect();
+    // dx = a·dy − k·x + b per channel, with a = γ·invstd and, in training,
+    // k = a·invstd²·Σdy(x − mean)/N, b = k·mean − a·Σdy/N.
+    let mut a = vec![0f32; c];
+    let mut k = vec![0f32; c];
+    let mut b = vec![0f32; c];
+    for i in 0..c {
+        let ai = weight[i] as f64 * saved.invstd[i];
+        a[i] = ai as f32;
+        if saved.training {
+            let ki = ai * saved.invstd[i] * saved.invstd[i] * sdx[i] / n;
+            k[i] = ki as f32;
+            b[i] = (ki * saved.mean[i] - ai * sd[i] / n) as f32;
+        }
+    }
+    let mut dx = crate::buffers::take(x.len()); // overwritten whole
+    let plane = |(p, dxp): (usize, &mut [f32])| {
+        let ch = p % c;
+        let (xp, dp) = (&x[p * hw..(p + 1) * hw], &dy[p * hw..(p + 1) * hw]);
+        for ((g, &d), &v) in dxp.iter_mut().zip(dp).zip(xp) {
+            *g = a[ch] * d - k[ch] * v + b[ch];
+        }
+    };
+    if x.len() >= PARALLEL_MIN_VALUES {
+        dx.par_chunks_mut(hw).enumerate().for_each(plane);
+    } else {
+        dx.chunks_mut(hw).enumerate().for_each(plane);
+    }
+    (dx, dgamma, dbeta)
+}
+
+/// The forward pass written out in f64, as the test oracle: returns y and
+/// the updated running statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm2d_naive(
+    x: &[f32],
+    shape: [usize; 4],
+    weight: &[f32],
+    bias: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    mode: BatchNormMode,
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let [nb, c, h, w] = shape;
+    let at = |b: usize, ch: usize, i: usize| x[(b * c + ch) * h * w + i] as f64;
+    let n = (nb * h * w) as f64;
+    let mut y = vec![0f32; x.len()];
+    let (mut rm, mut rv) = (running_mean.to_vec(), running_var.to_vec());
+    for ch in 0..c {
+        let values = || (0..nb).flat_map(move |b| (0..h * w).map(move |i| at(b, ch, i)));
+        let (mean, var) = match mode {
+            BatchNormMode::Train { momentum } => {
+                let mean = values().sum::<f64>() / n;
+                let var = values().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+                let m = momentum as f64;
+                rm[ch] = ((1.0 - m) * rm[ch] as f64 + m * mean) as f32;
+                rv[ch] = ((1.0 - m) * rv[ch] as f64 + m * var * n / (n - 1.0)) as f32;
+                (mean, var)
+            }
+            BatchNormMode::Eval => (running_mean[ch] as f64, running_var[ch] as f64),
+        };
+        let invstd = 1.0 / (var + eps as f64).sqrt();
+        for b in 0..nb {
+            for i in 0..h * w {
+                let v = (at(b, ch, i) - mean) * invstd * weight[ch] as f64 + bias[ch] as f64;
+                y[(b * c + ch) * h * w + i] = v as f32;
+            }
+        }
+    }
+    (y, rm, rv)
+}
+
+/// The training-mode backward pass written out in f64, term by term, as
+/// the test oracle: returns (dx, dγ, dβ).
+pub fn batch_norm2d_backward_naive(
+    x: &[f32],
+    dy: &[f32],
+    shape: [usize; 4],
+    weight: &[f32],
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let [nb, c, h, w] = shape;
+    let n = (nb * h * w) as f64;
+    let idx = |b: usize, ch: usize, i: usize| (b * c + ch) * h * w + i;
+    let (mut dx, mut dgamma, mut dbeta) = (vec![0f32; x.len()], vec![0f32; c], vec![0f32; c]);
+    for ch in 0..c {
+        let all: Vec<usize> = (0..nb)
+            .flat_map(|b| (0..h * w).map(move |i| idx(b, ch, i)))
+            .collect();
+        let mean = all.iter().map(|&j| x[j] as f64).sum::<f64>() / n;
+        let var = all
+            .iter()
+            .map(|&j| (x[j] as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let invstd = 1.0 / (var + eps as f64).sqrt();
+        let xhat = |j: usize| (x[j] as f64 - mean) * invstd;
+        let sum_dy: f64 = all.iter().map(|&j| dy[j] as f64).sum();
+        let sum_dy_xhat: f64 = all.iter().map(|&j| dy[j] as f64 * xhat(j)).sum();
+        dbeta[ch] = sum_dy as f32;
+        dgamma[ch] = sum_dy_xhat as f32;
+        for &j in &all {
+            let g = weight[ch] as f64
+                * invstd
+                * (dy[j] as f64 - sum_dy / n - xhat(j) * sum_dy_xhat / n);
+            dx[j] = g as f32;
+        }
+    }
+    (dx, dgamma, dbeta)
+}
+
+impl Tensor {
+    /// Batch normalisation of a (B, C, H, W) tensor by channel (PyTorch's
+    /// `F.batch_norm`): `weight` γ and `bias` β are (C) parameters;
+    /// `running_mean` and `running_var` are (C) buffers, updated in place
+    /// in training mode. Panics if a channel has fewer than 2 values in
+    /// training mode (the unbiased variance needs 2, as PyTorch says).
+    pub fn batch_norm2d(
+        &self,
+        weight: &Tensor,
+        bias: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        mode: BatchNormMode,
+        eps: f32,
+    ) -> Tensor {
+        let s = self.shape().to_vec();
+        assert!(
+            s.len() == 4
+                && [weight, bias, running_mean, running_var]
+                    .iter()
+                    .all(|t| t.shape() == [s[1]]),
+            "batch_norm2d: input {s:?} needs (B, C, H, W) and weight, bias and running statistics of shape (C); got {:?}, {:?}, {:?}, {:?}",
+            weight.shape(),
+            bias.shape(),
+            running_mean.shape(),
+            running_var.shape()
+        );
+        let (c, hw) = (s[1], s[2] * s[3]);
+        if let BatchNormMode::Train { .. } = mode {
+            assert!(
+                s[0] * hw > 1,
+                "batch_norm2d: expected more than 1 value per channel when training, got input {s:?}"
+            );
+        }
+        let mut y = crate::buffers::take(self.numel()); // overwritten whole
+        let saved = forward(
+            &self.data(),
+            (c, hw),
+            &weight.data(),
+            &bias.data(),
+            &mut running_mean.data_mut(),
+            &mut running_var.data_mut(),
+            mode,
+            eps,
+            &mut y,
+        );
+        let (x, w, b) = (self.clone(), weight.clone(), bias.clone());
+        Tensor::from_op(y, &s, &[self, weight, bias], move |dout, grads| {
+            let (dx, dgamma, dbeta) = backward(&x.data(), dout, (c, hw), &w.data(), &saved);
+            grads.add_owned(&x, dx);
+            grads.add(&w, &dgamma);
+            grads.add(&b, &dbeta);
+        })
+    }
+}
