@@ -384,6 +384,28 @@ fn shape_mismatch_names_op_and_shapes() {
     input(&[2, 3], 1).matmul(&input(&[2, 3], 2));
 }
 
+/// A batch of no rows trains as a no-op: an empty output, a zero weight
+/// and bias gradient, no panic. The weight gradient's buffer is a recycled
+/// one (leftovers, or NaN in test builds), so it must be written, not skipped.
+#[test]
+fn linear_on_an_empty_batch() {
+    for (fin, fout) in [(400, 120), (7, 5)] {
+        // Leave a buffer of the weight's size on the free list first.
+        drop(
+            Tensor::from_vec(vec![3.0; fin * fout], &[fout, fin]).add(&Tensor::zeros(&[fout, fin])),
+        );
+        let x = Tensor::zeros(&[0, fin]).requires_grad();
+        let (w, b) = (input(&[fout, fin], 1), input(&[fout], 2));
+        let y = x.linear(&w, Some(&b));
+        assert_eq!(y.shape(), [0, fout]);
+        y.sum().backward();
+        let gw = w.grad().expect("a weight gradient");
+        assert!(gw.iter().all(|&g| g == 0.0), "{fin}→{fout}: dW not zero");
+        assert!(b.grad().unwrap().iter().all(|&g| g == 0.0));
+        assert_eq!(x.grad().map_or(0, |g| g.len()), 0);
+    }
+}
+
 #[test]
 fn linear_forward_against_naive() {
     // y[n][o] = b[o] + Σ_i x[n][i]·w[o][i], written out.
