@@ -278,7 +278,8 @@ pub fn progress(group: &Group) -> Vec<String> {
         250.0,
     )
     .x_from_zero()
-    .y_from_zero();
+    // Shares: one scale for every mode, so that the charts compare.
+    .y_range(0.0, 100.0);
     for (li, layer) in layers.iter().enumerate() {
         let series = |pick: &dyn Fn(&Progress) -> f64| {
             let per_run: Vec<_> = group
@@ -320,19 +321,29 @@ pub fn progress(group: &Group) -> Vec<String> {
         charts.push(plot.finish());
         let share = series(&|p| 100.0 * p.dropped / p.active_before());
         let c = colour(4 + li);
-        // Layers often turn over alike: dash every other one so both show.
-        let stroke = if li % 2 == 1 {
-            Stroke::DASHED
-        } else {
-            Stroke::SOLID
+        // Layers often turn over alike (SET: a third of each): the first is
+        // a wide pale line with large markers, the others narrower, dashed
+        // every other one, with smaller markers of other shapes, so that
+        // lines and markers on top leave the ones below showing.
+        let stroke = match li {
+            0 => Stroke {
+                width: 4.0,
+                dash: None,
+                opacity: 0.5,
+            },
+            _ if li % 2 == 1 => Stroke::DASHED,
+            _ => Stroke::SOLID,
         };
+        let shape = [Shape::Circle, Shape::Square, Shape::Diamond][li % 3];
+        let r = (5.5 - 2.5 * li as f64).max(2.5);
         if share.len() <= DOTS_UP_TO {
             for &(x, y) in &share {
-                turnover.dot(x, y, c, &format!("{layer} at step {x}: {y:.1}% dropped"));
+                let tip = format!("{layer} at step {x}: {y:.1}% dropped");
+                turnover.marker(x, y, c, (shape, r), &tip);
             }
         }
         turnover.line(share, c, stroke);
-        turnover.legend_line(layer, c, stroke, None);
+        turnover.legend_line(layer, c, stroke, Some(shape));
     }
     charts.push(turnover.finish());
     charts

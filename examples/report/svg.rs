@@ -256,7 +256,6 @@ pub struct Plot {
     x_range: Option<(f64, f64)>,
     x_from_zero: bool,
     y_range: Option<(f64, f64)>,
-    y_from_zero: bool,
     y_log: bool,
     x_whole: bool,
     categories: Vec<String>,
@@ -284,19 +283,12 @@ impl Plot {
             x_range: None,
             x_from_zero: false,
             y_range: None,
-            y_from_zero: false,
             y_log: false,
             x_whole: false,
             categories: Vec::new(),
             marks: Vec::new(),
             legend: Vec::new(),
         }
-    }
-
-    /// Makes the y axis start at 0 (counts, accuracies).
-    pub fn y_from_zero(mut self) -> Plot {
-        self.y_from_zero = true;
-        self
     }
 
     /// Fixes the y axis to [lo, hi] whatever the data, so that charts of
@@ -548,15 +540,9 @@ impl Plot {
             let (y0, y1) = match self.y_range {
                 Some(range) => range,
                 None => {
-                    let lo = if self.y_from_zero { lo.min(0.0) } else { lo };
                     // A little headroom so a flat line does not sit on the frame.
                     let pad = 0.03 * (hi - lo);
-                    let lo = if self.y_from_zero && lo >= 0.0 {
-                        lo
-                    } else {
-                        lo - pad
-                    };
-                    nice_range(lo, hi + pad)
+                    nice_range(lo - pad, hi + pad)
                 }
             };
             let step = nice_step(y0, y1, 5);
