@@ -64,6 +64,21 @@ const EPOCHS: u64 = 3;
 /// `interrupt_at`, the run stops there and is resumed from the checkpoint
 /// before it, repeating some steps.
 fn run_lines(mode: &str, seed: u64, interrupt_at: Option<u64>) -> String {
+    run_lines_with(
+        mode,
+        seed,
+        interrupt_at,
+        &[("conv1", 450.0), ("conv2", 2400.0)],
+    )
+}
+
+/// [`run_lines`] for sparse layers of the given names and sizes.
+fn run_lines_with(
+    mode: &str,
+    seed: u64,
+    interrupt_at: Option<u64>,
+    layers: &[(&str, f64)],
+) -> String {
     let mut noise = Noise(seed * 7919 + mode.len() as u64);
     let sparse = mode != "dense";
     let skill = if mode == "hebbian" { 0.44 } else { 0.40 };
@@ -92,7 +107,7 @@ fn run_lines(mode: &str, seed: u64, interrupt_at: Option<u64>) -> String {
             step - (epoch - 1) * STEPS_PER_EPOCH
         );
         if sparse && step % 500 == 0 {
-            for (layer, total) in [("conv1", 450.0), ("conv2", 2400.0)] {
+            for &(layer, total) in layers {
                 let target = (0.12f64 * total).round();
                 let (dropped, regrown, revived) = if step == 500 {
                     (total - target, 0.0, 0.0)
@@ -120,7 +135,11 @@ fn run_lines(mode: &str, seed: u64, interrupt_at: Option<u64>) -> String {
     out += r#"{"type":"checkpoint_saved","path":"x"}"#;
     out.push('\n');
     let acc = skill * (1.0 - 0.5 / EPOCHS as f64) + 0.02 * noise.next();
-    let density = if sparse { "[0.12,0.12]" } else { "[]" };
+    let density = if sparse {
+        format!("[{}]", vec!["0.12"; layers.len()].join(","))
+    } else {
+        "[]".to_string()
+    };
     let _ = writeln!(
         out,
         r#"{{"type":"summary","mode":"{mode}","seed":{seed},"epochs":{EPOCHS},"batch_size":4,"steps":{},"test_accuracy":{acc:.4},"per_class_accuracy":[0.4,0.5,0.3,0.2,0.3,0.4,0.5,0.5,0.6,0.5],"conv_density":{density},"train_images_per_second":{:.1},"eval_images_per_second":20000.0,"train_seconds":{:.2}}}"#,
@@ -152,16 +171,24 @@ fn write_metrics(dir: &Path) -> Vec<PathBuf> {
 /// An export folder like `--export DIR` writes: conv1 [6,3,5,5] and conv2
 /// [16,6,5,5] with about 12% of taps active, the centre taps more often.
 fn write_export(dir: &Path) {
+    write_export_of(dir, &[("conv1", [6, 3, 5, 5]), ("conv2", [16, 6, 5, 5])]);
+}
+
+/// An export of the given layers (square kernels), the centre taps active
+/// more often.
+fn write_export_of(dir: &Path, shapes: &[(&str, [usize; 4])]) {
     std::fs::create_dir_all(dir).unwrap();
     let mut noise = Noise(42);
     let mut layers = Vec::new();
-    for (name, shape) in [("conv1", [6, 3, 5, 5]), ("conv2", [16, 6, 5, 5])] {
+    for &(name, shape) in shapes {
         let n: usize = shape.iter().product();
+        let k = shape[3];
+        let mid = (k / 2) as i32;
         let mut mask = vec![0f32; n];
         let mut weight = vec![0f32; n];
         for i in 0..n {
-            let (ki, kj) = ((i / 5) % 5, i % 5);
-            let centre = 4 - (ki as i32 - 2).abs() - (kj as i32 - 2).abs();
+            let (ki, kj) = ((i / k) % k, i % k);
+            let centre = 2 * mid - (ki as i32 - mid).abs() - (kj as i32 - mid).abs();
             let p = 0.04 + 0.05 * centre.max(0) as f64;
             mask[i] = f32::from(noise.next() < p);
             weight[i] = (noise.next() - 0.5) as f32 * 0.4;
@@ -389,7 +416,8 @@ fn a_report_of_two_modes_two_seeds_and_an_export() {
         "Connection changes: conv1 (hebbian)",
         "Connection changes: conv2 (hebbian)",
         "Connection changes: conv1 (random)",
-        "Active connections (random)",
+        "Turnover (random)",
+        "Turnover (hebbian)",
     ] {
         titled(title);
     }
@@ -613,4 +641,252 @@ fn the_report_runs_on_the_committed_study() {
     for svg in blocks {
         check_well_formed(svg).unwrap();
     }
+}
+
+/// The page of `files` (and `extra` options) as a string; the run must
+/// succeed.
+fn page_of(dir: &Path, files: &[PathBuf], extra: &[&str]) -> (String, Output) {
+    let html_path = dir.join("r.html");
+    let out = Command::new(example())
+        .args(files)
+        .args(extra)
+        .arg("-o")
+        .arg(&html_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    (std::fs::read_to_string(&html_path).unwrap(), out)
+}
+
+/// The `<svg>` block of `html` titled `title`.
+fn chart<'a>(html: &'a str, title: &str) -> &'a str {
+    let needle = format!("<title>{title}</title>");
+    svg_blocks(html)
+        .into_iter()
+        .find(|b| b.contains(&needle))
+        .unwrap_or_else(|| panic!("no chart titled {title:?}"))
+}
+
+/// The y tick labels of a chart: the texts right-aligned left of the axis.
+fn y_ticks(svg: &str) -> Vec<String> {
+    svg.split(r#"text-anchor="end">"#)
+        .skip(1)
+        .filter_map(|t| t.split_once("</text>").map(|(v, _)| v.to_string()))
+        .filter(|v| v.parse::<f64>().is_ok())
+        .collect()
+}
+
+#[test]
+fn a_torn_last_line_is_skipped_with_a_warning() {
+    let dir = scratch("torn");
+    let file = dir.join("torn.jsonl");
+    let good = run_lines("hebbian", 0, None);
+    let lines = good.lines().count();
+    // A run killed mid-write: the last line stops halfway, with or without
+    // a newline after it.
+    for tail in ["", "\n"] {
+        std::fs::write(
+            &file,
+            format!("{good}{{\"type\":\"log\",\"epoch\":3,\"st{tail}"),
+        )
+        .unwrap();
+        let (html, out) = page_of(&dir, std::slice::from_ref(&file), &[]);
+        let err = stderr(&out);
+        assert!(err.contains("warning"), "{err}");
+        assert!(err.contains(&format!("torn.jsonl:{}", lines + 1)), "{err}");
+        assert!(html.contains("1 run in 1 group"), "{html:.400}");
+    }
+    // The same line anywhere but last is still an error.
+    std::fs::write(&file, format!("{{\"type\":\"log\",\"st\n{good}")).unwrap();
+    let out = report(&[&file, Path::new("-o"), &dir.join("r.html")], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("torn.jsonl:1"), "{}", stderr(&out));
+}
+
+#[test]
+fn many_groups_turn_their_labels_and_few_do_not() {
+    let dir = scratch("labels-turned");
+    let modes = [
+        "dense",
+        "hebbian",
+        "hebbian-grow",
+        "hebbian-grow-corr",
+        "hebbian-stop0.75",
+        "hebbian-zero-stop0.75",
+        "random",
+        "rigl",
+        "set",
+        "static",
+    ];
+    let file = dir.join("all.jsonl");
+    let all: String = modes.iter().map(|m| run_lines(m, 0, None)).collect();
+    std::fs::write(&file, all).unwrap();
+    let (html, _) = page_of(&dir, std::slice::from_ref(&file), &[]);
+    let bars = chart(&html, "Test accuracy per mode");
+    for m in modes {
+        assert!(
+            bars.contains(&format!(r#"rotate(-40)" text-anchor="end">{m}</text>"#)),
+            "{m} not turned"
+        );
+    }
+    // The turned labels get room of their own: the chart grows below.
+    let height = |svg: &str| -> f64 {
+        let h = svg.split_once("height=\"").unwrap().1;
+        h[..h.find('"').unwrap()].parse().unwrap()
+    };
+    assert!(height(bars) > 340.0 + 60.0, "{}", height(bars));
+
+    let (html, _) = page_of(&dir, &write_metrics(&dir), &[]);
+    let bars = chart(&html, "Test accuracy per mode");
+    assert!(!bars.contains("rotate(-40)"));
+    assert_eq!(height(bars), 340.0);
+}
+
+#[test]
+fn accuracy_charts_share_a_scale_from_zero_with_a_chance_line() {
+    let dir = scratch("chance");
+    let (html, _) = page_of(&dir, &write_metrics(&dir), &[]);
+    let bars = chart(&html, "Test accuracy per mode");
+    let epochs = chart(&html, "Test accuracy per epoch");
+    assert_eq!(y_ticks(bars), y_ticks(epochs));
+    assert_eq!(y_ticks(bars)[0], "0");
+    for svg in [bars, epochs] {
+        assert!(svg.contains(">chance 10%</text>"), "{svg:.300}");
+    }
+    // 100 classes (CIFAR-100's fine labels): chance is 1%.
+    let file = dir.join("c100.jsonl");
+    let per_class = vec!["0.5"; 100].join(",");
+    let text = run_lines("dense", 0, None).replace(
+        r#""per_class_accuracy":[0.4,0.5,0.3,0.2,0.3,0.4,0.5,0.5,0.6,0.5]"#,
+        &format!(r#""per_class_accuracy":[{per_class}]"#),
+    );
+    std::fs::write(&file, text).unwrap();
+    let (html, _) = page_of(&dir, std::slice::from_ref(&file), &[]);
+    assert!(chart(&html, "Test accuracy per mode").contains(">chance 1%</text>"));
+}
+
+#[test]
+fn mask_updates_are_marked_on_the_loss_and_accuracy_charts() {
+    let dir = scratch("updates");
+    let (html, _) = page_of(&dir, &write_metrics(&dir), &[]);
+    // The fixture updates every 500 steps up to 3000, in both sparse modes.
+    let loss = chart(&html, "Training loss");
+    assert_eq!(loss.matches(r#"<g class="event">"#).count(), 6);
+    assert!(loss.contains("<title>mask update at step 500: hebbian, random</title>"));
+    assert!(loss.contains(">mask update</text>"));
+    // On the epoch axis (1,000 steps an epoch) the same six.
+    let epochs = chart(&html, "Test accuracy per epoch");
+    assert_eq!(epochs.matches(r#"<g class="event">"#).count(), 6);
+    // A dense run alone has no updates to mark.
+    let file = dir.join("dense.jsonl");
+    std::fs::write(&file, run_lines("dense", 0, None)).unwrap();
+    let (html, _) = page_of(&dir, std::slice::from_ref(&file), &[]);
+    assert!(!chart(&html, "Training loss").contains("mask update"));
+}
+
+/// SET, RigL and Hebbian growth regrow exactly as many connections as they
+/// drop, so the two series coincide; both must still show.
+#[test]
+fn regrown_and_dropped_are_drawn_apart_when_equal() {
+    let dir = scratch("equal");
+    let file = dir.join("set.jsonl");
+    let mut text = String::new();
+    for line in run_lines("set", 0, None).lines() {
+        if line.contains(r#""type":"progress""#) {
+            // regrown = dropped, nothing revived.
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let dropped = v["dropped"].as_f64().unwrap();
+            let mut v = v.clone();
+            v["regrown"] = dropped.into();
+            v["revived"] = 0.0.into();
+            text += &v.to_string();
+        } else {
+            text += line;
+        }
+        text.push('\n');
+    }
+    std::fs::write(&file, text).unwrap();
+    let (html, _) = page_of(&dir, std::slice::from_ref(&file), &[]);
+    let changes = chart(&html, "Connection changes: conv2 (set)");
+    let lines: Vec<&str> = changes
+        .split("<polyline ")
+        .skip(1)
+        .map(|p| &p[..p.find("/>").unwrap()])
+        .filter(|p| !p.contains("#333333")) // the axes
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    // Same points, different strokes: a wide pale line under a dashed one.
+    let points = |p: &str| p.split('"').nth(1).unwrap().to_string();
+    assert_eq!(points(lines[0]), points(lines[1]));
+    assert!(lines[0].contains(r#"stroke-width="5""#) && lines[0].contains("stroke-opacity"));
+    assert!(lines[1].contains("stroke-dasharray"));
+    // And different markers: round ones for dropped, square for regrown.
+    assert_eq!(changes.matches("<title>conv2 dropped at step").count(), 6);
+    assert_eq!(changes.matches("<title>conv2 regrown at step").count(), 6);
+    assert!(changes.contains(r#"r="5.5""#));
+}
+
+#[test]
+fn kernel_grids_have_a_colour_scale() {
+    let dir = scratch("scale");
+    let export = dir.join("export");
+    write_export(&export);
+    let (html, _) = page_of(
+        &dir,
+        &write_metrics(&dir),
+        &["--export", export.to_str().unwrap()],
+    );
+    let grid = chart(&html, "Active taps: conv2 (16×6 kernels of 5×5)");
+    assert!(grid.contains(">weight</text>") && grid.contains(">pruned</text>"));
+    // Its ends are the layer's largest |w| among active taps.
+    assert!(
+        grid.contains(">−0.") && grid.contains(">+0."),
+        "{grid:.200}"
+    );
+    let heat = chart(&html, "Tap frequency: conv2");
+    assert!(heat.contains(">0%</text>"));
+}
+
+/// A ResNet-like layer: named as the model names it, 64×64 kernels of 3×3.
+/// Its grid is cropped to 16×16 kernels and a map of 32×32 blocks shows
+/// the whole, so the page stays a sane size.
+#[test]
+fn big_layers_with_dotted_names_stay_a_sane_size() {
+    let dir = scratch("big");
+    let file = dir.join("big.jsonl");
+    let layers = [("layer2.0.conv1", 36864.0), ("layer2.0.conv2", 36864.0)];
+    std::fs::write(&file, run_lines_with("hebbian", 0, None, &layers)).unwrap();
+    let export = dir.join("export");
+    write_export_of(&export, &[("layer2.0.conv1", [64, 64, 3, 3])]);
+    let svgs = dir.join("svgs");
+    let (html, _) = page_of(
+        &dir,
+        std::slice::from_ref(&file),
+        &[
+            "--export",
+            export.to_str().unwrap(),
+            "--svg-dir",
+            svgs.to_str().unwrap(),
+        ],
+    );
+    chart(&html, "Connection changes: layer2.0.conv1 (hebbian)");
+    chart(&html, "Connection changes: layer2.0.conv2 (hebbian)");
+    let grid = chart(
+        &html,
+        "Active taps: layer2.0.conv1 (first 16×16 of 64×64 kernels of 3×3)",
+    );
+    assert_eq!(grid.matches(r#"class="kernel""#).count(), 16 * 16);
+    let map = chart(&html, "Active taps per kernel: layer2.0.conv1 (2×2 blocks)");
+    assert_eq!(map.matches(r#"class="tap""#).count(), 32 * 32);
+    assert!(map.contains("<title>out 0–1, in 62–63: "), "{map:.300}");
+    // Elements per layer: a few thousand at most, not tens of thousands.
+    let elements = |svg: &str| svg.matches('<').count() - svg.matches("</").count();
+    assert!(elements(grid) < 3000, "{} elements", elements(grid));
+    assert!(elements(map) < 3000, "{} elements", elements(map));
+    for svg in svg_blocks(&html) {
+        check_well_formed(svg).unwrap();
+    }
+    assert!(svgs
+        .join("active-taps-per-kernel-layer2-0-conv1-2-2-blocks.svg")
+        .exists());
 }

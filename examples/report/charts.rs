@@ -1,20 +1,95 @@
 //! The report's charts and its summary table, each built from grouped runs
 //! or from one export folder. A group keeps the same colour in every chart.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::export::Export;
+use crate::export::{Export, Layer};
 use crate::metrics::{across, mean_std, Group, Progress, Run};
 use crate::plural;
-use crate::svg::{colour, escape, heat_map, kernel_grid, Plot};
+use crate::svg::{
+    colour, escape, heat_map, kernel_grid, nice_range, Plot, Shape, Stroke, GRID_MAX_CHANNELS,
+};
 
 /// Markers for every point when a series is short enough to read them.
 const DOTS_UP_TO: usize = 24;
 
+/// At most this many mask-update lines on a chart; more would be a grey
+/// wash (a run that updates every few batches), so every k-th is drawn.
+const MAX_UPDATE_LINES: usize = 100;
+
+/// Colour of the chance line.
+const CHANCE: &str = "#333333";
+
+/// Chance accuracy in percent: 1 / the number of classes, which the
+/// summaries give (their per-class accuracies); 10 classes without one, as
+/// the network has 10 outputs.
+fn chance_percent(groups: &[Group]) -> f64 {
+    let classes = groups
+        .iter()
+        .flat_map(|g| &g.runs)
+        .find_map(|r| r.summary.as_ref().and_then(|s| s.classes))
+        .unwrap_or(10);
+    100.0 / classes as f64
+}
+
+/// The top of both accuracy charts' axes: one scale for the bars of final
+/// accuracy and the curves per epoch, so they read against each other.
+fn accuracy_top(groups: &[Group]) -> f64 {
+    let mut top = chance_percent(groups);
+    for run in groups.iter().flat_map(|g| &g.runs) {
+        let finals = run.final_accuracy().into_iter();
+        for a in finals.chain(run.accuracy.values().copied()) {
+            if a.is_finite() {
+                top = top.max(100.0 * a);
+            }
+        }
+    }
+    nice_range(0.0, (top * 1.03).min(100.0)).1
+}
+
+/// Mask update steps of every group, each with the groups that updated
+/// then, thinned to at most [`MAX_UPDATE_LINES`]; and the thinning step.
+fn update_lines<'a>(groups: &'a [Group]) -> (Vec<(u64, Vec<&'a str>)>, usize) {
+    let mut at: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+    for g in groups {
+        for step in g.update_steps() {
+            at.entry(step).or_default().push(&g.name);
+        }
+    }
+    let every = at.len().div_ceil(MAX_UPDATE_LINES).max(1);
+    (at.into_iter().step_by(every).collect(), every)
+}
+
+/// Draws the mask updates on `plot` as vertical lines, at `x(step)`
+/// (None: not placeable), with a legend entry if there are any.
+fn mark_updates(plot: &mut Plot, groups: &[Group], x: &dyn Fn(&str, u64) -> Option<f64>) {
+    let (lines, every) = update_lines(groups);
+    let mut any = false;
+    for (step, names) in &lines {
+        let Some(at) = names.iter().find_map(|n| x(n, *step)) else {
+            continue;
+        };
+        any = true;
+        plot.vline(
+            at,
+            &format!("mask update at step {step}: {}", names.join(", ")),
+        );
+    }
+    if any {
+        let name = if every == 1 {
+            "mask update".to_string()
+        } else {
+            format!("mask update (every {every}th)")
+        };
+        plot.legend_events(&name);
+    }
+}
+
 /// Training loss vs step: per group the mean over its runs, with the
-/// min–max band over runs behind it.
+/// min–max band over runs behind it, and the mask updates.
 pub fn loss(groups: &[Group]) -> Option<String> {
-    let mut plot = Plot::new("Training loss", "step", "training loss", 760.0, 360.0);
+    let mut plot = Plot::new("Training loss", "step", "training loss", 760.0, 360.0).x_from_zero();
     let mut any = false;
     for (i, g) in groups.iter().enumerate() {
         let stats = across(g.runs.iter().map(|r| &r.loss));
@@ -27,7 +102,11 @@ pub fn loss(groups: &[Group]) -> Option<String> {
         if runs > 1 {
             plot.band(stats.iter().map(|s| (s.x, s.min, s.max)).collect(), c);
         }
-        plot.line(stats.iter().map(|s| (s.x, s.mean)).collect(), c, false);
+        plot.line(
+            stats.iter().map(|s| (s.x, s.mean)).collect(),
+            c,
+            Stroke::SOLID,
+        );
         if stats.len() <= DOTS_UP_TO {
             for s in &stats {
                 let tip = format!("{}: step {}, mean loss {:.4}", g.name, s.x, s.mean);
@@ -36,10 +115,12 @@ pub fn loss(groups: &[Group]) -> Option<String> {
         }
         plot.legend(&format!("{} ({})", g.name, plural(runs, "run")), c);
     }
+    mark_updates(&mut plot, groups, &|_, step| Some(step as f64));
     any.then(|| plot.finish())
 }
 
-/// Final test accuracy per group: a bar at the mean, a dot per run.
+/// Final test accuracy per group: a bar at the mean, a dot per run, and
+/// the chance line.
 pub fn accuracy_bars(groups: &[Group]) -> Option<String> {
     let names = groups.iter().map(|g| g.name.clone()).collect();
     let mut plot = Plot::new(
@@ -50,7 +131,7 @@ pub fn accuracy_bars(groups: &[Group]) -> Option<String> {
         340.0,
     )
     .categories(names)
-    .y_from_zero();
+    .y_range(0.0, accuracy_top(groups));
     let mut any = false;
     for (i, g) in groups.iter().enumerate() {
         let accs: Vec<(&Run, f64)> = g
@@ -78,10 +159,13 @@ pub fn accuracy_bars(groups: &[Group]) -> Option<String> {
             );
         }
     }
+    let chance = chance_percent(groups);
+    plot.hline(chance, CHANCE, &format!("chance {chance:.0}%"));
     any.then(|| plot.finish())
 }
 
-/// Test accuracy at the end of each epoch: mean line and min–max band per group.
+/// Test accuracy at the end of each epoch: mean line and min–max band per
+/// group, on the bars' scale, with the chance line and the mask updates.
 pub fn accuracy_per_epoch(groups: &[Group]) -> Option<String> {
     let mut plot = Plot::new(
         "Test accuracy per epoch",
@@ -90,7 +174,9 @@ pub fn accuracy_per_epoch(groups: &[Group]) -> Option<String> {
         460.0,
         340.0,
     )
-    .x_whole();
+    .x_whole()
+    .x_from_zero()
+    .y_range(0.0, accuracy_top(groups));
     let mut any = false;
     for (i, g) in groups.iter().enumerate() {
         let stats = across(g.runs.iter().map(|r| &r.accuracy));
@@ -109,7 +195,7 @@ pub fn accuracy_per_epoch(groups: &[Group]) -> Option<String> {
         plot.line(
             stats.iter().map(|s| (s.x, 100.0 * s.mean)).collect(),
             c,
-            false,
+            Stroke::SOLID,
         );
         for s in &stats {
             let tip = format!("{}: epoch {}, mean {:.2}%", g.name, s.x, 100.0 * s.mean);
@@ -117,28 +203,85 @@ pub fn accuracy_per_epoch(groups: &[Group]) -> Option<String> {
         }
         plot.legend(&g.name, c);
     }
+    let chance = chance_percent(groups);
+    plot.hline(chance, CHANCE, &format!("chance {chance:.0}%"));
+    // Steps become epochs through the group's own steps per epoch.
+    let per_epoch: BTreeMap<&str, f64> = groups
+        .iter()
+        .filter_map(|g| {
+            let spe = g.runs.iter().find_map(|r| r.steps_per_epoch())?;
+            Some((g.name.as_str(), spe))
+        })
+        .collect();
+    mark_updates(&mut plot, groups, &|name, step| {
+        per_epoch.get(name).map(|spe| step as f64 / spe)
+    });
     any.then(|| plot.finish())
 }
 
+/// How each kind of change is drawn in the connection-change charts. The
+/// regrown count often equals the dropped one (SET, RigL and Hebbian
+/// growth regrow what they drop), so dropped is a wide pale line with big
+/// round markers, and regrown a dashed line with small square ones on top:
+/// where they coincide, both still show.
+const CHANGES: [(&str, usize, Stroke, Shape, f64); 3] = [
+    (
+        "dropped",
+        3,
+        Stroke {
+            width: 5.0,
+            dash: None,
+            opacity: 0.4,
+        },
+        Shape::Circle,
+        5.5,
+    ),
+    (
+        "regrown",
+        0,
+        Stroke {
+            width: 2.0,
+            dash: Some("6 3"),
+            opacity: 1.0,
+        },
+        Shape::Square,
+        3.0,
+    ),
+    (
+        "revived",
+        2,
+        Stroke {
+            width: 2.0,
+            dash: Some("2 2"),
+            opacity: 1.0,
+        },
+        Shape::Diamond,
+        2.6,
+    ),
+];
+
 /// For one group with mask updates: per sparse layer, the connections
-/// revived, regrown and dropped at each progress step (mean over runs), then
-/// one chart of each layer's active fraction.
+/// dropped, regrown and revived at each progress step (mean over runs),
+/// then one chart of the turnover: the share of each layer's active
+/// connections that every update drops.
 pub fn progress(group: &Group) -> Vec<String> {
     let layers = group.layers();
     if layers.is_empty() {
         return Vec::new();
     }
     let mut charts = Vec::new();
-    let mut density = Plot::new(
-        &format!("Active connections ({})", group.name),
+    let mut turnover = Plot::new(
+        &format!("Turnover ({})", group.name),
         "step",
-        "active (% of layer)",
+        "dropped (% of active connections)",
         360.0,
         250.0,
     )
-    .y_from_zero();
+    .x_from_zero()
+    // Shares: one scale for every mode, so that the charts compare.
+    .y_range(0.0, 100.0);
     for (li, layer) in layers.iter().enumerate() {
-        let series = |pick: fn(&Progress) -> f64| {
+        let series = |pick: &dyn Fn(&Progress) -> f64| {
             let per_run: Vec<_> = group
                 .runs
                 .iter()
@@ -157,32 +300,52 @@ pub fn progress(group: &Group) -> Vec<String> {
             360.0,
             250.0,
         )
+        .x_from_zero()
         .y_log();
-        for (name, c, pick) in [
-            (
-                "revived",
-                colour(2),
-                (|p| p.revived) as fn(&Progress) -> f64,
-            ),
-            ("regrown", colour(0), |p| p.regrown),
-            ("dropped", colour(3), |p| p.dropped),
-        ] {
-            let points = series(pick);
+        for (name, c, stroke, shape, r) in CHANGES {
+            let c = colour(c);
+            let points = series(&|p| match name {
+                "dropped" => p.dropped,
+                "regrown" => p.regrown,
+                _ => p.revived,
+            });
+            plot.line(points.clone(), c, stroke);
             if points.len() <= DOTS_UP_TO {
                 for &(x, y) in &points {
-                    plot.dot(x, y, c, &format!("{layer} {name} at step {x}: {y:.1}"));
+                    let tip = format!("{layer} {name} at step {x}: {y:.1}");
+                    plot.marker(x, y, c, (shape, r), &tip);
                 }
             }
-            plot.line(points, c, false);
-            plot.legend(name, c);
+            plot.legend_line(name, c, stroke, Some(shape));
         }
         charts.push(plot.finish());
-        let active = series(|p| 100.0 * p.active / p.total);
-        // Layers often share a density: dash every other one so both show.
-        density.line(active, colour(4 + li), li % 2 == 1);
-        density.legend(layer, colour(4 + li));
+        let share = series(&|p| 100.0 * p.dropped / p.active_before());
+        let c = colour(4 + li);
+        // Layers often turn over alike (SET: a third of each): the first is
+        // a wide pale line with large markers, the others narrower, dashed
+        // every other one, with smaller markers of other shapes, so that
+        // lines and markers on top leave the ones below showing.
+        let stroke = match li {
+            0 => Stroke {
+                width: 4.0,
+                dash: None,
+                opacity: 0.5,
+            },
+            _ if li % 2 == 1 => Stroke::DASHED,
+            _ => Stroke::SOLID,
+        };
+        let shape = [Shape::Circle, Shape::Square, Shape::Diamond][li % 3];
+        let r = (5.5 - 2.5 * li as f64).max(2.5);
+        if share.len() <= DOTS_UP_TO {
+            for &(x, y) in &share {
+                let tip = format!("{layer} at step {x}: {y:.1}% dropped");
+                turnover.marker(x, y, c, (shape, r), &tip);
+            }
+        }
+        turnover.line(share, c, stroke);
+        turnover.legend_line(layer, c, stroke, Some(shape));
     }
-    charts.push(density.finish());
+    charts.push(turnover.finish());
     charts
 }
 
@@ -266,11 +429,36 @@ pub fn summary_table(groups: &[Group]) -> String {
     s
 }
 
-/// Kernels per layer above which the tap grid is left out (it would be a
-/// poster, not a chart); the heat map still shows.
-const MAX_GRID_KERNELS: usize = 4096;
+/// A map of a big layer has at most this many cells a side; more kernels
+/// are averaged in square blocks.
+const MAP_MAX_CELLS: usize = 32;
 
-/// One export folder: per layer, its kernels' active taps and the tap
+/// The share of active taps in each (out, in) kernel of a layer, averaged
+/// over blocks of b×b kernels so that the map has at most
+/// [`MAP_MAX_CELLS`] a side: (rows, cols, b, values).
+fn kernel_density_blocks(layer: &Layer) -> (usize, usize, usize, Vec<f64>) {
+    let [o, c, kh, kw] = layer.shape;
+    let taps = kh * kw;
+    let b = o.max(c).div_ceil(MAP_MAX_CELLS).max(1);
+    let (rows, cols) = (o.div_ceil(b), c.div_ceil(b));
+    let mut sums = vec![0.0f64; rows * cols];
+    let mut counts = vec![0usize; rows * cols];
+    for (k, kernel) in layer.mask.chunks_exact(taps).enumerate() {
+        let (oi, ci) = (k / c, k % c);
+        let cell = (oi / b) * cols + ci / b;
+        sums[cell] += kernel.iter().filter(|&&m| m != 0.0).count() as f64 / taps as f64;
+        counts[cell] += 1;
+    }
+    let values = sums
+        .iter()
+        .zip(&counts)
+        .map(|(s, &n)| s / n.max(1) as f64)
+        .collect();
+    (rows, cols, b, values)
+}
+
+/// One export folder: per layer, its kernels' active taps (all of them, or
+/// for a big layer the first channels and a map of the whole) and the tap
 /// frequency heat map.
 pub fn export_section(export: &Export) -> String {
     let mut s = String::new();
@@ -303,25 +491,74 @@ pub fn export_section(export: &Export) -> String {
     );
     for layer in &export.layers {
         let [o, c, kh, kw] = layer.shape;
+        let whole = o <= GRID_MAX_CHANNELS && c <= GRID_MAX_CHANNELS;
+        let (title, shown) = if whole {
+            (
+                format!("Active taps: {} ({o}×{c} kernels of {kh}×{kw})", layer.name),
+                String::new(),
+            )
+        } else {
+            let (so, sc) = (o.min(GRID_MAX_CHANNELS), c.min(GRID_MAX_CHANNELS));
+            (
+                format!(
+                    "Active taps: {} (first {so}×{sc} of {o}×{c} kernels of {kh}×{kw})",
+                    layer.name
+                ),
+                format!(
+                    " Only output channels 0–{} and input channels 0–{} are drawn; the map beside it shows the whole layer.",
+                    so - 1,
+                    sc - 1
+                ),
+            )
+        };
         let caption = format!(
-            "{}: {:.1}% of connections active. Red: positive weight, blue: negative, darker = larger |w|; grey: pruned.",
+            "{}: {:.1}% of connections active. Red: positive weight, blue: negative, darker = larger |w|; grey: pruned.{shown}",
             layer.name,
             100.0 * layer.density()
         );
-        if o * c <= MAX_GRID_KERNELS {
-            let title = format!("Active taps: {} ({o}×{c} kernels of {kh}×{kw})", layer.name);
-            let grid = kernel_grid(&title, layer.shape, &layer.mask, layer.weight.as_deref());
-            let _ = write!(
-                s,
-                "<figure>{grid}<figcaption>{}</figcaption></figure>",
-                escape(&caption)
+        let grid = kernel_grid(&title, layer.shape, &layer.mask, layer.weight.as_deref());
+        let _ = write!(
+            s,
+            "<figure>{grid}<figcaption>{}</figcaption></figure>",
+            escape(&caption)
+        );
+        if !whole {
+            let (rows, cols, b, values) = kernel_density_blocks(layer);
+            let title = if b == 1 {
+                format!("Active taps per kernel: {}", layer.name)
+            } else {
+                format!("Active taps per kernel: {} ({b}×{b} blocks)", layer.name)
+            };
+            let name_of = |r: usize, col: usize| {
+                if b == 1 {
+                    format!("out {r}, in {col}")
+                } else {
+                    format!(
+                        "out {}–{}, in {}–{}",
+                        r * b,
+                        ((r + 1) * b).min(o) - 1,
+                        col * b,
+                        ((col + 1) * b).min(c) - 1
+                    )
+                }
+            };
+            let map = heat_map(
+                &title,
+                (rows, cols),
+                ("output channel", "input channel"),
+                &values,
+                &name_of,
+                &format!("% of a kernel's {} taps active", kh * kw),
             );
+            let _ = write!(s, "<figure>{map}</figure>");
         }
         let heat = heat_map(
             &format!("Tap frequency: {}", layer.name),
-            kh,
-            kw,
+            (kh, kw),
+            ("kernel row ki", "kernel column kj"),
             &layer.tap_frequency(),
+            &|ki, kj| format!("({ki}, {kj})"),
+            "% of kernels with that tap active",
         );
         let _ = write!(s, "<figure>{heat}</figure>");
     }

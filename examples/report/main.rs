@@ -210,26 +210,28 @@ fn page(
     figure(
         &mut s,
         charts::loss(groups),
-        "Mean training loss since the previous log line. Line: mean over the runs of a mode; band: min–max over them.",
+        "Mean training loss since the previous log line. Line: mean over the runs of a mode; band: min–max over them; grey dashes: mask updates.",
     );
     s.push_str("</div><h2>Test accuracy</h2><div class=\"charts\">");
     figure(
         &mut s,
         charts::accuracy_bars(groups),
-        "Bar: mean final test accuracy of a mode; dots: its runs (seeds).",
+        "Bar: mean final test accuracy of a mode; dots: its runs (seeds); dashed line: chance.",
     );
     figure(
         &mut s,
         charts::accuracy_per_epoch(groups),
-        "Test accuracy at the end of each epoch. Line: mean over runs; band: min–max.",
+        "Test accuracy at the end of each epoch, on the same scale as the bars. Line: mean over runs; band: min–max; dashed line: chance; grey dashes: mask updates.",
     );
     s.push_str("</div>");
 
     let with_progress: Vec<&Group> = groups.iter().filter(|g| !g.layers().is_empty()).collect();
     if !with_progress.is_empty() {
         s.push_str(
-            "<h2>Mask updates</h2><p class=\"note\">At each progress step, per sparse layer: connections revived, \
-             regrown and dropped (mean over runs), and the fraction of the layer active afterwards.</p>",
+            "<h2>Mask updates</h2><p class=\"note\">At each mask update, per sparse layer: the connections dropped \
+             (active before, learned weight gone), regrown (grown with a fresh value) and revived (kept, but inactive before), \
+             mean over runs on a log(1 + n) axis; then the turnover: dropped as a share of the layer's active connections \
+             just before each update (kept + dropped).</p>",
         );
         for g in with_progress {
             let _ = write!(s, "<h3>{}</h3><div class=\"charts\">", escape(&g.name));
@@ -242,8 +244,9 @@ fn page(
 
     if !exports.is_empty() {
         s.push_str(
-            "<h2>Exported masks</h2><p class=\"note\">Every (output, input) kernel of each conv layer as a small grid of its taps, \
-             and how often each tap position is active across the layer's kernels.</p>",
+            "<h2>Exported masks</h2><p class=\"note\">Every (output, input) kernel of each conv layer as a small grid of its taps \
+             (for a layer of more than 16 output or input channels, the first 16 of each, and a map of the share of active taps \
+             per kernel over the whole layer), and how often each tap position is active across the layer's kernels.</p>",
         );
         for e in exports {
             s.push_str(&charts::export_section(e));

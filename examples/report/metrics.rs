@@ -5,7 +5,9 @@
 //! A file may hold several runs in sequence (config … summary). A resumed run
 //! appends a config line with `"resumed": true` and continues the run before
 //! it, repeating some steps; the later value of a step wins. Unknown line
-//! types and unknown keys are skipped, so newer files still load.
+//! types and unknown keys are skipped, so newer files still load. A last
+//! line that is not JSON at all is a write cut short (a killed run, a full
+//! disk): it is skipped with a warning; anywhere else it is an error.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,8 +20,19 @@ pub struct Progress {
     pub revived: f64,
     pub regrown: f64,
     pub dropped: f64,
+    /// Active connections kept from before the update, when the line says.
+    pub kept: Option<f64>,
     pub active: f64,
-    pub total: f64,
+}
+
+impl Progress {
+    /// Connections active just before the update: those it kept and those
+    /// it dropped (revived and regrown ones were inactive). Without `kept`,
+    /// the active count after it, which equals it when the rule keeps the
+    /// density constant.
+    pub fn active_before(&self) -> f64 {
+        self.kept.map_or(self.active, |k| k + self.dropped)
+    }
 }
 
 /// The last line of a finished run.
@@ -30,6 +43,8 @@ pub struct Summary {
     pub conv_density: Vec<f64>,
     pub train_seconds: Option<f64>,
     pub images_per_second: Option<f64>,
+    /// Number of classes, from the length of `per_class_accuracy`.
+    pub classes: Option<usize>,
 }
 
 /// One training run: everything from its config line to its summary.
@@ -42,6 +57,8 @@ pub struct Run {
     pub loss: BTreeMap<u64, f64>,
     /// epoch → test accuracy (a fraction) at the end of that epoch.
     pub accuracy: BTreeMap<u64, f64>,
+    /// epoch → the step it ended at, to place steps on an epoch axis.
+    pub epoch_steps: BTreeMap<u64, u64>,
     /// Per sparse layer, in the order first seen: step → mask update.
     pub progress: Vec<(String, BTreeMap<u64, Progress>)>,
     pub summary: Option<Summary>,
@@ -55,6 +72,7 @@ impl Run {
             seed,
             loss: BTreeMap::new(),
             accuracy: BTreeMap::new(),
+            epoch_steps: BTreeMap::new(),
             progress: Vec::new(),
             summary: None,
         }
@@ -81,6 +99,19 @@ impl Run {
             .as_ref()
             .and_then(|s| s.test_accuracy)
             .or_else(|| self.accuracy.values().next_back().copied())
+    }
+
+    /// The steps at which the masks were updated (any layer).
+    pub fn update_steps(&self) -> impl Iterator<Item = u64> + '_ {
+        self.progress
+            .iter()
+            .flat_map(|(_, steps)| steps.keys().copied())
+    }
+
+    /// Training steps per epoch, from the epoch lines' steps.
+    pub fn steps_per_epoch(&self) -> Option<f64> {
+        let (&epoch, &step) = self.epoch_steps.iter().next()?;
+        (epoch > 0 && step > 0).then(|| step as f64 / epoch as f64)
     }
 
     pub fn layer(&self, name: &str) -> Option<&BTreeMap<u64, Progress>> {
@@ -143,13 +174,24 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Run>, String> {
         .map_err(|_| format!("{}: not UTF-8 text (expected JSON lines)", path.display()))?;
     let mut runs = Vec::new();
     let mut current: Option<Run> = None;
-    for (i, line) in content.lines().enumerate() {
+    let lines: Vec<&str> = content.lines().collect();
+    let last = lines.iter().rposition(|l| !l.trim().is_empty());
+    for (i, line) in lines.into_iter().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let at = format!("{}:{}", path.display(), i + 1);
-        let value: Value =
-            serde_json::from_str(line).map_err(|e| format!("{at}: malformed JSON: {e}"))?;
+        let value: Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            // The writer appends whole lines, so only the last can be cut
+            // short (the run was killed mid-write, or the disk filled up):
+            // the lines before it are still good.
+            Err(e) if Some(i) == last => {
+                eprintln!("warning: {at}: skipped the last line, which is not whole JSON ({e}); the run that wrote it was probably cut short");
+                continue;
+            }
+            Err(e) => return Err(format!("{at}: malformed JSON: {e}")),
+        };
         let obj = value
             .as_object()
             .ok_or_else(|| format!("{at}: expected a JSON object, found {line:.40}"))?;
@@ -188,15 +230,19 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Run>, String> {
                     revived: field("revived")?,
                     regrown: field("regrown")?,
                     dropped: field("dropped")?,
+                    kept: obj.get("kept").and_then(Value::as_f64),
                     active: field("active")?,
-                    total: field("total")?,
                 };
                 open(&mut current).layer_mut(&layer).insert(step, update);
             }
             "epoch" => {
                 let epoch = count(obj, "epoch", &at)?;
+                let run = open(&mut current);
+                if let Some(step) = obj.get("step").and_then(Value::as_u64) {
+                    run.epoch_steps.insert(epoch, step);
+                }
                 if let Some(acc) = number(obj, "test_accuracy", &at)? {
-                    open(&mut current).accuracy.insert(epoch, acc);
+                    run.accuracy.insert(epoch, acc);
                 }
             }
             "summary" => {
@@ -210,6 +256,11 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Run>, String> {
                     conv_density,
                     train_seconds: obj.get("train_seconds").and_then(Value::as_f64),
                     images_per_second: obj.get("train_images_per_second").and_then(Value::as_f64),
+                    classes: obj
+                        .get("per_class_accuracy")
+                        .and_then(Value::as_array)
+                        .map(Vec::len)
+                        .filter(|&n| n > 0),
                 };
                 let mut run = current.take().unwrap_or_else(|| Run::new(None, None, None));
                 // A file without a config line still says what ran here.
@@ -246,6 +297,11 @@ pub struct Group<'a> {
 }
 
 impl Group<'_> {
+    /// Mask update steps of any of the group's runs, in order.
+    pub fn update_steps(&self) -> std::collections::BTreeSet<u64> {
+        self.runs.iter().flat_map(|r| r.update_steps()).collect()
+    }
+
     /// Sparse layer names across the group's runs, in the order first seen.
     pub fn layers(&self) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();

@@ -108,13 +108,91 @@ fn text_width(text: &str, size: f64) -> f64 {
     text.chars().count() as f64 * size * 0.6
 }
 
+/// How a line is drawn: its width, an SVG dash pattern (`None`: solid) and
+/// its opacity. Series that can coincide (the connections regrown and
+/// dropped at a mask update are often equal) get different strokes, so the
+/// one on top does not hide the other.
+#[derive(Clone, Copy, Debug)]
+pub struct Stroke {
+    pub width: f64,
+    pub dash: Option<&'static str>,
+    pub opacity: f64,
+}
+
+impl Stroke {
+    pub const SOLID: Stroke = Stroke {
+        width: 2.0,
+        dash: None,
+        opacity: 1.0,
+    };
+    pub const DASHED: Stroke = Stroke {
+        width: 2.0,
+        dash: Some("5 3"),
+        opacity: 1.0,
+    };
+
+    fn attributes(&self) -> String {
+        let mut a = format!(r#" stroke-width="{}""#, self.width);
+        if let Some(d) = self.dash {
+            let _ = write!(a, r#" stroke-dasharray="{d}""#);
+        }
+        if self.opacity < 1.0 {
+            let _ = write!(a, r#" stroke-opacity="{}""#, self.opacity);
+        }
+        a
+    }
+}
+
+/// The shape of a point marker: series that share points stay apart by
+/// shape as well as by colour.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Shape {
+    Circle,
+    Square,
+    Diamond,
+}
+
+/// `shape` centred on (cx, cy), `r` its half-size, with an optional tooltip.
+fn marker(shape: Shape, cx: f64, cy: f64, r: f64, colour: &str, tip: &str) -> String {
+    let body = match shape {
+        Shape::Circle => format!(r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="{r:.1}""#),
+        Shape::Square => format!(
+            r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}""#,
+            cx - r,
+            cy - r,
+            2.0 * r,
+            2.0 * r
+        ),
+        Shape::Diamond => format!(
+            r#"<polygon points="{:.1},{cy:.1} {cx:.1},{:.1} {:.1},{cy:.1} {cx:.1},{:.1}""#,
+            cx - 1.3 * r,
+            cy - 1.3 * r,
+            cx + 1.3 * r,
+            cy + 1.3 * r
+        ),
+    };
+    let close = match shape {
+        Shape::Circle => "circle",
+        Shape::Square => "rect",
+        Shape::Diamond => "polygon",
+    };
+    if tip.is_empty() {
+        format!(r##"{body} fill="{colour}" stroke="#ffffff" stroke-width="1"/>"##)
+    } else {
+        format!(
+            r##"{body} fill="{colour}" stroke="#ffffff" stroke-width="1"><title>{}</title></{close}>"##,
+            escape(tip)
+        )
+    }
+}
+
 /// Something drawn inside a plot, in data coordinates; laid out in
 /// [`Plot::finish`] once the axes are known.
 enum Mark {
     Line {
         points: Vec<(f64, f64)>,
         colour: String,
-        dashed: bool,
+        stroke: Stroke,
     },
     /// (x, low, high) triples: the area between two curves.
     Band {
@@ -125,6 +203,9 @@ enum Mark {
         x: f64,
         y: f64,
         colour: String,
+        shape: Shape,
+        /// Half-size in pixels.
+        r: f64,
         tip: String,
     },
     Bar {
@@ -134,7 +215,34 @@ enum Mark {
         colour: String,
         label: String,
     },
+    /// A thin vertical line across the plot at `x` (an event in time).
+    VLine { x: f64, tip: String },
+    /// A labelled horizontal reference line at `y` (a chance level).
+    HLine {
+        y: f64,
+        colour: String,
+        label: String,
+    },
 }
+
+/// What a legend entry shows beside its name.
+enum Key {
+    /// A filled swatch (a series' colour).
+    Swatch(String),
+    /// A short line in the series' stroke, with its marker.
+    Line(String, Stroke, Option<Shape>),
+    /// An event mark, as [`Plot::vline`] draws it.
+    Event,
+}
+
+/// Colour of the event ticks ([`Plot::vline`]), and of their lines across
+/// the plot, paler so that they stay behind the data.
+const EVENT_COLOUR: &str = "#555555";
+const EVENT_LINE_COLOUR: &str = "#d4d4d4";
+/// Event lines are drawn across the plot only while they are at least this
+/// many pixels apart; closer, they would hatch it, and only the ticks on
+/// its top edge are drawn.
+const EVENT_LINE_GAP: f64 = 12.0;
 
 /// A chart with a title, two labelled linear axes and a legend. The axis
 /// ranges follow the data; the x axis can instead hold named
@@ -146,12 +254,13 @@ pub struct Plot {
     width: f64,
     height: f64,
     x_range: Option<(f64, f64)>,
-    y_from_zero: bool,
+    x_from_zero: bool,
+    y_range: Option<(f64, f64)>,
     y_log: bool,
     x_whole: bool,
     categories: Vec<String>,
     marks: Vec<Mark>,
-    legend: Vec<(String, String)>,
+    legend: Vec<(String, Key)>,
 }
 
 const LEFT: f64 = 62.0;
@@ -159,6 +268,9 @@ const RIGHT: f64 = 18.0;
 const BOTTOM: f64 = 42.0;
 const TITLE_SIZE: f64 = 14.0;
 const FONT_SIZE: f64 = 11.0;
+/// Category labels are turned this many degrees when they would not fit
+/// side by side.
+const LABEL_TURN: f64 = 40.0;
 
 impl Plot {
     pub fn new(title: &str, x_label: &str, y_label: &str, width: f64, height: f64) -> Plot {
@@ -169,7 +281,8 @@ impl Plot {
             width,
             height,
             x_range: None,
-            y_from_zero: false,
+            x_from_zero: false,
+            y_range: None,
             y_log: false,
             x_whole: false,
             categories: Vec::new(),
@@ -178,9 +291,16 @@ impl Plot {
         }
     }
 
-    /// Makes the y axis start at 0 (counts, accuracies).
-    pub fn y_from_zero(mut self) -> Plot {
-        self.y_from_zero = true;
+    /// Fixes the y axis to [lo, hi] whatever the data, so that charts of
+    /// the same quantity can share a scale.
+    pub fn y_range(mut self, lo: f64, hi: f64) -> Plot {
+        self.y_range = Some((lo, hi));
+        self
+    }
+
+    /// Makes the x axis start at 0 (steps and epochs: training starts there).
+    pub fn x_from_zero(mut self) -> Plot {
+        self.x_from_zero = true;
         self
     }
 
@@ -205,11 +325,11 @@ impl Plot {
         self
     }
 
-    pub fn line(&mut self, points: Vec<(f64, f64)>, colour: &str, dashed: bool) {
+    pub fn line(&mut self, points: Vec<(f64, f64)>, colour: &str, stroke: Stroke) {
         self.marks.push(Mark::Line {
             points,
             colour: colour.to_string(),
-            dashed,
+            stroke,
         });
     }
 
@@ -220,12 +340,21 @@ impl Plot {
         });
     }
 
-    /// A dot; `tip` shows when the mouse rests on it.
+    /// A round dot; `tip` shows when the mouse rests on it.
     pub fn dot(&mut self, x: f64, y: f64, colour: &str, tip: &str) {
+        self.marker(x, y, colour, (Shape::Circle, 3.5), tip);
+    }
+
+    /// A point marker of the given shape and half-size in pixels; `tip` as
+    /// for [`Plot::dot`]. Markers are drawn in the order given, so a larger
+    /// one given first shows around a smaller one at the same point.
+    pub fn marker(&mut self, x: f64, y: f64, colour: &str, (shape, r): (Shape, f64), tip: &str) {
         self.marks.push(Mark::Dot {
             x,
             y,
             colour: colour.to_string(),
+            shape,
+            r,
             tip: tip.to_string(),
         });
     }
@@ -241,8 +370,45 @@ impl Plot {
         });
     }
 
+    /// An event such as a mask update at `x`: a tick on the top edge of
+    /// the plot and, unless events crowd, a thin pale line across it behind
+    /// the data; `tip` names it. Does not widen the x axis.
+    pub fn vline(&mut self, x: f64, tip: &str) {
+        self.marks.push(Mark::VLine {
+            x,
+            tip: tip.to_string(),
+        });
+    }
+
+    /// A dashed horizontal reference line at `y`, `label` written above its
+    /// left end (where curves over epochs or steps have not started yet);
+    /// it widens the y axis to include `y`.
+    pub fn hline(&mut self, y: f64, colour: &str, label: &str) {
+        self.marks.push(Mark::HLine {
+            y,
+            colour: colour.to_string(),
+            label: label.to_string(),
+        });
+    }
+
+    /// A legend entry with a filled swatch.
     pub fn legend(&mut self, name: &str, colour: &str) {
-        self.legend.push((name.to_string(), colour.to_string()));
+        self.legend
+            .push((name.to_string(), Key::Swatch(colour.to_string())));
+    }
+
+    /// A legend entry showing a line's stroke (and marker), for series told
+    /// apart by how they are drawn.
+    pub fn legend_line(&mut self, name: &str, colour: &str, stroke: Stroke, shape: Option<Shape>) {
+        self.legend.push((
+            name.to_string(),
+            Key::Line(colour.to_string(), stroke, shape),
+        ));
+    }
+
+    /// A legend entry for [`Plot::vline`]'s events.
+    pub fn legend_events(&mut self, name: &str) {
+        self.legend.push((name.to_string(), Key::Event));
     }
 
     /// The data's extent along x (`along_x`) or y, over every mark.
@@ -282,6 +448,12 @@ impl Plot {
                         see(*y);
                     }
                 }
+                Mark::VLine { .. } => {}
+                Mark::HLine { y, .. } => {
+                    if !along_x {
+                        see(*y);
+                    }
+                }
             }
         }
         (lo, hi)
@@ -292,8 +464,12 @@ impl Plot {
     fn legend_layout(&self) -> (Vec<(f64, usize)>, usize) {
         let mut places = Vec::new();
         let (mut x, mut row) = (LEFT, 0);
-        for (name, _) in &self.legend {
-            let w = 18.0 + text_width(name, FONT_SIZE) + 14.0;
+        for (name, key) in &self.legend {
+            let key_w = match key {
+                Key::Swatch(_) | Key::Event => 18.0,
+                Key::Line(..) => 30.0,
+            };
+            let w = key_w + text_width(name, FONT_SIZE) + 14.0;
             if x + w > self.width - RIGHT && x > LEFT {
                 x = LEFT;
                 row += 1;
@@ -305,12 +481,35 @@ impl Plot {
         (places, rows)
     }
 
+    /// Whether the category labels must be turned to fit, and the extra
+    /// height they then need below the axis.
+    fn category_labels(&self) -> (bool, f64) {
+        if self.categories.is_empty() {
+            return (false, 0.0);
+        }
+        let slot = (self.width - LEFT - RIGHT) / self.categories.len() as f64;
+        let widest = self
+            .categories
+            .iter()
+            .map(|c| text_width(c, FONT_SIZE))
+            .fold(0.0, f64::max);
+        if widest + 4.0 <= slot {
+            (false, 0.0)
+        } else {
+            (true, widest * LABEL_TURN.to_radians().sin())
+        }
+    }
+
     /// Renders the plot as one `<svg>` element.
     pub fn finish(self) -> String {
         let (legend_places, legend_rows) = self.legend_layout();
         let top = 30.0 + 16.0 * legend_rows as f64 + 8.0;
+        // Turned category labels make the chart taller, not the plot smaller.
+        let (turned, label_room) = self.category_labels();
+        let height = self.height + label_room;
         let (x0, x1) = self.x_range.unwrap_or_else(|| {
             let (lo, hi) = self.extent(true);
+            let lo = if self.x_from_zero { lo.min(0.0) } else { lo };
             if lo.is_finite() && hi > lo {
                 (lo, hi)
             } else {
@@ -328,21 +527,24 @@ impl Plot {
         };
         let (lo, hi) = self.extent(false);
         let (y0, y1, y_ticks) = if log {
-            let top_value = log_ticks(hi.max(1.0)).last().copied().unwrap_or(1.0);
+            // Headroom, so the largest count does not run along the frame.
+            let top_value = log_ticks((1.5 * hi).max(1.0))
+                .last()
+                .copied()
+                .unwrap_or(1.0);
             let labels = log_ticks(top_value);
             let ticks: Vec<(f64, String)> =
                 labels.iter().map(|&v| (fy(v), v.to_string())).collect();
             (0.0, fy(top_value), ticks)
         } else {
-            let lo = if self.y_from_zero { lo.min(0.0) } else { lo };
-            // A little headroom so a flat line does not sit on the frame.
-            let pad = 0.03 * (hi - lo);
-            let lo = if self.y_from_zero && lo >= 0.0 {
-                lo
-            } else {
-                lo - pad
+            let (y0, y1) = match self.y_range {
+                Some(range) => range,
+                None => {
+                    // A little headroom so a flat line does not sit on the frame.
+                    let pad = 0.03 * (hi - lo);
+                    nice_range(lo - pad, hi + pad)
+                }
             };
-            let (y0, y1) = nice_range(lo, hi + pad);
             let step = nice_step(y0, y1, 5);
             let ticks = ticks(y0, y1, step)
                 .into_iter()
@@ -360,14 +562,14 @@ impl Plot {
             s,
             r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="{FONT_SIZE}" role="img"><title>{t}</title>"#,
             w = self.width,
-            h = self.height,
+            h = height,
             t = escape(&self.title)
         );
         let _ = write!(
             s,
             r##"<rect width="{}" height="{}" fill="#ffffff"/><text x="{}" y="20" font-size="{TITLE_SIZE}" font-weight="bold" text-anchor="middle">{}</text>"##,
             self.width,
-            self.height,
+            height,
             self.width / 2.0,
             escape(&self.title)
         );
@@ -385,6 +587,12 @@ impl Plot {
             );
         }
         let axis_y = top + ph;
+        let events_in_view = self
+            .marks
+            .iter()
+            .filter(|m| matches!(m, Mark::VLine { x, .. } if (x0..=x1).contains(x)))
+            .count();
+        let event_lines = events_in_view > 0 && pw / events_in_view as f64 >= EVENT_LINE_GAP;
         if self.categories.is_empty() {
             let mut x_step = nice_step(x0, x1, ((pw / 70.0) as usize).clamp(2, 8));
             if self.x_whole {
@@ -402,26 +610,72 @@ impl Plot {
             }
         } else {
             for (i, name) in self.categories.iter().enumerate() {
-                let _ = write!(
-                    s,
-                    r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-                    px(i as f64 + 0.5),
-                    axis_y + 16.0,
-                    escape(name)
-                );
+                let x = px(i as f64 + 0.5);
+                if turned {
+                    // Turned about its end, which sits under the category.
+                    let _ = write!(
+                        s,
+                        r#"<text transform="translate({:.1} {:.1}) rotate(-{LABEL_TURN})" text-anchor="end">{}</text>"#,
+                        x + 4.0,
+                        axis_y + 12.0,
+                        escape(name)
+                    );
+                } else {
+                    let _ = write!(
+                        s,
+                        r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                        axis_y + 16.0,
+                        escape(name)
+                    );
+                }
             }
         }
 
-        // Data, bands first so lines and dots sit on top of them.
+        // Data: events and bands first so lines and dots sit on top of them.
         let mut ordered: Vec<&Mark> = self.marks.iter().collect();
         ordered.sort_by_key(|m| match m {
-            Mark::Band { .. } => 0,
-            Mark::Bar { .. } => 1,
-            Mark::Line { .. } => 2,
-            Mark::Dot { .. } => 3,
+            Mark::VLine { .. } => 0,
+            Mark::Band { .. } => 1,
+            Mark::Bar { .. } => 2,
+            Mark::HLine { .. } => 3,
+            Mark::Line { .. } => 4,
+            Mark::Dot { .. } => 5,
         });
         for mark in ordered {
             match mark {
+                Mark::VLine { x, tip } => {
+                    if !(x.is_finite() && (x0..=x1).contains(x)) {
+                        continue;
+                    }
+                    let x = px(*x);
+                    s.push_str("<g class=\"event\">");
+                    if event_lines {
+                        let _ = write!(
+                            s,
+                            r#"<line x1="{x:.1}" y1="{top:.1}" x2="{x:.1}" y2="{axis_y:.1}" stroke="{EVENT_LINE_COLOUR}" stroke-width="1"/>"#
+                        );
+                    }
+                    let _ = write!(
+                        s,
+                        r#"<line x1="{x:.1}" y1="{top:.1}" x2="{x:.1}" y2="{:.1}" stroke="{EVENT_COLOUR}" stroke-width="1.5"/><title>{}</title></g>"#,
+                        top + 7.0,
+                        escape(tip)
+                    );
+                }
+                Mark::HLine { y, colour, label } => {
+                    if !y.is_finite() {
+                        continue;
+                    }
+                    let yy = py(*y);
+                    let _ = write!(
+                        s,
+                        r#"<line x1="{LEFT}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="{colour}" stroke-width="1.5" stroke-dasharray="6 4"/><text x="{:.1}" y="{:.1}" fill="{colour}">{}</text>"#,
+                        LEFT + pw,
+                        LEFT + 4.0,
+                        yy - 4.0,
+                        escape(label)
+                    );
+                }
                 Mark::Band { points, colour } => {
                     let pts: Vec<_> = points
                         .iter()
@@ -446,7 +700,7 @@ impl Plot {
                 Mark::Line {
                     points,
                     colour,
-                    dashed,
+                    stroke,
                 } => {
                     // A non-finite value breaks the line rather than the chart.
                     for piece in points.split(|p| !(p.0.is_finite() && p.1.is_finite())) {
@@ -454,29 +708,26 @@ impl Plot {
                         for &(x, y) in piece {
                             let _ = write!(path, "{:.1},{:.1} ", px(x), py(y));
                         }
-                        let dash = if *dashed {
-                            r#" stroke-dasharray="5 3""#
-                        } else {
-                            ""
-                        };
                         if piece.len() >= 2 {
                             let _ = write!(
                                 s,
-                                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>"#,
-                                path.trim_end()
+                                r#"<polyline points="{}" fill="none" stroke="{colour}"{}/>"#,
+                                path.trim_end(),
+                                stroke.attributes()
                             );
                         }
                     }
                 }
-                Mark::Dot { x, y, colour, tip } => {
+                Mark::Dot {
+                    x,
+                    y,
+                    colour,
+                    shape,
+                    r,
+                    tip,
+                } => {
                     if x.is_finite() && y.is_finite() {
-                        let _ = write!(
-                            s,
-                            r##"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{colour}" stroke="#ffffff" stroke-width="1"><title>{}</title></circle>"##,
-                            px(*x),
-                            py(*y),
-                            escape(tip)
-                        );
+                        s.push_str(&marker(*shape, px(*x), py(*y), *r, colour, tip));
                     }
                 }
                 Mark::Bar {
@@ -490,9 +741,17 @@ impl Plot {
                         continue;
                     }
                     let (top_y, base) = (py(y.max(0.0)), py(y.min(0.0)));
+                    // Smaller type when the label is wider than its slot
+                    // (many bars), so neighbours' labels do not touch.
+                    let slot = px(*b1) - px(*b0) + 6.0;
+                    let size = if text_width(label, FONT_SIZE) > slot {
+                        9
+                    } else {
+                        11
+                    };
                     let _ = write!(
                         s,
-                        r#"<rect x="{:.1}" y="{top_y:.1}" width="{:.1}" height="{:.1}" fill="{colour}" fill-opacity="0.55"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                        r#"<rect x="{:.1}" y="{top_y:.1}" width="{:.1}" height="{:.1}" fill="{colour}" fill-opacity="0.55"/><text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="{size}">{}</text>"#,
                         px(*b0),
                         px(*b1) - px(*b0),
                         base - top_y,
@@ -514,7 +773,7 @@ impl Plot {
             s,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
             LEFT + pw / 2.0,
-            self.height - 8.0,
+            height - 8.0,
             escape(&self.x_label)
         );
         let _ = write!(
@@ -523,13 +782,50 @@ impl Plot {
             top + ph / 2.0,
             escape(&self.y_label)
         );
-        for ((name, colour), (x, row)) in self.legend.iter().zip(legend_places) {
+        for ((name, key), (x, row)) in self.legend.iter().zip(legend_places) {
             let y = 34.0 + 16.0 * row as f64;
+            let text_x = match key {
+                Key::Swatch(colour) => {
+                    let _ = write!(
+                        s,
+                        r#"<rect x="{x:.1}" y="{:.1}" width="14" height="8" fill="{colour}"/>"#,
+                        y - 7.0
+                    );
+                    x + 18.0
+                }
+                Key::Event => {
+                    let _ = write!(
+                        s,
+                        r#"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{EVENT_LINE_COLOUR}" stroke-width="1"/><line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{EVENT_COLOUR}" stroke-width="1.5"/>"#,
+                        x + 7.0,
+                        y - 9.0,
+                        x + 7.0,
+                        y + 2.0,
+                        x + 7.0,
+                        y - 9.0,
+                        x + 7.0,
+                        y - 4.0
+                    );
+                    x + 18.0
+                }
+                Key::Line(colour, stroke, shape) => {
+                    let _ = write!(
+                        s,
+                        r#"<line x1="{x:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{colour}"{}/>"#,
+                        y - 3.5,
+                        x + 26.0,
+                        y - 3.5,
+                        stroke.attributes()
+                    );
+                    if let Some(shape) = shape {
+                        s.push_str(&marker(*shape, x + 13.0, y - 3.5, 3.5, colour, ""));
+                    }
+                    x + 30.0
+                }
+            };
             let _ = write!(
                 s,
-                r#"<rect x="{x:.1}" y="{:.1}" width="14" height="8" fill="{colour}"/><text x="{:.1}" y="{y:.1}">{}</text>"#,
-                y - 7.0,
-                x + 18.0,
+                r#"<text x="{text_x:.1}" y="{y:.1}">{}</text>"#,
                 escape(name)
             );
         }
@@ -550,22 +846,89 @@ const RED: [u8; 3] = [178, 24, 43];
 const BLUE: [u8; 3] = [33, 102, 172];
 const NAVY: [u8; 3] = [8, 48, 107];
 
-/// The taps of every (out, in) kernel of a conv weight of shape
-/// [O, C, KH, KW], as a matrix of small KH×KW grids: row o, column c. Pruned
-/// taps stay grey; active ones are red (positive weight) or blue (negative),
-/// darker for larger |w|, or black when no weight is given. Each kernel is a
-/// `<g class="kernel">` whose tooltip counts its active taps.
+/// Output and input channels a kernel grid draws at most: a layer of 64×64
+/// kernels would be 4,096 small grids and tens of thousands of SVG
+/// elements, which no browser shows well and no reader can take in. A
+/// bigger layer's grid shows its first channels, and
+/// [`crate::charts::export_section`] adds a map of the whole layer.
+pub const GRID_MAX_CHANNELS: usize = 16;
+
+/// The colour of an active tap of weight `v` when the largest |w| of the
+/// layer is `largest`: red for positive, blue for negative, darker for
+/// larger |w| (never paler than a quarter, so small weights still show
+/// against the grey of pruned taps).
+fn weight_colour(v: f64, largest: f64) -> String {
+    let strength = 0.25 + 0.75 * v.abs() / largest;
+    mix(WHITE, if v >= 0.0 { RED } else { BLUE }, strength)
+}
+
+/// Grey of a pruned tap.
+const PRUNED: &str = "#e8e8e8";
+
+/// A horizontal colour scale at (x, y): `cells` swatches, the colour of
+/// each from `colour_at(t)` for t from 0 to 1, labelled `low` and `high` at
+/// its ends (and `mid` under its centre, if given). Returns its width.
+fn colour_scale(
+    s: &mut String,
+    (x, y): (f64, f64),
+    cells: usize,
+    colour_at: &dyn Fn(f64) -> String,
+    (low, mid, high): (&str, Option<&str>, &str),
+) -> f64 {
+    let w = 14.0;
+    for i in 0..cells {
+        let t = i as f64 / (cells - 1).max(1) as f64;
+        let _ = write!(
+            s,
+            r##"<rect x="{:.1}" y="{y:.1}" width="{w}" height="10" fill="{}" stroke="#d0d0d0" stroke-width="0.5"/>"##,
+            x + i as f64 * w,
+            colour_at(t)
+        );
+    }
+    let end = x + cells as f64 * w;
+    let _ = write!(
+        s,
+        r#"<text x="{x:.1}" y="{:.1}" font-size="9">{}</text><text x="{end:.1}" y="{:.1}" font-size="9" text-anchor="end">{}</text>"#,
+        y + 21.0,
+        escape(low),
+        y + 21.0,
+        escape(high)
+    );
+    if let Some(mid) = mid {
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" font-size="9" text-anchor="middle">{}</text>"#,
+            (x + end) / 2.0,
+            y + 21.0,
+            escape(mid)
+        );
+    }
+    end - x
+}
+
+/// The taps of the (out, in) kernels of a conv weight of shape
+/// [O, C, KH, KW], as a matrix of small KH×KW grids: row o, column c, for
+/// the first [`GRID_MAX_CHANNELS`] of each. Pruned taps stay grey; active
+/// ones are red (positive weight) or blue (negative), darker for larger
+/// |w|, or black when no weight is given; a colour scale under the grid
+/// says so. Each kernel is a `<g class="kernel">` whose tooltip counts its
+/// active taps.
 pub fn kernel_grid(title: &str, shape: [usize; 4], mask: &[f32], weight: Option<&[f32]>) -> String {
-    let [o, c, kh, kw] = shape;
+    let [o_all, c_all, kh, kw] = shape;
+    let (o, c) = (o_all.min(GRID_MAX_CHANNELS), c_all.min(GRID_MAX_CHANNELS));
     let taps = kh * kw;
     // Cells shrink for big kernels so a grid stays a sensible size.
     let cell = (36.0 / kh.max(kw) as f64).clamp(2.0, 8.0);
     let gap = 4.0;
     let (kernel_w, kernel_h) = (cell * kw as f64, cell * kh as f64);
     let (left, top) = (46.0, 56.0);
-    let width =
-        (left + c as f64 * (kernel_w + gap) + 12.0).max(text_width(title, TITLE_SIZE) + 24.0);
-    let height = top + o as f64 * (kernel_h + gap) + 30.0;
+    let grid_h = o as f64 * (kernel_h + gap);
+    let width = (left + c as f64 * (kernel_w + gap) + 12.0)
+        .max(text_width(title, TITLE_SIZE) + 24.0)
+        .max(330.0);
+    let height = top + grid_h + 30.0 + 34.0;
+    // The largest |w| over the active taps of the whole layer, so a cropped
+    // grid keeps the layer's scale.
     let largest = weight
         .map(|w| {
             w.iter()
@@ -586,9 +949,11 @@ pub fn kernel_grid(title: &str, shape: [usize; 4], mask: &[f32], weight: Option<
         s,
         r#"<text x="{:.1}" y="38" text-anchor="middle">input channel</text><text transform="translate(12 {:.1}) rotate(-90)" text-anchor="middle">output channel</text>"#,
         left + c as f64 * (kernel_w + gap) / 2.0,
-        top + o as f64 * (kernel_h + gap) / 2.0
+        top + grid_h / 2.0
     );
-    for ci in 0..c {
+    // Channel numbers: every one while they fit, else every 4th.
+    let every = if kernel_w + gap >= 12.0 { 1 } else { 4 };
+    for ci in (0..c).step_by(every) {
         let _ = write!(
             s,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="9">{ci}</text>"#,
@@ -598,33 +963,31 @@ pub fn kernel_grid(title: &str, shape: [usize; 4], mask: &[f32], weight: Option<
     }
     for oi in 0..o {
         let y = top + oi as f64 * (kernel_h + gap);
-        let _ = write!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="9">{oi}</text>"#,
-            left - 4.0,
-            y + kernel_h / 2.0 + 3.0
-        );
+        if oi % every == 0 {
+            let _ = write!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="9">{oi}</text>"#,
+                left - 4.0,
+                y + kernel_h / 2.0 + 3.0
+            );
+        }
         for ci in 0..c {
             let x = left + ci as f64 * (kernel_w + gap);
-            let base = (oi * c + ci) * taps;
+            let base = (oi * c_all + ci) * taps;
             let active = mask[base..base + taps]
                 .iter()
                 .filter(|&&m| m != 0.0)
                 .count();
             let _ = write!(
                 s,
-                r##"<g class="kernel" transform="translate({x:.1} {y:.1})"><title>out {oi}, in {ci}: {active} of {taps} taps active</title><rect width="{kernel_w:.1}" height="{kernel_h:.1}" fill="#e8e8e8"/>"##
+                r##"<g class="kernel" transform="translate({x:.1} {y:.1})"><title>out {oi}, in {ci}: {active} of {taps} taps active</title><rect width="{kernel_w:.1}" height="{kernel_h:.1}" fill="{PRUNED}"/>"##
             );
             for t in 0..taps {
                 if mask[base + t] == 0.0 {
                     continue;
                 }
                 let fill = match weight {
-                    Some(w) if largest > 0.0 => {
-                        let v = w[base + t] as f64;
-                        let strength = 0.25 + 0.75 * v.abs() / largest;
-                        mix(WHITE, if v >= 0.0 { RED } else { BLUE }, strength)
-                    }
+                    Some(w) if largest > 0.0 => weight_colour(w[base + t] as f64, largest),
                     _ => "#222222".to_string(),
                 };
                 let _ = write!(
@@ -639,21 +1002,66 @@ pub fn kernel_grid(title: &str, shape: [usize; 4], mask: &[f32], weight: Option<
             s.push_str("</g>");
         }
     }
+
+    // The key: what each colour means.
+    let key_y = top + grid_h + 14.0;
+    let mut x = left;
+    if largest > 0.0 {
+        let _ = write!(
+            s,
+            r#"<text x="{x:.1}" y="{:.1}">weight</text>"#,
+            key_y + 9.0
+        );
+        x += 46.0;
+        let (lo, hi) = (format!("−{largest:.2}"), format!("+{largest:.2}"));
+        x += colour_scale(
+            &mut s,
+            (x, key_y),
+            11,
+            &|t| weight_colour((2.0 * t - 1.0) * largest, largest),
+            (&lo, Some("0"), &hi),
+        );
+        x += 16.0;
+    } else {
+        let _ = write!(
+            s,
+            r##"<rect x="{x:.1}" y="{key_y:.1}" width="14" height="10" fill="#222222"/><text x="{:.1}" y="{:.1}">active</text>"##,
+            x + 18.0,
+            key_y + 9.0
+        );
+        x += 64.0;
+    }
+    let _ = write!(
+        s,
+        r##"<rect x="{x:.1}" y="{key_y:.1}" width="14" height="10" fill="{PRUNED}" stroke="#d0d0d0" stroke-width="0.5"/><text x="{:.1}" y="{:.1}">pruned</text>"##,
+        x + 18.0,
+        key_y + 9.0
+    );
     s.push_str("</svg>");
     s
 }
 
-/// A KH×KW heat map of `values` in [0, 1] (row-major), each cell labelled
-/// with its value as a percentage: white at 0, dark blue at the largest
-/// value (sparse layers keep ~10% of taps, so a fixed 0–1 scale would be
-/// all pale).
-pub fn heat_map(title: &str, kh: usize, kw: usize, values: &[f64]) -> String {
-    let cell = (200.0 / kh.max(kw) as f64).clamp(14.0, 44.0);
+/// A rows×cols map of `values` in [0, 1] (row-major), white at 0 and dark
+/// blue at the largest value (sparse layers keep ~10% of taps, so a fixed
+/// 0–1 scale would be all pale), with a colour scale under it. Cells big
+/// enough to hold it are labelled with their value as a percentage; each
+/// cell is a `<rect class="tap">` whose tooltip gives its value and, from
+/// `name_of(row, col)`, what it is.
+pub fn heat_map(
+    title: &str,
+    (rows, cols): (usize, usize),
+    (row_label, col_label): (&str, &str),
+    values: &[f64],
+    name_of: &dyn Fn(usize, usize) -> String,
+    what: &str,
+) -> String {
+    let cell = (200.0 / rows.max(cols) as f64).clamp(8.0, 44.0);
     let (left, top) = (40.0, 50.0);
-    let width = (left + cell * kw as f64 + 20.0)
+    let width = (left + cell * cols as f64 + 20.0)
         .max(text_width(title, TITLE_SIZE) + 24.0)
+        .max(text_width(what, FONT_SIZE) + left + 20.0)
         .max(240.0);
-    let height = top + cell * kh as f64 + 30.0;
+    let height = top + cell * rows as f64 + 64.0;
     let mut s = String::new();
     let _ = write!(
         s,
@@ -663,21 +1071,24 @@ pub fn heat_map(title: &str, kh: usize, kw: usize, values: &[f64]) -> String {
     );
     let _ = write!(
         s,
-        r#"<text x="{:.1}" y="38" text-anchor="middle">kernel column kj</text><text transform="translate(12 {:.1}) rotate(-90)" text-anchor="middle">kernel row ki</text>"#,
-        left + cell * kw as f64 / 2.0,
-        top + cell * kh as f64 / 2.0
+        r#"<text x="{:.1}" y="38" text-anchor="middle">{}</text><text transform="translate(12 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
+        left + cell * cols as f64 / 2.0,
+        escape(col_label),
+        top + cell * rows as f64 / 2.0,
+        escape(row_label)
     );
     let largest = values.iter().copied().fold(0.0f64, f64::max);
-    for ki in 0..kh {
-        for kj in 0..kw {
-            let v = values[ki * kw + kj];
+    for r in 0..rows {
+        for c in 0..cols {
+            let v = values[r * cols + c];
             let shade = if largest > 0.0 { v / largest } else { 0.0 };
-            let (x, y) = (left + kj as f64 * cell, top + ki as f64 * cell);
+            let (x, y) = (left + c as f64 * cell, top + r as f64 * cell);
             let ink = if shade > 0.55 { "#ffffff" } else { "#222222" };
             let _ = write!(
                 s,
-                r##"<rect class="tap" x="{x:.1}" y="{y:.1}" width="{cell:.1}" height="{cell:.1}" fill="{}" stroke="#d0d0d0"><title>({ki}, {kj}): {:.1}% of kernels</title></rect>"##,
+                r##"<rect class="tap" x="{x:.1}" y="{y:.1}" width="{cell:.1}" height="{cell:.1}" fill="{}" stroke="#d0d0d0" stroke-width="0.5"><title>{}: {:.1}%</title></rect>"##,
                 mix(WHITE, NAVY, shade),
+                escape(&name_of(r, c)),
                 100.0 * v
             );
             if cell >= 24.0 {
@@ -691,10 +1102,19 @@ pub fn heat_map(title: &str, kh: usize, kw: usize, values: &[f64]) -> String {
             }
         }
     }
+    let key_y = top + cell * rows as f64 + 12.0;
+    colour_scale(
+        &mut s,
+        (left, key_y),
+        9,
+        &|t| mix(WHITE, NAVY, t),
+        ("0%", None, &format!("{:.0}%", 100.0 * largest)),
+    );
     let _ = write!(
         s,
-        r#"<text x="{left}" y="{:.1}">% of kernels with that tap active</text>"#,
-        height - 10.0
+        r#"<text x="{left}" y="{:.1}">{}</text>"#,
+        height - 10.0,
+        escape(what)
     );
     s.push_str("</svg>");
     s

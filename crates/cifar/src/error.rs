@@ -11,6 +11,16 @@ pub enum CifarError {
     MissingFile { path: PathBuf, hint: String },
     /// The file exists but could not be read.
     Io { path: PathBuf, source: io::Error },
+    /// The path exists but is neither a directory nor a regular file (a
+    /// device such as `/dev/zero`, a pipe, a socket), so it can hold
+    /// neither the data directory nor the archive.
+    NotFileOrDirectory {
+        path: PathBuf,
+        kind: &'static str,
+        hint: String,
+    },
+    /// A batch file with no records at all.
+    EmptyFile { file: String },
     /// A batch file whose length is not a whole number of records.
     BadFileSize {
         file: String,
@@ -38,6 +48,16 @@ impl fmt::Display for CifarError {
             CifarError::MissingFile { path, hint } => {
                 write!(f, "missing file {}: {}", path.display(), hint)
             }
+            CifarError::NotFileOrDirectory { path, kind, hint } => write!(
+                f,
+                "{} is {kind}, not a directory or a .tar.gz file: {hint}",
+                path.display()
+            ),
+            CifarError::EmptyFile { file } => write!(
+                f,
+                "{file} is empty (0 bytes, no images): the copy of the dataset is \
+                 incomplete; download or extract it again"
+            ),
             CifarError::Io { path, source } => {
                 write!(f, "cannot read {}: {}", path.display(), source)
             }

@@ -39,7 +39,7 @@ impl RecordLayout {
 }
 
 /// Appends the records of one whole batch file to `images` and `labels`.
-/// `file` names the source in error messages.
+/// `file` names the source in error messages. An empty file is an error.
 pub(crate) fn parse_records(
     file: &str,
     bytes: &[u8],
@@ -48,6 +48,13 @@ pub(crate) fn parse_records(
     labels: &mut Vec<u8>,
 ) -> Result<(), CifarError> {
     let record_bytes = layout.record_bytes();
+    if bytes.is_empty() {
+        // Zero records is a whole number of them, but no dataset ships an
+        // empty batch: it is a copy that stopped short (or a full disk).
+        return Err(CifarError::EmptyFile {
+            file: file.to_string(),
+        });
+    }
     let n = bytes.len() / record_bytes;
     if n * record_bytes != bytes.len() {
         return Err(CifarError::BadFileSize {

@@ -4,7 +4,9 @@
 //!
 //! How the files fit together:
 //! - `load.rs` turns the path the user gives (the `.tar.gz`, the data
-//!   directory, or a directory containing either) into a [`Cifar`];
+//!   directory, or a directory containing either) into a [`Cifar`], with
+//!   warnings for the optional training batches it did not find
+//!   ([`load_cifar10_with_warnings`]);
 //! - `format.rs` knows the record layout (label byte(s) + 3×32×32 pixels),
 //!   parses batch and class-name files, and writes CIFAR-10 batches;
 //! - `tar.rs` streams members out of a gzipped tar without touching disk;
@@ -39,5 +41,5 @@ pub use format::{
     write_cifar10_batch, CHANNELS, CIFAR100_RECORD_BYTES, CIFAR10_RECORD_BYTES, HEIGHT,
     IMAGE_BYTES, WIDTH,
 };
-pub use load::{load_cifar10, load_cifar100, Cifar100Labels};
+pub use load::{load_cifar10, load_cifar100, load_cifar10_with_warnings, Cifar100Labels, Loaded};
 pub use split::{Cifar, Split};

@@ -39,11 +39,25 @@ const CIFAR10_HINT: &str = "download CIFAR-10 with datasets/download_cifar10.sh,
 const CIFAR100_HINT: &str = "download https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz, \
     then pass the archive, the cifar-100-binary directory, or the directory containing it";
 
+/// A loaded dataset, and what the loader noticed that did not stop it but
+/// that the user should be told: each warning is one sentence naming the
+/// files concerned, ready to print.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded {
+    pub data: Cifar,
+    /// Training batches that were absent (CIFAR-10's `data_batch_2..5.bin`
+    /// are optional), with how many training images that leaves.
+    pub warnings: Vec<String>,
+}
+
 /// Loads CIFAR-10 from `cifar-10-binary.tar.gz`, the `cifar-10-batches-bin`
 /// directory, or a directory containing either. `data_batch_1.bin`,
 /// `test_batch.bin` and `batches.meta.txt` are required; whichever of
-/// `data_batch_2..5.bin` exist are appended to the training split in order.
-pub fn load_cifar10(path: &Path) -> Result<Cifar, CifarError> {
+/// `data_batch_2..5.bin` exist are appended to the training split in order,
+/// and [`Loaded::warnings`] names the ones that do not (a partial copy of
+/// the full dataset would otherwise train on fewer images without a word).
+/// Empty batch files are refused.
+pub fn load_cifar10_with_warnings(path: &Path) -> Result<Loaded, CifarError> {
     let dataset = Dataset {
         dir_name: "cifar-10-batches-bin",
         archive_name: "cifar-10-binary.tar.gz",
@@ -66,6 +80,12 @@ pub fn load_cifar10(path: &Path) -> Result<Cifar, CifarError> {
         hint: CIFAR10_HINT,
     };
     load(&dataset, path)
+}
+
+/// [`load_cifar10_with_warnings`] without the warnings. A program that
+/// trains on what it loads should show the user those warnings instead.
+pub fn load_cifar10(path: &Path) -> Result<Cifar, CifarError> {
+    load_cifar10_with_warnings(path).map(|loaded| loaded.data)
 }
 
 /// Loads CIFAR-100 from `cifar-100-binary.tar.gz`, the `cifar-100-binary`
@@ -91,7 +111,8 @@ pub fn load_cifar100(path: &Path, labels: Cifar100Labels) -> Result<Cifar, Cifar
         },
         hint: CIFAR100_HINT,
     };
-    load(&dataset, path)
+    // CIFAR-100 has no optional files, so nothing to warn about.
+    load(&dataset, path).map(|loaded| loaded.data)
 }
 
 /// Where the files come from once the user's path is resolved.
@@ -102,23 +123,24 @@ enum Source {
 }
 
 /// A file read from a source, with the name to use in error messages.
-struct Loaded {
+struct FileBytes {
     name: String,
     bytes: Vec<u8>,
 }
 
-fn load(dataset: &Dataset, path: &Path) -> Result<Cifar, CifarError> {
+fn load(dataset: &Dataset, path: &Path) -> Result<Loaded, CifarError> {
     let mut source = open(dataset, path)?;
     let meta = read(dataset, &mut source, dataset.meta_file)?
         .ok_or_else(|| missing(dataset, &source, dataset.meta_file))?;
     let class_names = parse_class_names(&meta.name, &meta.bytes, dataset.num_classes)?;
 
     let mut train_files = Vec::new();
+    let mut absent = Vec::new();
     for (i, file) in dataset.train_files.iter().enumerate() {
         match read(dataset, &mut source, file)? {
             Some(loaded) => train_files.push(loaded),
             None if i < dataset.required_train => return Err(missing(dataset, &source, file)),
-            None => {}
+            None => absent.push(*file),
         }
     }
     let train = parse_split(dataset, &train_files, &class_names)?;
@@ -126,12 +148,36 @@ fn load(dataset: &Dataset, path: &Path) -> Result<Cifar, CifarError> {
     let test_file = read(dataset, &mut source, dataset.test_file)?
         .ok_or_else(|| missing(dataset, &source, dataset.test_file))?;
     let test = parse_split(dataset, &[test_file], &class_names)?;
-    Ok(Cifar { train, test })
+    let mut warnings = Vec::new();
+    if !absent.is_empty() {
+        let present = dataset.train_files.len() - absent.len();
+        warnings.push(format!(
+            "{} {} missing from {}: training on {present} of the {} training batches \
+             ({} images)",
+            absent.join(", "),
+            if absent.len() == 1 { "is" } else { "are" },
+            source_name(&source),
+            dataset.train_files.len(),
+            train.len()
+        ));
+    }
+    Ok(Loaded {
+        data: Cifar { train, test },
+        warnings,
+    })
+}
+
+/// The directory or archive the files come from, for messages.
+fn source_name(source: &Source) -> String {
+    match source {
+        Source::Dir(dir) => dir.display().to_string(),
+        Source::Archive(archive, _) => archive.display().to_string(),
+    }
 }
 
 fn parse_split(
     dataset: &Dataset,
-    files: &[Loaded],
+    files: &[FileBytes],
     class_names: &[String],
 ) -> Result<Split, CifarError> {
     // Sized once up front: growing a 150 MB buffer file by file would copy it
@@ -179,9 +225,18 @@ fn open(dataset: &Dataset, path: &Path) -> Result<Source, CifarError> {
         return Ok(Source::Archive(path.to_path_buf(), members));
     }
     if !path.is_dir() {
-        return Err(CifarError::MissingFile {
-            path: path.to_path_buf(),
-            hint: dataset.hint.to_string(),
+        // Either nothing is there, or something that is neither a file nor
+        // a directory (`--data /dev/zero`): say which.
+        return Err(match fs::metadata(path) {
+            Ok(meta) => CifarError::NotFileOrDirectory {
+                path: path.to_path_buf(),
+                kind: file_kind(&meta.file_type()),
+                hint: dataset.hint.to_string(),
+            },
+            Err(_) => CifarError::MissingFile {
+                path: path.to_path_buf(),
+                hint: dataset.hint.to_string(),
+            },
         });
     }
     let is_data_dir = path
@@ -207,13 +262,39 @@ fn open(dataset: &Dataset, path: &Path) -> Result<Source, CifarError> {
     })
 }
 
+/// What a path that is neither a file nor a directory is, for messages.
+fn file_kind(kind: &fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_char_device() {
+            return "a character device";
+        }
+        if kind.is_block_device() {
+            return "a block device";
+        }
+        if kind.is_fifo() {
+            return "a named pipe";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    let _ = kind;
+    "a special file"
+}
+
 /// Reads one dataset file; `None` when it does not exist.
-fn read(dataset: &Dataset, source: &mut Source, file: &str) -> Result<Option<Loaded>, CifarError> {
+fn read(
+    dataset: &Dataset,
+    source: &mut Source,
+    file: &str,
+) -> Result<Option<FileBytes>, CifarError> {
     match source {
         Source::Dir(dir) => {
             let path = dir.join(file);
             match fs::read(&path) {
-                Ok(bytes) => Ok(Some(Loaded {
+                Ok(bytes) => Ok(Some(FileBytes {
                     name: path.display().to_string(),
                     bytes,
                 })),
@@ -224,7 +305,7 @@ fn read(dataset: &Dataset, source: &mut Source, file: &str) -> Result<Option<Loa
         Source::Archive(archive, members) => {
             let member = member_name(dataset, file);
             // Taken out of the map so the raw bytes are freed once parsed.
-            Ok(members.remove(&member).map(|bytes| Loaded {
+            Ok(members.remove(&member).map(|bytes| FileBytes {
                 name: format!("{}:{}", archive.display(), member),
                 bytes,
             }))

@@ -401,7 +401,8 @@ fn op_passes_gradcheck() {
         let w = Tensor::uniform(&c.weight, -1.0, 1.0, &mut trng).requires_grad();
         let b = Tensor::uniform(&[s.out_channels], -1.0, 1.0, &mut trng).requires_grad();
         let f = |t: &[Tensor]| conv2d_sparse(&t[0], &t[1], Some(&t[2]), &l);
-        if let Err(e) = gradcheck(&f, &[x, w, b], 1e-2, 1e-2) {
+        // Relative error, as in tests/autograd.rs: 1% off would fail.
+        if let Err(e) = gradcheck(&f, &[x, w, b], 1e-2, 3e-3) {
             panic!("{}: {e}", c.name);
         }
     }

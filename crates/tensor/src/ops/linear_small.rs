@@ -153,6 +153,14 @@ fn weight_grad<const ADD: bool>(
     if k == 0 || o == 0 {
         return; // nothing to write
     }
+    if m == 0 {
+        // An empty batch: every sum is empty. dW may be a recycled buffer
+        // holding another tensor's values, so it is written, not skipped.
+        if !ADD {
+            dw.fill(0.0);
+        }
+        return;
+    }
     // Rows of dW are independent: large layers run in blocks of rows on
     // the pool (fc1's 120 rows at batch 4: 6 blocks), which changes no
     // value. The work is mostly writing dW, which the other thread of a
@@ -504,6 +512,23 @@ mod tests {
             linear_backward_input_small(&[], &[], (3, 2, 0), &mut dx, kc);
             assert_eq!(dx, [5.0; 6]);
             linear_backward_weight_small(&[1.0; 6], &[], (3, 0, 2), &mut [], kc);
+        }
+    }
+
+    /// An empty batch (no rows): the weight gradient is all zeros when
+    /// written whole (its buffer may hold anything), left as it was when
+    /// added into, and dx has no elements.
+    #[test]
+    fn an_empty_batch_has_a_zero_weight_gradient() {
+        for kc in KernelChoice::ALL {
+            let mut dw = vec![f32::NAN; 6];
+            linear_weight_grad_small(&[], &[], (0, 3, 2), &mut dw, kc);
+            assert_eq!(dw, [0.0; 6], "{kc:?}");
+            let mut dw = vec![5.0; 6];
+            linear_backward_weight_small(&[], &[], (0, 3, 2), &mut dw, kc);
+            assert_eq!(dw, [5.0; 6], "{kc:?}");
+            linear_backward_input_small(&[], &[1.0; 6], (0, 3, 2), &mut [], kc);
+            linear_forward_small(&[], &[1.0; 6], None, (0, 3, 2), &mut [], kc);
         }
     }
 }
