@@ -22,7 +22,7 @@ use std::time::Instant;
 use args::{config_from, validate, Args};
 use clap::Parser;
 use hebbsparse::checkpoint::{check_writable, read_checked};
-use hebbsparse::cifar::{load_cifar10, Cifar};
+use hebbsparse::cifar::{load_cifar10_with_warnings, Cifar};
 use hebbsparse::config::Setting;
 use hebbsparse::export::{check_export_dir, export_layers, step_dir};
 use hebbsparse::recipe::Recipe;
@@ -123,10 +123,18 @@ fn run(args: Args) -> Result<ExitCode, String> {
     let mut metrics = check_paths(&args)?;
     let config = config_from(&args);
     let data_path = args.data.clone().unwrap_or_else(bundled_sample);
+    let loaded = load_cifar10_with_warnings(&data_path).map_err(|e| e.to_string())?;
+    // The bundled sample is one training batch by design; with --data a
+    // missing batch is worth saying.
+    if args.data.is_some() {
+        for w in &loaded.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
     let Cifar {
         mut train,
         mut test,
-    } = load_cifar10(&data_path).map_err(|e| e.to_string())?;
+    } = loaded.data;
     if let Some(n) = args.limit_train {
         train = train.take(n);
     }
