@@ -60,6 +60,8 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 #[derive(Default)]
 pub struct Writer {
     pub buf: Vec<u8>,
+    /// Named tensors written so far.
+    pub tensors: u64,
 }
 
 impl Writer {
@@ -132,6 +134,7 @@ impl Writer {
             shape.iter().product::<usize>(),
             "checkpoint tensor {name}: values do not fill shape {shape:?}"
         );
+        self.tensors += 1;
         self.str(name);
         self.u64(values.dtype());
         self.u64(shape.len() as u64);

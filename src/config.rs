@@ -208,6 +208,9 @@ pub struct TrainConfig {
     pub seed: u64,
     pub normalize: Normalization,
     pub augment: bool,
+    /// A folder of masks to start from (`LAYER.mask.npy`, as an export
+    /// writes them); `None` starts from the rule's own.
+    pub mask: Option<std::path::PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -245,6 +248,7 @@ impl TrainConfig {
             seed: 0,
             normalize: Normalization::Half,
             augment: false,
+            mask: None,
         }
     }
 
@@ -410,6 +414,9 @@ impl TrainConfig {
             // same bits.
             ("--conv-path", Text(self.conv_path.name().into())),
         ]);
+        if let Some(dir) = &self.mask {
+            v.push(("--mask", Text(dir.display().to_string())));
+        }
         v
     }
 

@@ -9,6 +9,9 @@
 //! LAYER.mask            u8, the weight's shape (1 = active)
 //! LAYER.strength        f64, the weight's shape: accumulated since the last update
 //! LAYER.strength_samples, LAYER.passes    u64, shape []
+//! LAYER.decided_strength f64, the weight's shape: what the last update read
+//!                       (zeros before the first)
+//! LAYER.decided_samples u64, shape []
 //! LAYER.rng             u64, shape [4]: the layer's random stream
 //! ```
 
@@ -19,12 +22,11 @@ use tensor::optim::Sgd;
 use crate::checkpoint::{Tensors, Values, Writer};
 
 /// Writes `model`'s and `opt`'s state (see the module docs).
-pub fn write_state(w: &mut Writer, model: &dyn Model, opt: &Sgd) {
+pub fn write_state(out: &mut Writer, model: &dyn Model, opt: &Sgd) {
+    // The tensors go to a writer of their own, so that their count, which
+    // comes first, is the count of what was written.
+    let mut w = Writer::default();
     let params = model.named_parameters();
-    let mut count = params.len() + model.named_buffers().len();
-    count += opt.buffers().iter().filter(|b| b.is_some()).count();
-    count += 5 * model.sparse_layers().len();
-    w.u64(count as u64);
     for (name, t) in params.iter().chain(&model.named_buffers()) {
         w.tensor(name, t.shape(), &Values::F32(t.to_vec()));
     }
@@ -43,15 +45,25 @@ pub fn write_state(w: &mut Writer, model: &dyn Model, opt: &Sgd) {
         let mask = s.mask.iter().map(|&m| m as u8).collect();
         w.tensor(&format!("{name}.mask"), shape, &Values::U8(mask));
         w.tensor(&format!("{name}.strength"), shape, &Values::F64(s.strength));
+        let mut decided = s.decided_strength;
+        decided.resize(l.mask().len(), 0.0);
+        w.tensor(
+            &format!("{name}.decided_strength"),
+            shape,
+            &Values::F64(decided),
+        );
         let scalars = [
             ("strength_samples", s.strength_samples),
             ("passes", s.passes),
+            ("decided_samples", s.decided_samples),
         ];
         for (what, v) in scalars {
             w.tensor(&format!("{name}.{what}"), &[], &Values::U64(vec![v]));
         }
         w.tensor(&format!("{name}.rng"), &[4], &Values::U64(s.rng.to_vec()));
     }
+    out.u64(w.tensors);
+    out.buf.extend_from_slice(&w.buf);
 }
 
 /// Reads back what [`write_state`] wrote into `model` and `opt`, which must
@@ -85,11 +97,15 @@ pub fn read_state(t: &mut Tensors, model: &mut dyn Model, opt: &mut Sgd) -> Resu
         let samples = t.take_u64(&format!("{name}.strength_samples"), &[])?;
         let passes = t.take_u64(&format!("{name}.passes"), &[])?;
         let rng = t.take_u64(&format!("{name}.rng"), &[4])?;
+        let decided_strength = t.take_f64(&format!("{name}.decided_strength"), &shape)?;
+        let decided_samples = t.take_u64(&format!("{name}.decided_samples"), &[])?;
         let state = DSConvState {
             mask: mask.iter().map(|&m| m != 0).collect(),
             strength,
             strength_samples: samples[0],
             passes: passes[0],
+            decided_strength,
+            decided_samples: decided_samples[0],
             rng: rng.try_into().expect("shape [4] was checked"),
         };
         layer

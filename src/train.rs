@@ -19,7 +19,7 @@ use tensor::{no_grad, Rng, Tensor};
 
 use crate::checkpoint::{read_checked, write_atomic, Reader, Tensors, Writer};
 use crate::config::{fingerprint_diff, LrSchedule, TrainConfig};
-use crate::export::json_str;
+use crate::export::{json_str, load_masks};
 use crate::state::{read_state, write_state};
 
 /// Images per batch in evaluation. Each image's logits do not depend on the
@@ -138,7 +138,18 @@ pub struct Trainer {
 }
 
 impl Trainer {
+    /// A new run: the network built from the seed, with the masks of
+    /// `config.mask` if it names a folder.
     pub fn new(config: TrainConfig) -> Result<Trainer, TrainError> {
+        let mut t = Trainer::build(config)?;
+        if let Some(dir) = t.config.mask.clone() {
+            load_masks(&dir, t.net.as_mut(), &mut t.opt).map_err(TrainError::Config)?;
+        }
+        Ok(t)
+    }
+
+    /// The network and optimiser of `config`, as the seed draws them.
+    fn build(config: TrainConfig) -> Result<Trainer, TrainError> {
         config.validate().map_err(TrainError::Config)?;
         let mut rng = Rng::seed(config.seed);
         let net = config
@@ -467,7 +478,8 @@ impl Trainer {
         path: &Path,
         train_len: usize,
     ) -> Result<Trainer, TrainError> {
-        let mut t = Trainer::new(config)?;
+        // The checkpoint holds the masks, so `config.mask` is not read again.
+        let mut t = Trainer::build(config)?;
         let payload = read_checked(path).map_err(TrainError::Checkpoint)?;
         let bad = |m: String| TrainError::Checkpoint(format!("{}: {m}", path.display()));
         let mut r = Reader::new(&payload);

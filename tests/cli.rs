@@ -2,24 +2,13 @@
 //! short real run with a metrics file. `cargo test` builds the examples before
 //! it runs the tests, so the binary sits beside the test binaries.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use hebbsparse::tensor::npy::read_npy;
+use std::path::Path;
 use std::process::Command;
 
-fn example() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("cifar{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} missing: run through `cargo test`",
-        bin.display()
-    );
-    bin
-}
+use common::{example, read_metrics, short, tmp};
+use hebbsparse::tensor::npy::read_npy;
 
 #[test]
 fn help_lists_the_options() {
@@ -127,37 +116,6 @@ fn a_short_run_prints_the_notebook_report_and_writes_metrics() {
     assert!(summary["eval_images_per_second"].as_f64().unwrap() > 0.0);
     assert_eq!(lines[0]["batch_size"], 4);
     assert_eq!(lines[0]["prune"], "strength");
-}
-
-fn read_metrics(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-        .collect()
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hebbsparse-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-/// The shortest real run: 80 images, one epoch.
-fn short() -> Command {
-    let mut c = Command::new(example());
-    c.args([
-        "--recipe",
-        "notebook",
-        "--limit-train",
-        "80",
-        "--limit-test",
-        "50",
-        "--epochs",
-        "1",
-        "--quiet",
-    ]);
-    c
 }
 
 #[test]

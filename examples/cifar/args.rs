@@ -190,7 +190,7 @@ pub struct Args {
     #[arg(long, default_value = "auto", help_heading = "Running")]
     pub conv_path: ConvPath,
     /// Worker threads [default: all cores]. Results do not depend on it.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024), help_heading = "Running")]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Running")]
     pub threads: Option<u32>,
     /// Use only the first N training images
     #[arg(long, help_heading = "Running")]
@@ -215,6 +215,15 @@ pub struct Args {
     /// With --export, also write them at every mask update, to DIR/step-NNNNNNNNN
     #[arg(long, requires = "export", help_heading = "Running")]
     pub export_every_update: bool,
+    /// With --export, first remove an export already in the folder (one of a
+    /// run with other settings is refused otherwise)
+    #[arg(long, requires = "export", help_heading = "Running")]
+    pub export_clear: bool,
+    /// Start from the masks in this folder (LAYER.mask.npy, 1 = active, as
+    /// --export writes them), e.g. from a pruning method elsewhere; weights
+    /// at inactive taps become zero
+    #[arg(long, value_name = "DIR", help_heading = "Prune/grow rule")]
+    pub mask: Option<PathBuf>,
     /// A name for this run in the metrics file (the report groups runs by it)
     /// [default: the mode]
     #[arg(long, help_heading = "Running")]
@@ -273,6 +282,7 @@ pub fn config_from(args: &Args) -> TrainConfig {
     c.strength_method = args.strength_method.unwrap_or(c.strength_method);
     c.threshold = args.threshold.unwrap_or(c.threshold);
     c.conv_path = args.conv_path;
+    c.mask = args.mask.clone();
     c
 }
 
@@ -297,6 +307,7 @@ fn nonsense(args: &Args, c: &TrainConfig) -> Option<String> {
         ("--sparse-projection", args.sparse_projection),
         ("--sparse-classifier", args.sparse_classifier),
         ("--export", args.export.is_some()),
+        ("--mask", args.mask.is_some()),
     ];
     let given: Vec<&str> = rule_parts
         .iter()
@@ -321,6 +332,7 @@ fn nonsense(args: &Args, c: &TrainConfig) -> Option<String> {
                     "--start"
                         | "--stop-updates-at"
                         | "--export"
+                        | "--mask"
                         | "--keep-fraction"
                         | "--prune-dims"
                         | "--allocation"
@@ -365,6 +377,16 @@ fn nonsense(args: &Args, c: &TrainConfig) -> Option<String> {
     None
 }
 
+/// More threads than a few per core only add overhead (results do not
+/// depend on the count): a number far beyond the machine is a mistake.
+fn too_many_threads(threads: Option<u32>) -> Option<String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let limit = 4 * cores;
+    threads.filter(|&t| t as usize > limit).map(|t| {
+        format!("--threads {t} is more than 4 per core on this machine ({cores} cores); give at most {limit}")
+    })
+}
+
 /// Checks what clap's parsers cannot, before any data is loaded, and exits
 /// as clap does (a usage message and exit code 2) on a bad value.
 pub fn validate(args: &Args) {
@@ -376,7 +398,8 @@ pub fn validate(args: &Args) {
         .or_else(|| {
             (args.limit_train == Some(0) || args.limit_test == Some(0))
                 .then(|| "--limit-train and --limit-test must be at least 1".to_string())
-        });
+        })
+        .or_else(|| too_many_threads(args.threads));
     if let Some(msg) = problem {
         Args::command()
             .error(clap::error::ErrorKind::ValueValidation, msg)

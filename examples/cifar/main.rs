@@ -24,7 +24,7 @@ use clap::Parser;
 use hebbsparse::checkpoint::{check_writable, read_checked};
 use hebbsparse::cifar::{load_cifar10_with_warnings, Cifar};
 use hebbsparse::config::Setting;
-use hebbsparse::export::{check_export_dir, export_layers, step_dir};
+use hebbsparse::export::{check_export_dir, claim_export_dir, export_layers, step_dir};
 use hebbsparse::recipe::Recipe;
 use hebbsparse::train::{EpochEnd, Event, TrainError, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -167,6 +167,9 @@ fn run(args: Args) -> Result<ExitCode, String> {
     sample_note(&args, &trainer);
     density_note(&trainer);
     let settings = trainer.config.settings(train.len());
+    if let Some(dir) = &args.export {
+        claim_export_dir(dir, &settings, args.export_clear)?;
+    }
     let mut config_line = settings_json(&trainer.config, train.len());
     config_line.insert("type".into(), json!("config"));
     config_line.insert("epochs".into(), json!(trainer.config.epochs));

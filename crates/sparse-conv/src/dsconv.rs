@@ -16,7 +16,8 @@
 //!    so coactivation counts stay exact however long the interval).
 //! 3. [`DSConv2d::update`], called by the training loop on its own schedule,
 //!    applies the rule to every group (by default every (out, in) kernel),
-//!    then resets the accumulated strength.
+//!    then starts the accumulated strength again from zero (keeping the
+//!    strength it read, for exports: [`DSConv2d::decided_strength`]).
 //! 4. After every optimiser step, [`DSConv2d::enforce_mask`] sets masked
 //!    weights and their momentum to exactly zero, so SGD cannot revive them.
 
@@ -144,6 +145,10 @@ pub struct DSConvState {
     pub mask: Vec<bool>,
     pub strength: Vec<f64>,
     pub strength_samples: u64,
+    /// The strength the last update read, and its samples (empty and 0
+    /// before the first update).
+    pub decided_strength: Vec<f64>,
+    pub decided_samples: u64,
     pub passes: u64,
     pub rng: [u64; 4],
 }
@@ -169,6 +174,10 @@ pub struct DSConv2d {
     mask: Vec<bool>,
     /// Weight-shaped accumulated strength since the last update.
     strength: Vec<f64>,
+    /// The strength the last update read (kept for study: exports at an
+    /// update write it), and how many passes it summed.
+    decided_strength: Vec<f64>,
+    decided_samples: u64,
     /// One sampled pass's strength, before it is added to `strength`.
     scratch: Vec<f32>,
     strength_samples: u64,
@@ -265,6 +274,8 @@ impl DSConv2d {
             init,
             mask: vec![true; n],
             strength: vec![0.0; n],
+            decided_strength: Vec::new(),
+            decided_samples: 0,
             scratch: Vec::new(),
             strength_samples: 0,
             passes: 0,
@@ -547,8 +558,16 @@ impl DSConv2d {
         drop(w);
         self.layout = None;
         self.dense_grad = false;
-        self.strength.iter_mut().for_each(|s| *s = 0.0);
-        self.strength_samples = 0;
+        // The strength that decided this update is kept for study; the
+        // next update reads only what is sampled from now on.
+        if self.config.rule.uses_strength() {
+            let n = self.strength.len();
+            let mut fresh = std::mem::take(&mut self.decided_strength);
+            fresh.clear();
+            fresh.resize(n, 0.0);
+            self.decided_strength = std::mem::replace(&mut self.strength, fresh);
+            self.decided_samples = std::mem::take(&mut self.strength_samples);
+        }
         if let Some(opt) = opt {
             // A new weight starts with no velocity.
             if let Some(buf) = opt.momentum_buffer_mut(&self.conv.weight) {
@@ -605,6 +624,12 @@ impl DSConv2d {
         self.strength_samples
     }
 
+    /// The strength the last update read, weight-shaped (empty before the
+    /// first update of a rule that reads strength), and its sample count.
+    pub fn decided_strength(&self) -> (&[f64], u64) {
+        (&self.decided_strength, self.decided_samples)
+    }
+
     /// Training forward passes seen.
     pub fn passes(&self) -> u64 {
         self.passes
@@ -615,6 +640,8 @@ impl DSConv2d {
             mask: self.mask.clone(),
             strength: self.strength.clone(),
             strength_samples: self.strength_samples,
+            decided_strength: self.decided_strength.clone(),
+            decided_samples: self.decided_samples,
             passes: self.passes,
             rng: self.rng.state(),
         }
@@ -628,15 +655,18 @@ impl DSConv2d {
         opt: Option<&mut Sgd>,
     ) -> Result<(), DSConfigError> {
         let n = self.mask.len();
-        if state.strength.len() != n {
+        let decided = state.decided_strength.len();
+        if state.strength.len() != n || (decided != 0 && decided != n) {
             return Err(DSConfigError(format!(
-                "saved state has {} strength values, the layer has {n} weights",
+                "saved state has {} and {decided} strength values, the layer has {n} weights",
                 state.strength.len()
             )));
         }
         self.set_mask(state.mask, opt)?;
         self.strength = state.strength;
         self.strength_samples = state.strength_samples;
+        self.decided_strength = state.decided_strength;
+        self.decided_samples = state.decided_samples;
         self.passes = state.passes;
         self.rng = Rng::from_state(state.rng);
         Ok(())

@@ -423,3 +423,75 @@ fn the_fused_block_equals_conv_relu_pool_and_counts_each_pass_once() {
     assert_eq!((fused.strength_samples(), plain.strength_samples()), (1, 1));
     assert!(fused.strength().iter().any(|&v| v > 0.0));
 }
+
+/// A mask from outside keeps every invariant at once: weights and momentum
+/// zero at its inactive taps, and the sparse kernels (whose layout is
+/// rebuilt) agree with the dense ones on the very next forward pass. A
+/// restored state does the same.
+#[test]
+fn set_mask_and_restore_keep_the_invariants() {
+    use sparse_conv::ConvPath;
+    let make = |path| {
+        layer(
+            3,
+            4,
+            (3, 3),
+            DSConfig {
+                rule: Rule::set(),
+                path,
+                ..DSConfig::default()
+            },
+            5,
+        )
+    };
+    let (mut sparse, mut dense) = (make(ConvPath::Sparse), make(ConvPath::Dense));
+    let x = Tensor::uniform(&[2, 3, 8, 8], -1.0, 1.0, &mut Rng::seed(6));
+    let mut opt = Sgd::new(sparse.parameters(), SgdConfig::new(0.1, 0.9));
+    // A step first, so that the momentum exists.
+    sparse.forward(&x).sum().backward();
+    opt.step();
+    let n = sparse.mask().len();
+    let mask: Vec<bool> = (0..n).map(|i| i % 3 == 0).collect();
+    assert!(sparse.set_mask(vec![true; n + 1], None).is_err());
+    sparse.set_mask(mask.clone(), Some(&mut opt)).unwrap();
+    assert_eq!(sparse.mask(), &mask[..]);
+    assert_masked_weights_and_momentum_zero(&sparse, &mut opt);
+    *dense.weight().data_mut() = sparse.weight().to_vec();
+    *dense.conv.bias.as_ref().unwrap().data_mut() = sparse.conv.bias.as_ref().unwrap().to_vec();
+    dense.set_mask(mask.clone(), None).unwrap();
+    let (a, b) = (sparse.forward(&x).to_vec(), dense.forward(&x).to_vec());
+    for (p, q) in a.iter().zip(&b) {
+        assert!((p - q).abs() < 1e-5, "{p} vs {q}");
+    }
+    // A state whose mask differs from the weights': restore zeroes them.
+    let mut state = sparse.state();
+    state.mask = (0..n).map(|i| i % 2 == 0).collect();
+    sparse.restore(state.clone(), Some(&mut opt)).unwrap();
+    assert_eq!(sparse.mask(), &state.mask[..]);
+    assert_masked_weights_and_momentum_zero(&sparse, &mut opt);
+}
+
+/// An update keeps the strength it read, for exports, and starts the
+/// accumulation again from zero.
+#[test]
+fn an_update_keeps_the_strength_that_decided_it() {
+    let config = DSConfig {
+        update_interval: 1,
+        rule: Rule::hebbian_grow(),
+        ..DSConfig::default()
+    };
+    let mut l = layer(3, 4, (3, 3), config, 7);
+    assert!(l.decided_strength().0.is_empty());
+    let x = Tensor::uniform(&[2, 3, 8, 8], -1.0, 1.0, &mut Rng::seed(8));
+    for _ in 0..3 {
+        l.forward(&x);
+    }
+    let before = l.strength().to_vec();
+    assert_eq!(l.strength_samples(), 3);
+    assert!(before.iter().any(|&s| s > 0.0));
+    l.update(None, 1, 100);
+    let (decided, samples) = l.decided_strength();
+    assert_eq!((decided, samples), (&before[..], 3));
+    assert_eq!(l.strength_samples(), 0);
+    assert!(l.strength().iter().all(|&s| s == 0.0));
+}
