@@ -9,10 +9,10 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use tensor::gemm::{gemm, Mat};
+use tensor::isa::Isa;
 use tensor::ops::linear_small::{
     linear_backward_input_small, linear_backward_weight_small, linear_forward_small,
 };
-use tensor::ops::sparse_conv2d::KernelChoice;
 use tensor::Rng;
 
 fn products(c: &mut Criterion) {
@@ -23,7 +23,7 @@ fn products(c: &mut Criterion) {
             let mut v = |n: usize| (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect::<Vec<f32>>();
             let (x, w, b, dy) = (v(m * k), v(o * k), v(o), v(m * o));
             let (mut y, mut dx, mut dw) = (vec![0.0; m * o], vec![0.0; m * k], vec![0.0; o * k]);
-            let kc = KernelChoice::Best;
+            let kc = Isa::best();
             group.bench_function(format!("small/{k}x{o}/m{m}"), |bch| {
                 bch.iter(|| {
                     linear_forward_small(&x, &w, Some(&b), (m, k, o), &mut y, kc);

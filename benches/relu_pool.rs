@@ -7,8 +7,8 @@
 //! cargo bench --bench relu_pool -- --warm-up-time 1 --measurement-time 2
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use tensor::isa::Isa;
 use tensor::ops::relu_pool::{relu_max_pool_2x2_rows, relu_pool_grad_2x2_rows, WIDE_SLACK};
-use tensor::ops::sparse_conv2d::KernelChoice;
 use tensor::Rng;
 
 fn planes(c: &mut Criterion) {
@@ -22,7 +22,7 @@ fn planes(c: &mut Criterion) {
         let (mut pooled, mut arg) = (vec![0.0f32; q], vec![0u32; q]);
         let dp: Vec<f32> = (0..q).map(|_| rng.uniform(-1.0, 1.0)).collect();
         let mut rows = vec![0.0f32; oh * rs];
-        for k in [KernelChoice::Best, KernelChoice::Portable] {
+        for k in [Isa::best(), Isa::Portable] {
             group.bench_function(format!("forward/{oh}x{ow}/{k:?}"), |b| {
                 b.iter(|| {
                     relu_max_pool_2x2_rows(&y, rs, (oh, ow), &mut pooled, Some(&mut arg), k);

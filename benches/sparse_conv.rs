@@ -28,6 +28,7 @@
 use criterion::{black_box, criterion_group, Criterion};
 use std::time::Instant;
 use tensor::awake::with_pool_awake;
+use tensor::isa::Isa;
 use tensor::ops::conv2d::*;
 use tensor::ops::sparse_conv2d::*;
 use tensor::Tensor;
@@ -108,16 +109,13 @@ fn bench(c: &mut Criterion) {
             for k in [1, 3, 6, 9, 13, 25] {
                 let l = SparseLayout::new(s.weight_shape(), s.opts, &balanced_mask(o * ch, k, 9));
                 let tag = format!("sparse k{k} ({:.0}%)", 100.0 * l.density());
-                let kinds: &[(&str, KernelChoice)] = if k == 3 {
-                    &[
-                        ("", KernelChoice::Best),
-                        (" portable", KernelChoice::Portable),
-                    ]
+                let kinds: &[(&str, Isa)] = if k == 3 {
+                    &[("", Isa::best()), (" portable", Isa::Portable)]
                 } else {
-                    &[("", KernelChoice::Best)]
+                    &[("", Isa::best())]
                 };
                 if k == 3 {
-                    let kc = KernelChoice::Best;
+                    let kc = Isa::best();
                     g.bench_function(format!("{tag}/backward_weight"), |b| {
                         b.iter(|| {
                             sparse_conv2d_backward_weight(&s, &l, black_box(&x), &dy, &mut dw, kc)
@@ -198,7 +196,7 @@ fn sweep() {
             let mut dw = vec![0.0; w.len()];
             let mut dx = vec![0.0; x.len()];
             let reps = if batch == 4 { 300 } else { 40 };
-            let kc = KernelChoice::Best;
+            let kc = Isa::best();
             for k in [1, 3, 6, 9, 13, 17, 25] {
                 let l = SparseLayout::new(s.weight_shape(), s.opts, &balanced_mask(o * ch, k, 9));
                 let wm = l.masked_weight(&w);

@@ -10,16 +10,27 @@
 //! * [`ops`]: the ops, one family per file (or directory), forward and
 //!   backward side by side: `elementwise` (add, mul, relu, sigmoid),
 //!   `matmul` (matmul, linear), `linear_small` (linear's products at
-//!   batches of a few rows, without the GEMM's packing), `conv2d/` (a direct forward kernel for
-//!   stride 1 without padding or dilation, im2col + GEMM for the other forwards and for backward (but
-//!   for narrow layers, whose gradients come from the direct kernels), the
-//!   fused conv → ReLU → max-pool, and the naive oracles), `pool`
-//!   (max_pool2d), `relu_pool` (relu + 2×2 max-pool straight from a conv
-//!   kernel's wide rows, the tail of both fused blocks), `sparse_conv2d/`
-//!   (direct convolution over the active taps of a masked weight, for sparse
-//!   layers, and its fused block), `reduce` (sum, mean), `shape` (reshape,
-//!   flatten), `loss` (log_softmax, cross_entropy). Each directory's
-//!   `mod.rs` opens with a map of its files.
+//!   batches of a few rows, without the GEMM's packing), `geometry` (the
+//!   shapes of a convolution and a pool window), `conv_naive` (the
+//!   convolution by its definition: the oracle), `scratch` (the kernels'
+//!   thread-local scratch), `conv2d/` (a direct forward kernel for stride 1
+//!   without padding or dilation, im2col + GEMM for the other forwards and
+//!   for backward (but for narrow layers, whose gradients come from the
+//!   sparse kernels with every tap active), and the fused conv → ReLU →
+//!   max-pool), `pool` (max_pool2d, global average pool), `relu_pool` (relu
+//!   and 2×2 max-pool straight from a conv kernel's wide rows, the tail of
+//!   both fused blocks), `sparse_conv2d/` (direct convolution over the
+//!   active taps of a masked weight, for sparse layers, and its fused
+//!   block), `batch_norm` (BatchNorm2d's op), `residual` (the residual add +
+//!   ReLU and the padding shortcut), `reduce` (sum, mean, and the fixed-order
+//!   slice sums the others share), `shape` (reshape, flatten), `loss`
+//!   (log_softmax, cross_entropy). Each directory's `mod.rs` opens with a
+//!   map of its files. The dependencies run one way: `conv2d/` uses
+//!   `sparse_conv2d/`, both use `geometry`, `scratch`, `reduce` and
+//!   `conv_naive`.
+//! * [`isa`]: the one place that decides which instruction set (portable,
+//!   AVX2 + FMA, AVX-512) the SIMD loops use: the CPU's, capped by
+//!   `HEBB_ISA`.
 //! * [`awake`]: [`awake::with_pool_awake`], which keeps the pool's threads
 //!   awake through a training step's many small parallel ops.
 //! * [`buffers`]: recycled f32 and u32 buffers, so that a training step
@@ -39,10 +50,13 @@
 //!
 //! Determinism: every reduction runs in a fixed order that does not depend on
 //! the number of rayon threads, so a seed gives bitwise-identical results.
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod awake;
 pub mod buffers;
 pub mod gemm;
 pub mod gradcheck;
+pub mod isa;
 pub mod nn;
 pub mod npy;
 pub mod ops;

@@ -180,14 +180,14 @@ fn sgd_momentum<const FIRST: bool, const NESTEROV: bool>(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
+    if crate::isa::Isa::best().avx512() {
         // SAFETY: the CPU has AVX-512F (checked just above); the function
         // is the safe loop below compiled for it.
         unsafe { momentum_loop_avx512::<FIRST, NESTEROV>(c, w, grad, b) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
+    if crate::isa::Isa::best().avx2() {
         // SAFETY: the CPU has AVX2 (checked just above); as above.
         unsafe { momentum_loop_avx2::<FIRST, NESTEROV>(c, w, grad, b) };
         return;

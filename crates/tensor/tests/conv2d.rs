@@ -354,10 +354,7 @@ fn direct_forward_kernels_match_naive() {
         ([1, 2, 3, 3], [5, 2, 3, 3], 1),
         ([2, 1, 2, 9], [1, 1, 2, 9], 1),
     ];
-    let mut kernels = vec![Kernel::Portable];
-    if Kernel::best() != Kernel::Portable {
-        kernels.push(Kernel::best());
-    }
+    let kernels = tensor::isa::Isa::available();
     for (input, weight, groups) in geometries {
         let opts = Conv2dOptions {
             groups,
@@ -379,7 +376,7 @@ fn direct_forward_kernels_match_naive() {
         let mut fast = vec![f32::NAN; want.len()];
         conv2d_forward(&s, &x, &w, Some(&b), &mut fast);
         let mut best = vec![0.0; want.len()];
-        conv2d_forward_direct(&s, &x, &w, Some(&b), &mut best, Kernel::best());
+        conv2d_forward_direct(&s, &x, &w, Some(&b), &mut best, tensor::isa::Isa::best());
         assert!(
             fast.iter()
                 .zip(&best)

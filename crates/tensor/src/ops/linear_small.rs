@@ -26,7 +26,7 @@
 //! orders; the twins round each product before adding it (no FMA), so they
 //! agree to rounding. Both are tested against the GEMM.
 
-use crate::ops::sparse_conv2d::KernelChoice;
+use crate::isa::Isa;
 
 /// Batches of at most this many rows take these loops; larger ones the
 /// GEMM, whose packing pays for itself from about here on (see
@@ -44,7 +44,7 @@ pub fn linear_forward_small(
     b: Option<&[f32]>,
     (m, k, o): (usize, usize, usize),
     y: &mut [f32],
-    kc: KernelChoice,
+    kc: Isa,
 ) {
     let (x, w, y) = (&x[..m * k], &w[..o * k], &mut y[..m * o]);
     if let Some(b) = b {
@@ -92,7 +92,7 @@ pub fn linear_backward_input_small(
     w: &[f32],
     (m, k, o): (usize, usize, usize),
     dx: &mut [f32],
-    kc: KernelChoice,
+    kc: Isa,
 ) {
     let (dy, w, dx) = (&dy[..m * o], &w[..o * k], &mut dx[..m * k]);
     if k == 0 || o == 0 {
@@ -121,7 +121,7 @@ pub fn linear_backward_weight_small(
     x: &[f32],
     shape: (usize, usize, usize),
     dw: &mut [f32],
-    kc: KernelChoice,
+    kc: Isa,
 ) {
     weight_grad::<true>(dy, x, shape, dw, kc)
 }
@@ -136,7 +136,7 @@ pub fn linear_weight_grad_small(
     x: &[f32],
     shape: (usize, usize, usize),
     dw: &mut [f32],
-    kc: KernelChoice,
+    kc: Isa,
 ) {
     weight_grad::<false>(dy, x, shape, dw, kc)
 }
@@ -147,7 +147,7 @@ fn weight_grad<const ADD: bool>(
     x: &[f32],
     (m, k, o): (usize, usize, usize),
     dw: &mut [f32],
-    kc: KernelChoice,
+    kc: Isa,
 ) {
     let (dy, x, dw) = (&dy[..m * o], &x[..m * k], &mut dw[..o * k]);
     if k == 0 || o == 0 {
@@ -187,7 +187,7 @@ fn weight_grad_rows<const ADD: bool>(
     (m, k, o): (usize, usize, usize),
     o0: usize,
     dw: &mut [f32],
-    kc: KernelChoice,
+    kc: Isa,
 ) {
     #[cfg(target_arch = "x86_64")]
     if kc.avx2() {
@@ -232,7 +232,8 @@ unsafe fn forward_avx2(
     let k8 = k - k % 8;
     let hsum = |v: __m256| {
         let mut l = [0.0f32; 8];
-        _mm256_storeu_ps(l.as_mut_ptr(), v);
+        // SAFETY: l is 8 floats.
+        unsafe { _mm256_storeu_ps(l.as_mut_ptr(), v) };
         add_lanes(&l)
     };
     for r0 in (0..m).step_by(ROWS) {
@@ -247,12 +248,15 @@ unsafe fn forward_avx2(
             let mut acc = [[_mm256_setzero_ps(); ROWS]; 2];
             for kk in (0..k8).step_by(8) {
                 // SAFETY: kk + 8 ≤ k8 ≤ k, the length of w0, w1 and xs[r].
-                let wv = [
-                    _mm256_loadu_ps(w0.as_ptr().add(kk)),
-                    _mm256_loadu_ps(w1.as_ptr().add(kk)),
-                ];
+                let wv = unsafe {
+                    [
+                        _mm256_loadu_ps(w0.as_ptr().add(kk)),
+                        _mm256_loadu_ps(w1.as_ptr().add(kk)),
+                    ]
+                };
                 for r in 0..ROWS {
-                    let xv = _mm256_loadu_ps(xs[r].as_ptr().add(kk));
+                    // SAFETY: as above.
+                    let xv = unsafe { _mm256_loadu_ps(xs[r].as_ptr().add(kk)) };
                     acc[0][r] = _mm256_fmadd_ps(xv, wv[0], acc[0][r]);
                     acc[1][r] = _mm256_fmadd_ps(xv, wv[1], acc[1][r]);
                 }
@@ -291,8 +295,10 @@ unsafe fn backward_input_avx2(
             let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
             for oi in 0..o {
                 // SAFETY: kk + 16 ≤ k16 ≤ k, inside weight row oi.
-                let p = w.as_ptr().add(oi * k + kk);
-                let (w0, w1) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+                let (w0, w1) = unsafe {
+                    let p = w.as_ptr().add(oi * k + kk);
+                    (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+                };
                 for r in 0..ROWS {
                     let g = _mm256_set1_ps(gs[r][oi]);
                     acc[r][0] = _mm256_fmadd_ps(g, w0, acc[r][0]);
@@ -301,10 +307,12 @@ unsafe fn backward_input_avx2(
             }
             for (r, a) in acc.iter().enumerate().take(rows) {
                 let d = &mut dx[(r0 + r) * k + kk..][..16];
-                // SAFETY: d is 16 floats.
-                let (p0, p1) = (d.as_mut_ptr(), d.as_mut_ptr().add(8));
-                _mm256_storeu_ps(p0, _mm256_add_ps(_mm256_loadu_ps(p0), a[0]));
-                _mm256_storeu_ps(p1, _mm256_add_ps(_mm256_loadu_ps(p1), a[1]));
+                // SAFETY: d is 16 floats: p0 and p1 each start 8 of them.
+                unsafe {
+                    let (p0, p1) = (d.as_mut_ptr(), d.as_mut_ptr().add(8));
+                    _mm256_storeu_ps(p0, _mm256_add_ps(_mm256_loadu_ps(p0), a[0]));
+                    _mm256_storeu_ps(p1, _mm256_add_ps(_mm256_loadu_ps(p1), a[1]));
+                }
             }
         }
         // Then 8 columns, if K mod 16 ≥ 8: the same sums, one vector wide.
@@ -313,7 +321,7 @@ unsafe fn backward_input_avx2(
             let mut acc = [_mm256_setzero_ps(); ROWS];
             for oi in 0..o {
                 // SAFETY: k16 + 8 = k8 ≤ k, inside weight row oi.
-                let w0 = _mm256_loadu_ps(w.as_ptr().add(oi * k + k16));
+                let w0 = unsafe { _mm256_loadu_ps(w.as_ptr().add(oi * k + k16)) };
                 for r in 0..ROWS {
                     acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(gs[r][oi]), w0, acc[r]);
                 }
@@ -321,10 +329,12 @@ unsafe fn backward_input_avx2(
             for (r, a) in acc.iter().enumerate().take(rows) {
                 let d = &mut dx[(r0 + r) * k + k16..][..8];
                 // SAFETY: d is 8 floats.
-                _mm256_storeu_ps(
-                    d.as_mut_ptr(),
-                    _mm256_add_ps(_mm256_loadu_ps(d.as_ptr()), *a),
-                );
+                unsafe {
+                    _mm256_storeu_ps(
+                        d.as_mut_ptr(),
+                        _mm256_add_ps(_mm256_loadu_ps(d.as_ptr()), *a),
+                    )
+                };
             }
         }
         // The last K mod 8 columns, one at a time, in the same order.
@@ -361,21 +371,22 @@ unsafe fn backward_weight_avx2<const ADD: bool>(
             let mut acc = [_mm256_setzero_ps(); 4];
             for mi in 0..m {
                 let g = _mm256_set1_ps(dy[mi * o + oi]);
-                // SAFETY: kk + 32 ≤ k32 ≤ k, inside row mi of x.
-                let p = x.as_ptr().add(mi * k + kk);
                 for (j, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(g, _mm256_loadu_ps(p.add(8 * j)), *a);
+                    // SAFETY: kk + 8j + 8 ≤ k32 ≤ k, inside row mi of x.
+                    let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(mi * k + kk + 8 * j)) };
+                    *a = _mm256_fmadd_ps(g, v, *a);
                 }
             }
             for (j, a) in acc.iter().enumerate() {
-                // SAFETY: kk + 8j + 8 ≤ k, inside dwr.
-                let p = dwr.as_mut_ptr().add(kk + 8 * j);
+                let d = &mut dwr[kk + 8 * j..][..8];
+                // SAFETY: d is 8 floats.
                 let old = if ADD {
-                    _mm256_loadu_ps(p)
+                    unsafe { _mm256_loadu_ps(d.as_ptr()) }
                 } else {
                     _mm256_setzero_ps()
                 };
-                _mm256_storeu_ps(p, _mm256_add_ps(old, *a));
+                // SAFETY: as above.
+                unsafe { _mm256_storeu_ps(d.as_mut_ptr(), _mm256_add_ps(old, *a)) };
             }
         }
         // Then 8 columns at a time, and the last K mod 8 one at a time:
@@ -386,16 +397,18 @@ unsafe fn backward_weight_avx2<const ADD: bool>(
             for mi in 0..m {
                 let g = _mm256_set1_ps(dy[mi * o + oi]);
                 // SAFETY: kk + 8 ≤ k8 ≤ k, inside row mi of x.
-                acc = _mm256_fmadd_ps(g, _mm256_loadu_ps(x.as_ptr().add(mi * k + kk)), acc);
+                let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(mi * k + kk)) };
+                acc = _mm256_fmadd_ps(g, v, acc);
             }
-            // SAFETY: kk + 8 ≤ k, inside dwr.
-            let p = dwr.as_mut_ptr().add(kk);
+            let d = &mut dwr[kk..][..8];
+            // SAFETY: d is 8 floats.
             let old = if ADD {
-                _mm256_loadu_ps(p)
+                unsafe { _mm256_loadu_ps(d.as_ptr()) }
             } else {
                 _mm256_setzero_ps()
             };
-            _mm256_storeu_ps(p, _mm256_add_ps(old, acc));
+            // SAFETY: as above.
+            unsafe { _mm256_storeu_ps(d.as_mut_ptr(), _mm256_add_ps(old, acc)) };
         }
         for kk in k8..k {
             let mut s = 0.0f32;
@@ -452,7 +465,7 @@ mod tests {
                 gemm_naive(1.0, Mat::row_major(&dy, m, o), wm, 1.0, &mut want_dx, k);
                 let mut want_dw = dw0.clone();
                 gemm_naive(1.0, Mat::row_major(&dy, m, o).t(), xm, 1.0, &mut want_dw, k);
-                for kc in KernelChoice::ALL {
+                for kc in Isa::available() {
                     let what = format!("m {m} k {k} o {o} {kc:?}");
                     let mut y = vec![f32::NAN; m * o];
                     linear_forward_small(&x, &w, Some(&b), (m, k, o), &mut y, kc);
@@ -500,7 +513,7 @@ mod tests {
     /// gradients are left as they were, on both paths.
     #[test]
     fn empty_layers_are_no_work() {
-        for kc in KernelChoice::ALL {
+        for kc in Isa::available() {
             let mut y = vec![f32::NAN; 6];
             linear_forward_small(&[], &[], Some(&[1.0, 2.0]), (3, 0, 2), &mut y, kc);
             assert_eq!(y, [1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
@@ -520,7 +533,7 @@ mod tests {
     /// added into, and dx has no elements.
     #[test]
     fn an_empty_batch_has_a_zero_weight_gradient() {
-        for kc in KernelChoice::ALL {
+        for kc in Isa::available() {
             let mut dw = vec![f32::NAN; 6];
             linear_weight_grad_small(&[], &[], (0, 3, 2), &mut dw, kc);
             assert_eq!(dw, [0.0; 6], "{kc:?}");

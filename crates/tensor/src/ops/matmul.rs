@@ -5,10 +5,10 @@
 //! [`crate::ops::linear_small`].
 
 use crate::gemm::{gemm_row_blocks as gemm, Mat, ROW_BLOCK_FLOPS};
+use crate::isa::Isa;
 use crate::ops::linear_small::{
     linear_backward_input_small, linear_forward_small, linear_weight_grad_small, SMALL_BATCH_ROWS,
 };
-use crate::ops::sparse_conv2d::KernelChoice;
 use crate::tensor::Tensor;
 
 impl Tensor {
@@ -70,7 +70,7 @@ impl Tensor {
         let mut out = crate::buffers::take(n * fout);
         if small {
             let b = bias.map(|b| b.data());
-            let k = KernelChoice::Best;
+            let k = Isa::best();
             linear_forward_small(
                 &self.data(),
                 &w.data(),
@@ -100,7 +100,7 @@ impl Tensor {
         inputs.extend(bias);
         Tensor::from_op(out, &[n, fout], &inputs, move |dout, grads| {
             let dy = Mat::row_major(dout, n, fout);
-            let (shape, k) = ((n, fin, fout), KernelChoice::Best);
+            let (shape, k) = ((n, fin, fout), Isa::best());
             // dx = dY · W (N, in)
             grads.accumulate(&x, |gx| match small {
                 true => linear_backward_input_small(dout, &wt.data(), shape, gx, k),

@@ -2,7 +2,9 @@
 //! backward written side by side.
 pub mod batch_norm;
 pub mod conv2d;
+pub mod conv_naive;
 pub mod elementwise;
+pub mod geometry;
 pub mod linear_small;
 pub mod loss;
 pub mod matmul;
@@ -10,5 +12,6 @@ pub mod pool;
 pub mod reduce;
 pub mod relu_pool;
 pub mod residual;
+pub mod scratch;
 pub mod shape;
 pub mod sparse_conv2d;

@@ -24,8 +24,8 @@
 //! argmaxes are bitwise those of relu → max_pool2d. The AVX2 loop does eight
 //! windows at a time: two loads per row, split into even and odd columns.
 
+use crate::isa::Isa;
 use crate::ops::elementwise::relu;
-use crate::ops::sparse_conv2d::KernelChoice;
 
 /// Floats a wide buffer needs past its last row, so that the AVX2 loop may
 /// read whole 16-float blocks (the lanes past the row's end are dropped).
@@ -67,7 +67,7 @@ unsafe fn load_n<T: Lane32>(src: &[T], at: usize, n: usize) -> std::arch::x86_64
         let count = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), count);
         // SAFETY: src[at..at + 8] is 8 values of 4 bytes (checked).
-        let v = _mm256_loadu_si256(src[at..at + 8].as_ptr().cast());
+        let v = unsafe { _mm256_loadu_si256(src[at..at + 8].as_ptr().cast()) };
         _mm256_and_si256(v, keep)
     } else {
         let mut t = [T::default(); 8];
@@ -78,7 +78,7 @@ unsafe fn load_n<T: Lane32>(src: &[T], at: usize, n: usize) -> std::arch::x86_64
             }
         }
         // SAFETY: t is 8 values of 4 bytes.
-        _mm256_loadu_si256(t.as_ptr().cast())
+        unsafe { _mm256_loadu_si256(t.as_ptr().cast()) }
     }
 }
 
@@ -103,17 +103,19 @@ unsafe fn store_n<T: Lane32>(
     const { assert!(std::mem::size_of::<T>() == 4) };
     if at + 8 <= limit.min(dst.len()) {
         // SAFETY: dst[at..at + 8] is 8 values of 4 bytes (checked).
-        _mm256_storeu_si256(dst[at..at + 8].as_mut_ptr().cast(), v);
+        unsafe { _mm256_storeu_si256(dst[at..at + 8].as_mut_ptr().cast(), v) };
     } else if n <= 4 && at + 4 <= limit.min(dst.len()) {
         // SAFETY: as above, for 4 values.
-        _mm_storeu_si128(
-            dst[at..at + 4].as_mut_ptr().cast(),
-            _mm256_castsi256_si128(v),
-        );
+        unsafe {
+            _mm_storeu_si128(
+                dst[at..at + 4].as_mut_ptr().cast(),
+                _mm256_castsi256_si128(v),
+            )
+        };
     } else {
         let mut t = [T::default(); 8];
         // SAFETY: t is 8 values of 4 bytes.
-        _mm256_storeu_si256(t.as_mut_ptr().cast(), v);
+        unsafe { _mm256_storeu_si256(t.as_mut_ptr().cast(), v) };
         for (i, &v) in t.iter().enumerate() {
             if i < n {
                 dst[at + i] = v;
@@ -127,7 +129,7 @@ unsafe fn store_n<T: Lane32>(
 /// are (OH/2, OW/2); without `arg` (inference, where no backward will ask
 /// for them) the argmaxes are not computed, which saves about a third of
 /// the work. The AVX-512 loop runs when `k` allows it (see
-/// [`KernelChoice`]) and the CPU has it, for any `y` (its masked loads read
+/// [`Isa`]) and the CPU has it, for any `y` (its masked loads read
 /// nothing past the rows); else the AVX2 loop, when `k` allows AVX2, the
 /// CPU has it and `y` has [`wide_len_read`] floats (give it [`WIDE_SLACK`]
 /// floats past the last row); otherwise the portable loop.
@@ -137,7 +139,7 @@ pub fn relu_max_pool_2x2_rows(
     (oh, ow): (usize, usize),
     pooled: &mut [f32],
     arg: Option<&mut [u32]>,
-    k: KernelChoice,
+    k: Isa,
 ) {
     let (ph, pw) = (oh / 2, ow / 2);
     assert!(
@@ -241,8 +243,15 @@ unsafe fn relu_pool_avx2<const ARG: bool>(
     // relu as the scalar one: v ≤ 0 (−0.0 included) gives +0.0, NaN stays.
     let relu8 = |v: __m256| _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(v, zero), v);
     // 16 consecutive floats split into their even and odd columns.
-    let split = |p: *const f32| {
-        let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+    let split = |p: &[f32]| {
+        let p = &p[..16];
+        // SAFETY: p is 16 floats: two vectors of 8.
+        let (a, b) = unsafe {
+            (
+                _mm256_loadu_ps(p.as_ptr()),
+                _mm256_loadu_ps(p.as_ptr().add(8)),
+            )
+        };
         let even = _mm256_shuffle_ps::<0b10_00_10_00>(a, b); // a0 a2 b0 b2 | a4 a6 b4 b6
         let odd = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
         let order = |v: __m256| {
@@ -265,14 +274,13 @@ unsafe fn relu_pool_avx2<const ARG: bool>(
     };
     let lanes = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
     let (one, w) = (_mm256_set1_epi32(1), _mm256_set1_epi32(ow as i32));
-    let yp = y.as_ptr();
     for py in 0..ph {
         for blk in 0..pw.div_ceil(8) {
             let c = 16 * blk; // first input column of the block
-                              // SAFETY (caller): row 2py+1's block ends at
-                              // (2py+1)·rs + 16·(blk+1) ≤ wide_len_read ≤ y.len().
-            let (te, to) = split(yp.add(2 * py * rs + c));
-            let (be, bo) = split(yp.add((2 * py + 1) * rs + c));
+                              // Row 2py+1's block ends at (2py+1)·rs + 16·(blk+1), which the
+                              // caller's wide_len_read keeps inside y; `split` checks it.
+            let (te, to) = split(&y[2 * py * rs + c..]);
+            let (be, bo) = split(&y[(2 * py + 1) * rs + c..]);
             let i0 = _mm256_add_epi32(_mm256_set1_epi32((2 * py * ow + c) as i32), lanes);
             let i1 = _mm256_add_epi32(i0, one);
             // The scan from −∞ takes the first relu value (never −∞), and
@@ -287,9 +295,11 @@ unsafe fn relu_pool_avx2<const ARG: bool>(
             // All 8 lanes where they fit: those past the n windows land on
             // windows further on in the plane, which later blocks
             // overwrite (blocks run in increasing order).
-            store_n(pooled, at, n, pooled.len(), _mm256_castps_si256(best));
+            // SAFETY: the CPU has AVX2 (this function's contract).
+            unsafe { store_n(pooled, at, n, pooled.len(), _mm256_castps_si256(best)) };
             if ARG {
-                store_n(arg, at, n, arg.len(), best_i);
+                // SAFETY: as above.
+                unsafe { store_n(arg, at, n, arg.len(), best_i) };
             }
         }
     }
@@ -399,7 +409,7 @@ pub fn relu_pool_grad_2x2_rows(
     (oh, ow): (usize, usize),
     row_len: usize,
     rows: &mut [f32],
-    k: KernelChoice,
+    k: Isa,
 ) -> f32 {
     let (ph, pw) = (oh / 2, ow / 2);
     let n = ph * pw;
@@ -497,14 +507,17 @@ unsafe fn unpool_avx2(
     // their low half) where that ends before `limit`, the extra zeros
     // landing on zeros or on rows this call writes later.
     let store8 = |rows: &mut [f32], at: usize, v: __m256, n: i32, limit: usize| {
-        store_n(rows, at, (n as usize).min(8), limit, _mm256_castps_si256(v))
+        // SAFETY: the CPU has AVX2 (this function's contract); store_n
+        // checks its own bounds.
+        unsafe { store_n(rows, at, (n as usize).min(8), limit, _mm256_castps_si256(v)) }
     };
     // Zeros first (gap columns, the odd last row and every value no
     // window's gradient lands on), by vector stores: `fill` would call
     // memset, which costs more for planes this small. Then the blocks.
     let mut z = rows.chunks_exact_mut(8);
     for c in &mut z {
-        _mm256_storeu_ps(c.as_mut_ptr(), zero);
+        // SAFETY: c is 8 floats.
+        unsafe { _mm256_storeu_ps(c.as_mut_ptr(), zero) };
     }
     z.into_remainder().fill(0.0);
     let mut acc = zero;
@@ -513,9 +526,15 @@ unsafe fn unpool_avx2(
             let at = py * pw + 8 * blk;
             let n = (pw - 8 * blk).min(8) as i32;
             // The n windows of the block, zeros past them (at + n ≤ ph·pw).
-            let v = _mm256_castsi256_ps(load_n(pooled, at, n as usize));
-            let d = _mm256_castsi256_ps(load_n(dpooled, at, n as usize));
-            let a = load_n(arg, at, n as usize);
+            // SAFETY: the CPU has AVX2 (this function's contract); load_n
+            // checks its own bounds.
+            let (v, d, a) = unsafe {
+                (
+                    _mm256_castsi256_ps(load_n(pooled, at, n as usize)),
+                    _mm256_castsi256_ps(load_n(dpooled, at, n as usize)),
+                    load_n(arg, at, n as usize),
+                )
+            };
             // relu's gradient (lanes past n: v = 0, so g = 0), −0 → +0.
             let g = _mm256_add_ps(
                 zero,
@@ -545,7 +564,8 @@ unsafe fn unpool_avx2(
         }
     }
     let mut l = [0.0f32; 8];
-    _mm256_storeu_ps(l.as_mut_ptr(), acc);
+    // SAFETY: l is 8 floats.
+    unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc) };
     ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
 }
 
@@ -708,7 +728,7 @@ mod tests {
                         })
                         .collect();
                     let (want_p, want_a) = oracle(&y, rs, (oh, ow));
-                    for k in KernelChoice::ALL {
+                    for k in Isa::available() {
                         let n = want_p.len();
                         let (mut p, mut a) = (vec![9.0; n], vec![9u32; n]);
                         relu_max_pool_2x2_rows(&y, rs, (oh, ow), &mut p, Some(&mut a), k);
@@ -762,7 +782,7 @@ mod tests {
                 }
                 let want_sum: f32 = plane.iter().sum();
                 let mut sums = Vec::new();
-                for k in KernelChoice::ALL {
+                for k in Isa::available() {
                     let mut rows = vec![f32::NAN; oh * rs + 5];
                     let sum =
                         relu_pool_grad_2x2_rows(&pooled, &arg, &dp, (oh, ow), rs, &mut rows, k);
@@ -787,8 +807,10 @@ mod tests {
                     );
                     sums.push(sum.to_bits());
                 }
-                // The widest loop sums in the AVX2 loop's lanes and order.
-                assert_eq!(sums[0], sums[1], "{oh}x{ow} rows {rs}: Best and Avx2 sums");
+                // The AVX-512 loop sums in the AVX2 loop's lanes and order.
+                if let [_, avx2, avx512] = sums[..] {
+                    assert_eq!(avx512, avx2, "{oh}x{ow} rows {rs}: AVX-512 and AVX2 sums");
+                }
             }
         }
     }

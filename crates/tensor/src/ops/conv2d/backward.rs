@@ -14,14 +14,7 @@ pub fn conv2d_backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [
     if narrow_direct_backward(s) {
         // Every tap active: the direct kernels compute the dense gradient.
         with_full_layout(s, |l| {
-            crate::ops::sparse_conv2d::sparse_conv2d_backward_weight(
-                s,
-                l,
-                x,
-                dy,
-                dw,
-                KernelChoice::Best,
-            )
+            crate::ops::sparse_conv2d::sparse_conv2d_backward_weight(s, l, x, dy, dw, Isa::best())
         });
         return;
     }
@@ -149,27 +142,6 @@ pub(super) fn map_into(f: impl Fn(f32) -> f32, src: &[f32], dst: &mut [f32]) {
     }
 }
 
-/// Direct dw[o, c, ki, kj] = Σ_{b, oy, ox} dy[b, o, oy, ox] · x[b, g·Cg + c, iy, ix].
-pub fn conv2d_backward_weight_naive(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
-    let op = "conv2d_backward_weight_naive";
-    check_len(op, "x", s.input_shape().iter().product(), x.len());
-    check_len(op, "dy", s.output_shape().iter().product(), dy.len());
-    check_len(op, "dw", s.weight_shape().iter().product(), dw.len());
-    dw.fill(0.0);
-    for b in 0..s.batch {
-        for o in 0..s.out_channels {
-            for oy in 0..s.out_h() {
-                for ox in 0..s.out_w() {
-                    let d = dy[idx4(s.output_shape(), b, o, oy, ox)];
-                    for_each_tap(s, o, oy, ox, |ci, iy, ix, wi| {
-                        dw[wi] += d * x[idx4(s.input_shape(), b, ci, iy, ix)];
-                    });
-                }
-            }
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Backward: input
 // ---------------------------------------------------------------------------
@@ -187,14 +159,7 @@ pub fn conv2d_backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f
     if narrow_direct_backward(s) {
         // Every tap active: the direct kernels compute the dense gradient.
         with_full_layout(s, |l| {
-            crate::ops::sparse_conv2d::sparse_conv2d_backward_input(
-                s,
-                l,
-                w,
-                dy,
-                dx,
-                KernelChoice::Best,
-            )
+            crate::ops::sparse_conv2d::sparse_conv2d_backward_input(s, l, w, dy, dx, Isa::best())
         });
         return;
     }
@@ -223,59 +188,6 @@ pub fn conv2d_backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f
     });
 }
 
-/// Direct dx[b, ci, iy, ix] = Σ w[o, c, ki, kj] · dy[b, o, oy, ox] over the
-/// taps that read (ci, iy, ix).
-pub fn conv2d_backward_input_naive(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
-    let op = "conv2d_backward_input_naive";
-    check_len(op, "w", s.weight_shape().iter().product(), w.len());
-    check_len(op, "dy", s.output_shape().iter().product(), dy.len());
-    check_len(op, "dx", s.input_shape().iter().product(), dx.len());
-    dx.fill(0.0);
-    for b in 0..s.batch {
-        for o in 0..s.out_channels {
-            for oy in 0..s.out_h() {
-                for ox in 0..s.out_w() {
-                    let d = dy[idx4(s.output_shape(), b, o, oy, ox)];
-                    for_each_tap(s, o, oy, ox, |ci, iy, ix, wi| {
-                        dx[idx4(s.input_shape(), b, ci, iy, ix)] += w[wi] * d;
-                    });
-                }
-            }
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Backward: bias
 // ---------------------------------------------------------------------------
-
-/// `db[o] = Σ_{b, oy, ox} dy[b, o, oy, ox]`. OVERWRITES db.
-/// dy is (B, O, OH, OW), db is (O). Sequential, in a fixed order (b, then
-/// the pixels of each (b, o) plane in 8 interleaved lanes): it is a few
-/// microseconds of memory traffic, not worth a thread.
-pub fn conv2d_backward_bias(s: &Conv2dShape, dy: &[f32], db: &mut [f32]) {
-    let op = "conv2d_backward_bias";
-    check_len(op, "dy", s.output_shape().iter().product(), dy.len());
-    check_len(op, "db", s.out_channels, db.len());
-    let (o, p) = (s.out_channels, s.out_pixels());
-    db.fill(0.0);
-    for b in 0..s.batch {
-        for (oo, d) in db.iter_mut().enumerate() {
-            *d += sum_lanes(&dy[(b * o + oo) * p..][..p]);
-        }
-    }
-}
-
-/// Sum of `v` with 8 independent accumulators (so the compiler can
-/// vectorise), combined in a fixed order.
-pub(crate) fn sum_lanes(v: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let mut it = v.chunks_exact(8);
-    for c in &mut it {
-        for (a, x) in acc.iter_mut().zip(c) {
-            *a += *x;
-        }
-    }
-    let tail: f32 = it.remainder().iter().sum();
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}

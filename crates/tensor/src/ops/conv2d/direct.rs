@@ -1,6 +1,7 @@
 //! The direct wide-row forward kernel, and the naive convolution (the oracle).
 
 use super::*;
+use crate::isa::Isa;
 
 //
 // With stride 1 and no padding, index the output by the input's row length
@@ -29,28 +30,6 @@ use super::*;
 pub(super) const DIRECT_CO: usize = 6;
 /// Pixels per register block (two 8-lane vectors).
 pub(super) const DIRECT_PX: usize = 16;
-
-/// Which inner loop the direct kernel runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kernel {
-    /// Plain Rust, any CPU.
-    Portable,
-    /// AVX2 + FMA (x86-64 only; callers check the CPU first).
-    Avx2Fma,
-}
-
-impl Kernel {
-    /// The fastest kernel this CPU runs.
-    pub fn best() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Kernel::Avx2Fma;
-            }
-        }
-        Kernel::Portable
-    }
-}
 
 /// Whether the direct kernel handles this geometry.
 pub(super) fn direct_applies(s: &Conv2dShape) -> bool {
@@ -86,7 +65,7 @@ pub(super) fn forward_direct(
     w_g: &[f32],
     bias_g: Option<&[f32]>,
     scratch: &mut [f32],
-    kernel: Kernel,
+    kernel: Isa,
     emit: &mut dyn FnMut(usize, &[f32]),
 ) {
     let (h, w) = (s.in_h, s.in_w);
@@ -158,7 +137,7 @@ pub(super) fn copy_planes<'a>(
 
 /// One register block: acc[j][i] = init[j] + Σ_t wb[t][j] · x[off_t + q0 + i].
 pub(super) fn wide_block(
-    kernel: Kernel,
+    kernel: Isa,
     x: &[f32],
     offs: &[usize],
     wb: &[f32],
@@ -169,20 +148,14 @@ pub(super) fn wide_block(
     assert!(wb.len() >= offs.len() * DIRECT_CO, "wide_block: weights");
     let reach = offs.iter().max().map_or(0, |m| m + q0 + DIRECT_PX);
     assert!(reach <= x.len(), "wide_block: reads past x");
-    match kernel {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2Fma => {
-            assert!(
-                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-                "wide_block: this CPU has no AVX2/FMA"
-            );
-            // SAFETY: the CPU has AVX2 and FMA (checked above), and every
-            // load stays below `reach` ≤ x.len() and `offs.len()·DIRECT_CO`
-            // ≤ wb.len() (asserted above).
-            unsafe { wide_block_avx2(x, offs, wb, init, q0, acc) }
-        }
-        _ => wide_block_portable(x, offs, wb, init, q0, acc),
+    #[cfg(target_arch = "x86_64")]
+    if kernel.avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (`avx2` checks it), and every
+        // load stays below `reach` ≤ x.len() and `offs.len()·DIRECT_CO`
+        // ≤ wb.len() (asserted above).
+        return unsafe { wide_block_avx2(x, offs, wb, init, q0, acc) };
     }
+    wide_block_portable(x, offs, wb, init, q0, acc)
 }
 
 pub(super) fn wide_block_portable(
@@ -206,6 +179,9 @@ pub(super) fn wide_block_portable(
     }
 }
 
+/// # Safety
+/// The CPU must support AVX2 and FMA; every offset `off` of `offs` must
+/// have `off + q0 + 16 ≤ x.len()`, and `offs.len()·DIRECT_CO ≤ wb.len()`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn wide_block_avx2(
@@ -223,20 +199,27 @@ pub(super) unsafe fn wide_block_avx2(
         lo[j] = _mm256_set1_ps(init[j]);
         hi[j] = lo[j];
     }
-    let (xp, wp) = (x.as_ptr(), wb.as_ptr());
-    for (t, &off) in offs.iter().enumerate() {
-        // SAFETY (caller): off + q0 + 16 ≤ x.len(), (t + 1)·DIRECT_CO ≤ wb.len().
-        let x0 = _mm256_loadu_ps(xp.add(off + q0));
-        let x1 = _mm256_loadu_ps(xp.add(off + q0 + 8));
+    let xp = x.as_ptr();
+    for (&off, wt) in offs.iter().zip(wb.chunks_exact(DIRECT_CO)) {
+        // SAFETY: off + q0 + 16 ≤ x.len() (the caller's contract).
+        let (x0, x1) = unsafe {
+            (
+                _mm256_loadu_ps(xp.add(off + q0)),
+                _mm256_loadu_ps(xp.add(off + q0 + 8)),
+            )
+        };
         for j in 0..DIRECT_CO {
-            let wv = _mm256_broadcast_ss(&*wp.add(t * DIRECT_CO + j));
+            let wv = _mm256_set1_ps(wt[j]);
             lo[j] = _mm256_fmadd_ps(wv, x0, lo[j]);
             hi[j] = _mm256_fmadd_ps(wv, x1, hi[j]);
         }
     }
     for j in 0..DIRECT_CO {
-        _mm256_storeu_ps(acc[j].as_mut_ptr(), lo[j]);
-        _mm256_storeu_ps(acc[j].as_mut_ptr().add(8), hi[j]);
+        // SAFETY: acc[j] is 16 floats: two vectors of 8.
+        unsafe {
+            _mm256_storeu_ps(acc[j].as_mut_ptr(), lo[j]);
+            _mm256_storeu_ps(acc[j].as_mut_ptr().add(8), hi[j]);
+        }
     }
 }
 
@@ -249,7 +232,7 @@ pub fn conv2d_forward_direct(
     w: &[f32],
     bias: Option<&[f32]>,
     y: &mut [f32],
-    kernel: Kernel,
+    kernel: Isa,
 ) {
     let op = "conv2d_forward_direct";
     assert!(
@@ -279,67 +262,6 @@ pub fn conv2d_forward_direct(
                 kernel,
                 &mut copy_planes(s, &mut y_b[g * og * p..(g + 1) * og * p]),
             );
-        }
-    }
-}
-
-/// The direct convolution, seven nested loops: documentation and test oracle.
-pub fn conv2d_forward_naive(
-    s: &Conv2dShape,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    let op = "conv2d_forward_naive";
-    check_len(op, "x", s.input_shape().iter().product(), x.len());
-    check_len(op, "w", s.weight_shape().iter().product(), w.len());
-    check_len(op, "y", s.output_shape().iter().product(), y.len());
-    let (oh, ow) = (s.out_h(), s.out_w());
-    for b in 0..s.batch {
-        for o in 0..s.out_channels {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut acc = bias.map_or(0.0, |bias| bias[o]);
-                    for_each_tap(s, o, oy, ox, |ci, iy, ix, wi| {
-                        acc += x[idx4(s.input_shape(), b, ci, iy, ix)] * w[wi];
-                    });
-                    y[idx4(s.output_shape(), b, o, oy, ox)] = acc;
-                }
-            }
-        }
-    }
-}
-
-/// Row-major index of (a, b, c, d) in a 4-d array of shape `dims`.
-pub(super) fn idx4(dims: [usize; 4], a: usize, b: usize, c: usize, d: usize) -> usize {
-    ((a * dims[1] + b) * dims[2] + c) * dims[3] + d
-}
-
-/// For output channel o at output position (oy, ox), calls
-/// `f(input channel, iy, ix, weight index)` for every kernel tap that lands
-/// inside the input (taps in the padding contribute zero).
-pub(super) fn for_each_tap(
-    s: &Conv2dShape,
-    o: usize,
-    oy: usize,
-    ox: usize,
-    mut f: impl FnMut(usize, usize, usize, usize),
-) {
-    let g = o / s.group_out();
-    for c in 0..s.group_in() {
-        for ki in 0..s.kernel_h {
-            for kj in 0..s.kernel_w {
-                let iy = (oy * s.opts.stride.0 + ki * s.opts.dilation.0) as isize
-                    - s.opts.padding.0 as isize;
-                let ix = (ox * s.opts.stride.1 + kj * s.opts.dilation.1) as isize
-                    - s.opts.padding.1 as isize;
-                if iy < 0 || ix < 0 || iy >= s.in_h as isize || ix >= s.in_w as isize {
-                    continue;
-                }
-                let wi = idx4(s.weight_shape(), o, c, ki, kj);
-                f(g * s.group_in() + c, iy as usize, ix as usize, wi);
-            }
         }
     }
 }

@@ -64,7 +64,15 @@ pub(super) fn forward_image(
         let y_bg = &mut y_b[g * og * p..(g + 1) * og * p]; // (O/g, P)
         if direct {
             let mut emit = copy_planes(s, y_bg);
-            forward_direct(s, x_bg, w_g, bias_g, scratch, Kernel::best(), &mut emit);
+            forward_direct(
+                s,
+                x_bg,
+                w_g,
+                bias_g,
+                scratch,
+                crate::isa::Isa::best(),
+                &mut emit,
+            );
             continue;
         }
         let cols = &mut scratch[..k * p];

@@ -26,33 +26,6 @@ use super::*;
 // and dx are bitwise the separate ops' (which take the same route) but whose
 // bias gradient sums window by window: equal to rounding.
 
-/// A max-pool window and its stride, each (y, x); no padding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PoolOptions {
-    pub kernel: (usize, usize),
-    pub stride: (usize, usize),
-}
-
-impl PoolOptions {
-    /// The pooled plane (PH, PW) of the conv output plane (OH, OW); panics
-    /// naming the shapes if the window does not fit.
-    pub fn pooled_size(&self, s: &Conv2dShape) -> (usize, usize) {
-        let (oh, ow) = (s.out_h(), s.out_w());
-        let (k, st) = (self.kernel, self.stride);
-        assert!(
-            k.0 >= 1 && k.1 >= 1 && st.0 >= 1 && st.1 >= 1 && oh >= k.0 && ow >= k.1,
-            "conv2d_relu_max_pool2d: pool {self:?} does not fit the {oh}x{ow} conv output"
-        );
-        crate::ops::pool::pooled_size((oh, ow), k, st)
-    }
-
-    /// (B, O, PH, PW).
-    pub fn output_shape(&self, s: &Conv2dShape) -> [usize; 4] {
-        let (ph, pw) = self.pooled_size(s);
-        [s.batch, s.out_channels, ph, pw]
-    }
-}
-
 /// Runs `f(index, item)` over `items`, in parallel if `parallel`. Items are
 /// independent pieces of the output (one per chunk of images), so the result
 /// does not depend on how rayon schedules them.
@@ -143,7 +116,7 @@ pub fn conv2d_relu_pool_forward(
                                 (oh, ow),
                                 p_o,
                                 want_arg.then_some(a_o),
-                                KernelChoice::Best,
+                                Isa::best(),
                             );
                         };
                         forward_direct(
@@ -152,7 +125,7 @@ pub fn conv2d_relu_pool_forward(
                             &w[g * og * k..(g + 1) * og * k],
                             bias.map(|b| &b[g * og..(g + 1) * og]),
                             scratch,
-                            Kernel::best(),
+                            crate::isa::Isa::best(),
                             &mut emit,
                         );
                     }
@@ -246,7 +219,7 @@ pub fn conv2d_relu_pool_backward(
                 dw,
                 db,
                 dx,
-                KernelChoice::Best,
+                Isa::best(),
             )
         });
         return;
@@ -381,34 +354,6 @@ pub fn conv2d_relu_pool_backward(
             }
         }
     }
-}
-
-/// The definition, from the naive kernels: conv2d_forward_naive, relu, then
-/// max-pooling each plane. Returns (pooled, arg); the test oracle.
-pub fn conv2d_relu_pool_naive(
-    s: &Conv2dShape,
-    pool: PoolOptions,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-) -> (Vec<f32>, Vec<u32>) {
-    let mut y = vec![0.0; s.output_shape().iter().product()];
-    conv2d_forward_naive(s, x, w, bias, &mut y);
-    let r: Vec<f32> = y
-        .iter()
-        .map(|&v| crate::ops::elementwise::relu(v))
-        .collect();
-    let pp = pool.output_shape(s).iter().product();
-    let (mut pooled, mut arg) = (vec![0.0; pp], vec![0u32; pp]);
-    crate::ops::pool::max_pool2d_forward(
-        &r,
-        (s.out_h(), s.out_w()),
-        pool.kernel,
-        pool.stride,
-        &mut pooled,
-        &mut arg,
-    );
-    (pooled, arg)
 }
 
 /// Whether the fused backward of this shape runs on the direct (sparse)

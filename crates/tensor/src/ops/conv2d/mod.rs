@@ -30,158 +30,28 @@
 //!
 //! # Files
 //!
-//! * this file: the geometry ([`Conv2dOptions`], [`Conv2dShape`]), work
-//!   splitting and scratch, and the autograd op (`Tensor::conv2d`,
-//!   `Tensor::conv2d_relu_max_pool2d`).
+//! * this file: work splitting, and the autograd op (`Tensor::conv2d`,
+//!   `Tensor::conv2d_relu_max_pool2d`). The geometry ([`Conv2dOptions`],
+//!   [`Conv2dShape`], [`PoolOptions`]) lives in `ops/geometry.rs`, the
+//!   scratch in `ops/scratch.rs`, the naive oracles in `ops/conv_naive.rs`
+//!   (all re-exported here), shared with `sparse_conv2d/`, whose kernels
+//!   this module calls for narrow layers (the dependency runs one way).
 //! * `im2col.rs`: [`im2col`] and [`col2im`].
 //! * `forward.rs`: [`conv2d_forward`], which picks the direct kernel or
 //!   im2col + GEMM per image.
-//! * `direct.rs`: the direct wide-row forward kernel (AVX2 + portable) and the
-//!   naive convolution kept as the oracle.
-//! * `backward.rs`: the weight (and coactivation), input and bias gradients,
-//!   with their naive oracles.
-//! * `fused.rs`: the fused conv → relu → max-pool block ([`PoolOptions`],
-//!   [`conv2d_relu_pool_forward`], [`conv2d_relu_pool_backward`]).
+//! * `direct.rs`: the direct wide-row forward kernel (AVX2 + portable).
+//! * `backward.rs`: the weight (and coactivation) and input gradients.
+//! * `fused.rs`: the fused conv → relu → max-pool block
+//!   ([`conv2d_relu_pool_forward`], [`conv2d_relu_pool_backward`]).
 
-/// Per-axis options of a convolution; each pair is (y, x), i.e. (height, width).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Conv2dOptions {
-    pub stride: (usize, usize),
-    pub padding: (usize, usize),
-    pub dilation: (usize, usize),
-    pub groups: usize,
-}
-
-impl Default for Conv2dOptions {
-    fn default() -> Self {
-        Conv2dOptions {
-            stride: (1, 1),
-            padding: (0, 0),
-            dilation: (1, 1),
-            groups: 1,
-        }
-    }
-}
-
-/// Everything a conv2d kernel needs to know about its operands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Conv2dShape {
-    pub batch: usize,
-    pub in_channels: usize,
-    pub in_h: usize,
-    pub in_w: usize,
-    pub out_channels: usize,
-    pub kernel_h: usize,
-    pub kernel_w: usize,
-    pub opts: Conv2dOptions,
-}
-
-impl Conv2dShape {
-    /// Checks that an input of shape `input` (B, C, H, W) and a weight of shape
-    /// `weight` (O, C/groups, KH, KW) fit together under `opts`.
-    pub fn new(input: &[usize], weight: &[usize], opts: Conv2dOptions) -> Result<Self, String> {
-        if input.len() != 4 || weight.len() != 4 {
-            return Err(format!(
-                "conv2d: input must be (B, C, H, W) and weight (O, C/groups, KH, KW); got input {input:?}, weight {weight:?}"
-            ));
-        }
-        let g = opts.groups;
-        if g == 0
-            || opts.stride.0 == 0
-            || opts.stride.1 == 0
-            || opts.dilation.0 == 0
-            || opts.dilation.1 == 0
-        {
-            return Err(format!(
-                "conv2d: groups, stride and dilation must be positive; got {opts:?}"
-            ));
-        }
-        let s = Conv2dShape {
-            batch: input[0],
-            in_channels: input[1],
-            in_h: input[2],
-            in_w: input[3],
-            out_channels: weight[0],
-            kernel_h: weight[2],
-            kernel_w: weight[3],
-            opts,
-        };
-        if !s.in_channels.is_multiple_of(g)
-            || !s.out_channels.is_multiple_of(g)
-            || weight[1] * g != s.in_channels
-        {
-            return Err(format!(
-                "conv2d: with groups={g}, input channels ({}) and output channels ({}) must divide by groups and weight dim 1 must be C/groups; got input {input:?}, weight {weight:?}",
-                s.in_channels, s.out_channels
-            ));
-        }
-        let eff_h = opts.dilation.0 * (s.kernel_h.max(1) - 1) + 1;
-        let eff_w = opts.dilation.1 * (s.kernel_w.max(1) - 1) + 1;
-        if s.kernel_h == 0
-            || s.kernel_w == 0
-            || s.in_h + 2 * opts.padding.0 < eff_h
-            || s.in_w + 2 * opts.padding.1 < eff_w
-        {
-            return Err(format!(
-                "conv2d: kernel {}x{} (dilated {eff_h}x{eff_w}) does not fit the padded input {}x{}; input {input:?}, weight {weight:?}, {opts:?}",
-                s.kernel_h, s.kernel_w, s.in_h + 2 * opts.padding.0, s.in_w + 2 * opts.padding.1
-            ));
-        }
-        Ok(s)
-    }
-
-    pub fn out_h(&self) -> usize {
-        (self.in_h + 2 * self.opts.padding.0 - self.opts.dilation.0 * (self.kernel_h - 1) - 1)
-            / self.opts.stride.0
-            + 1
-    }
-    pub fn out_w(&self) -> usize {
-        (self.in_w + 2 * self.opts.padding.1 - self.opts.dilation.1 * (self.kernel_w - 1) - 1)
-            / self.opts.stride.1
-            + 1
-    }
-    /// Input channels seen by one output channel (C / groups).
-    pub fn group_in(&self) -> usize {
-        self.in_channels / self.opts.groups
-    }
-    /// Output channels per group (O / groups).
-    pub fn group_out(&self) -> usize {
-        self.out_channels / self.opts.groups
-    }
-    pub fn input_shape(&self) -> [usize; 4] {
-        [self.batch, self.in_channels, self.in_h, self.in_w]
-    }
-    pub fn weight_shape(&self) -> [usize; 4] {
-        [
-            self.out_channels,
-            self.group_in(),
-            self.kernel_h,
-            self.kernel_w,
-        ]
-    }
-    pub fn output_shape(&self) -> [usize; 4] {
-        [self.batch, self.out_channels, self.out_h(), self.out_w()]
-    }
-    /// Output pixels per channel of one image (OH·OW): the columns of one
-    /// image's im2col matrix.
-    pub fn out_pixels(&self) -> usize {
-        self.out_h() * self.out_w()
-    }
-    /// Rows of one group's im2col matrix (C/groups · KH · KW): the length of
-    /// one output channel's dot product.
-    pub fn col_rows(&self) -> usize {
-        self.group_in() * self.kernel_h * self.kernel_w
-    }
-    /// Floating-point operations of the forward pass (2 per multiply-add,
-    /// bias not counted). Each of the two backward GEMMs costs the same.
-    pub fn flops(&self) -> usize {
-        2 * self.batch * self.out_channels * self.col_rows() * self.out_pixels()
-    }
-}
+pub use crate::ops::geometry::{Conv2dOptions, Conv2dShape, PoolOptions};
+pub use crate::ops::reduce::conv2d_backward_bias;
+pub(crate) use crate::ops::reduce::sum_lanes;
+pub(crate) use crate::ops::scratch::{check_len, scratch_in};
 
 use crate::gemm::{gemm, Mat};
+use crate::isa::Isa;
 use crate::ops::relu_pool::{relu_max_pool_2x2_rows, WIDE_SLACK};
-use crate::ops::sparse_conv2d::KernelChoice;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -193,20 +63,17 @@ mod forward;
 mod fused;
 mod im2col;
 
-pub use backward::{
-    conv2d_backward_bias, conv2d_backward_input, conv2d_backward_input_naive,
-    conv2d_backward_weight, conv2d_backward_weight_naive, conv2d_coactivation,
+pub use crate::ops::conv_naive::{
+    conv2d_backward_input_naive, conv2d_backward_weight_naive, conv2d_forward_naive,
+    conv2d_relu_pool_naive,
 };
-pub use direct::{conv2d_forward_direct, conv2d_forward_naive, Kernel};
+pub use backward::{conv2d_backward_input, conv2d_backward_weight, conv2d_coactivation};
+pub use direct::conv2d_forward_direct;
 pub use forward::conv2d_forward;
-pub use fused::{
-    conv2d_relu_pool_backward, conv2d_relu_pool_forward, conv2d_relu_pool_naive,
-    narrow_direct_backward, PoolOptions,
-};
+pub use fused::{conv2d_relu_pool_backward, conv2d_relu_pool_forward, narrow_direct_backward};
 pub use im2col::{col2im, im2col};
 
-pub(crate) use backward::sum_lanes;
-use direct::{copy_planes, direct_applies, direct_scratch_len, for_each_tap, forward_direct, idx4};
+use direct::{copy_planes, direct_applies, direct_scratch_len, forward_direct};
 use forward::{forward_image, forward_scratch_len};
 use fused::with_full_layout;
 use im2col::im2col_strided;
@@ -266,32 +133,6 @@ thread_local! {
 /// Runs `f` on a scratch slice of `len` floats with unspecified contents.
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     scratch_in(&SCRATCH, len, f)
-}
-
-/// Runs `f` on `len` floats of the thread-local buffer `key`, grown as
-/// needed and reused across calls; contents unspecified.
-pub(crate) fn scratch_in<R>(
-    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
-    len: usize,
-    f: impl FnOnce(&mut [f32]) -> R,
-) -> R {
-    key.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut v) => {
-            if v.len() < len {
-                v.resize(len, 0.0);
-            }
-            f(&mut v[..len])
-        }
-        // Re-entered on this thread: fall back to a fresh buffer.
-        Err(_) => f(&mut vec![0.0; len]),
-    })
-}
-
-pub(crate) fn check_len(op: &str, what: &str, expected: usize, actual: usize) {
-    assert_eq!(
-        expected, actual,
-        "{op}: {what} should have {expected} elements, got {actual}"
-    );
 }
 
 // ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ pub fn sparse_conv2d_backward_input(
     w: &[f32],
     dy: &[f32],
     dx: &mut [f32],
-    k: KernelChoice,
+    k: Isa,
 ) {
     let op = "sparse_conv2d_backward_input";
     l.check(op, s);
@@ -82,7 +82,7 @@ impl Dy<'_> {
         oc: usize,
         rows: &mut [f32],
         want_sum: bool,
-        k: KernelChoice,
+        k: Isa,
     ) -> f32 {
         let (o, oh, ow, wp) = (s.out_channels, s.out_h(), s.out_w(), plan.wp);
         match *self {
@@ -170,7 +170,7 @@ pub(super) fn backward_input_wide(
     w: &[f32],
     dy: Dy,
     dx: &mut [f32],
-    k: KernelChoice,
+    k: Isa,
 ) {
     let (c, hw, wd) = (s.in_channels, s.in_h * s.in_w, s.in_w);
     let (cg, og) = (s.group_in(), s.group_out());
@@ -276,7 +276,7 @@ pub fn sparse_conv2d_backward_weight(
     x: &[f32],
     dy: &[f32],
     dw: &mut [f32],
-    k: KernelChoice,
+    k: Isa,
 ) {
     let op = "sparse_conv2d_backward_weight";
     l.check(op, s);
@@ -312,7 +312,7 @@ pub(super) fn backward_weight_wide(
     dy: Dy,
     dw: &mut [f32],
     db: Option<&mut [f32]>,
-    k: KernelChoice,
+    k: Isa,
 ) {
     let c = s.in_channels;
     let (cg, og) = (s.group_in(), s.group_out());
@@ -450,7 +450,7 @@ thread_local! {
 
 /// The sum of the (OH, OW) plane held in `rows` (rows `wp` floats apart),
 /// taken as [`conv2d_backward_bias`] sums a plain plane, so the same bits.
-fn plane_sum(rows: &[f32], (oh, ow): (usize, usize), wp: usize, k: KernelChoice) -> f32 {
+fn plane_sum(rows: &[f32], (oh, ow): (usize, usize), wp: usize, k: Isa) -> f32 {
     with_scratch(&PLANE, oh * ow, |plane| {
         copy_rows(plane, ow, rows, wp, oh, ow, k);
         sum_lanes(plane)

@@ -12,7 +12,7 @@ pub fn sparse_conv2d_forward(
     w: &[f32],
     bias: Option<&[f32]>,
     y: &mut [f32],
-    k: KernelChoice,
+    k: Isa,
 ) {
     let op = "sparse_conv2d_forward";
     l.check(op, s);

@@ -48,7 +48,7 @@ pub fn sparse_conv2d_relu_pool_forward(
     bias: Option<&[f32]>,
     pooled: &mut [f32],
     arg: Option<&mut [u32]>,
-    k: KernelChoice,
+    k: Isa,
 ) {
     let op = "sparse_conv2d_relu_pool_forward";
     l.check(op, s);
@@ -143,7 +143,7 @@ pub(super) fn relu_pool_forward_wide(
     bias: Option<&[f32]>,
     pooled_c: &mut [f32],
     mut arg_c: Option<&mut [u32]>,
-    k: KernelChoice,
+    k: Isa,
 ) {
     let plan = l.plan(s);
     let (c, hw) = (s.in_channels, s.in_h * s.in_w);
@@ -253,13 +253,7 @@ pub(super) fn add_image_sums(sums: &[f32], db: &mut [f32]) {
 /// db (O) of the stride-1 fused op when no weight gradient is wanted
 /// (otherwise the weight tasks sum the planes as they go): the same plane
 /// sums from [`Dy::plane_into`], added image by image. OVERWRITES db.
-pub(super) fn bias_grad_pooled(
-    s: &Conv2dShape,
-    plan: &Plan,
-    dy: Dy,
-    db: &mut [f32],
-    k: KernelChoice,
-) {
+pub(super) fn bias_grad_pooled(s: &Conv2dShape, plan: &Plan, dy: Dy, db: &mut [f32], k: Isa) {
     let rows = s.out_h() * plan.wp;
     with_scratch(&SCRATCH, rows, |plane| {
         for (oc, d) in db.iter_mut().enumerate() {
@@ -288,7 +282,7 @@ pub fn sparse_conv2d_relu_pool_backward(
     dw: Option<&mut [f32]>,
     db: Option<&mut [f32]>,
     dx: Option<&mut [f32]>,
-    k: KernelChoice,
+    k: Isa,
 ) {
     sparse_conv2d_relu_pool_backward_with(
         s,
@@ -332,7 +326,7 @@ pub fn sparse_conv2d_relu_pool_backward_with(
     (pooled, arg, dpooled): (&[f32], &[u32], &[f32]),
     (dw, db, dx): Grads<'_>,
     bias_sum: BiasSum,
-    k: KernelChoice,
+    k: Isa,
 ) {
     let op = "sparse_conv2d_relu_pool_backward";
     l.check(op, s);
@@ -406,7 +400,7 @@ pub fn sparse_conv2d_relu_pool_backward_with(
 }
 
 /// The definition, from the dense naive kernels on the masked weight
-/// ([`crate::ops::conv2d::conv2d_relu_pool_naive`]). Returns (pooled, arg);
+/// ([`crate::ops::conv_naive::conv2d_relu_pool_naive`]). Returns (pooled, arg);
 /// the test oracle.
 pub fn sparse_conv2d_relu_pool_naive(
     s: &Conv2dShape,
@@ -416,7 +410,7 @@ pub fn sparse_conv2d_relu_pool_naive(
     w: &[f32],
     bias: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<u32>) {
-    crate::ops::conv2d::conv2d_relu_pool_naive(s, pool, x, &l.masked_weight(w), bias)
+    crate::ops::conv_naive::conv2d_relu_pool_naive(s, pool, x, &l.masked_weight(w), bias)
 }
 
 /// max_pool2d(relu(conv2d_sparse(x, w, bias, layout))) without the
@@ -490,7 +484,7 @@ pub fn conv2d_sparse_relu_max_pool2d_with(
         bias.map(|b| b.data()).as_deref().map(|v| &v[..]),
         &mut pooled,
         tracked.then_some(&mut arg[..]),
-        KernelChoice::Best,
+        Isa::best(),
     );
     let saved = crate::buffers::Recycled::copy_of(if tracked { &pooled } else { &[] });
     let (xc, wc, bc, l) = (x.clone(), w.clone(), bias.cloned(), layout.clone());
@@ -509,7 +503,7 @@ pub fn conv2d_sparse_relu_max_pool2d_with(
             (&saved, &arg, dpooled),
             (dw.as_deref_mut(), db.as_deref_mut(), dx.as_deref_mut()),
             bias_sum,
-            KernelChoice::Best,
+            Isa::best(),
         );
         if let Some(dw) = dw {
             grads.add_owned(&wc, dw);

@@ -67,14 +67,19 @@
 //!   [`sparse_conv2d_backward_weight`], and `Dy`, where their tasks find dY.
 //! * `fused.rs`: the fused conv → relu → max-pool op
 //!   ([`conv2d_sparse_relu_max_pool2d`]) and its slice kernels.
-//! * this file: the kernel choice, work splitting and scratch shared by all
-//!   of them, and the autograd op [`conv2d_sparse`].
+//! * this file: the crossover rule, work splitting and scratch shared by
+//!   all of them, the row copies of the wide layouts, and the autograd op
+//!   [`conv2d_sparse`].
+//!
+//! Shapes come from `ops/geometry.rs`, scratch from `ops/scratch.rs`, and
+//! the oracle from `ops/conv_naive.rs`; nothing here depends on the dense
+//! `conv2d/`, which calls these kernels for narrow layers.
 
-use crate::ops::conv2d::{
-    check_len, conv2d_backward_bias, scratch_in as with_scratch, sum_lanes, Conv2dOptions,
-    Conv2dShape, PoolOptions,
-};
+use crate::isa::Isa;
+use crate::ops::geometry::{Conv2dOptions, Conv2dShape, PoolOptions};
+use crate::ops::reduce::{conv2d_backward_bias, sum_lanes};
 use crate::ops::relu_pool::{relu_max_pool_2x2_rows, relu_pool_grad_2x2_rows, WIDE_SLACK};
+use crate::ops::scratch::{check_len, scratch_in as with_scratch};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -98,8 +103,6 @@ pub use layout::SparseLayout;
 
 use backward::{backward_input_wide, backward_weight_wide, Dy, PooledGrad};
 use layout::Plan;
-#[cfg(target_arch = "x86_64")]
-use loops::has_avx2_fma;
 use loops::{gather_fma, multi_dot};
 
 /// Density (active taps / all taps) above which the dense kernels on the
@@ -130,49 +133,6 @@ pub const SPARSE_ALWAYS_MAX_OUT_CHANNELS: usize = 8;
 pub fn sparse_pays(weight_shape: [usize; 4], groups: usize, density: f64) -> bool {
     weight_shape[0] / groups.max(1) <= SPARSE_ALWAYS_MAX_OUT_CHANNELS
         || density < SPARSE_CROSSOVER_DENSITY
-}
-
-/// Which inner loops to run, so that tests can check each against the
-/// oracle. `Best` takes the widest the CPU has (checked at run time):
-/// AVX-512 where a loop has an AVX-512 version, else AVX2 + FMA, else the
-/// portable loops. `Avx2` stops at AVX2 + FMA (portable without them);
-/// `Portable` forces the portable loops.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum KernelChoice {
-    #[default]
-    Best,
-    Avx2,
-    Portable,
-}
-
-impl KernelChoice {
-    /// Every choice, for tests.
-    pub const ALL: [KernelChoice; 3] = [
-        KernelChoice::Best,
-        KernelChoice::Avx2,
-        KernelChoice::Portable,
-    ];
-
-    /// Whether the AVX2 + FMA loops may run (the CPU has them and the
-    /// choice is not `Portable`).
-    pub(crate) fn avx2(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if self != KernelChoice::Portable {
-            return has_avx2_fma();
-        }
-        false
-    }
-
-    /// Whether the AVX-512 loops may run: `Best`, on a CPU with AVX-512F
-    /// (and AVX2 + FMA, which every such CPU has and the loops' short
-    /// tails use).
-    pub(crate) fn avx512(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if self == KernelChoice::Best {
-            return is_x86_feature_detected!("avx512f") && has_avx2_fma();
-        }
-        false
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -239,14 +199,7 @@ thread_local! {
 
 /// Copies the (C', H, W) planes of `x` into the middle of the zeroed
 /// (C', H + 2·py, W + 2·px) planes of `xp`.
-fn pad_planes(
-    x: &[f32],
-    h: usize,
-    w: usize,
-    (py, px): (usize, usize),
-    xp: &mut [f32],
-    k: KernelChoice,
-) {
+fn pad_planes(x: &[f32], h: usize, w: usize, (py, px): (usize, usize), xp: &mut [f32], k: Isa) {
     let (hp, wp) = (h + 2 * py, w + 2 * px);
     xp.fill(0.0);
     for (src, dst) in x.chunks_exact(h * w).zip(xp.chunks_exact_mut(hp * wp)) {
@@ -265,7 +218,7 @@ fn copy_rows(
     src_stride: usize,
     rows: usize,
     len: usize,
-    k: KernelChoice,
+    k: Isa,
 ) {
     if rows == 0 || len == 0 {
         return;
@@ -458,7 +411,7 @@ pub fn conv2d_sparse(
         &w.data(),
         bias.map(|b| b.data()).as_deref().map(|v| &v[..]),
         &mut y,
-        KernelChoice::Best,
+        Isa::best(),
     );
     let (xc, wc, bc, l) = (x.clone(), w.clone(), bias.cloned(), layout.clone());
     let mut inputs = vec![x, w];
@@ -466,12 +419,12 @@ pub fn conv2d_sparse(
     Tensor::from_op(y, &out_shape, &inputs, move |dy, grads| {
         if wc.needs_grad() {
             let mut dw = crate::buffers::take(wc.numel());
-            sparse_conv2d_backward_weight(&s, &l, &xc.data(), dy, &mut dw, KernelChoice::Best);
+            sparse_conv2d_backward_weight(&s, &l, &xc.data(), dy, &mut dw, Isa::best());
             grads.add_owned(&wc, dw);
         }
         if xc.needs_grad() {
             let mut dx = crate::buffers::take(xc.numel());
-            sparse_conv2d_backward_input(&s, &l, &wc.data(), dy, &mut dx, KernelChoice::Best);
+            sparse_conv2d_backward_input(&s, &l, &wc.data(), dy, &mut dx, Isa::best());
             grads.add_owned(&xc, dx);
         }
         if let Some(b) = &bc {

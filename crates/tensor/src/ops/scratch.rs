@@ -1,0 +1,31 @@
+//! Scratch memory and checks shared by the convolution kernels: a
+//! thread-local buffer handed out by length, reused across calls, and the
+//! length check every slice kernel makes on its operands.
+
+use std::cell::RefCell;
+
+/// Runs `f` on `len` floats of the thread-local buffer `key`, grown as
+/// needed and reused across calls; contents unspecified.
+pub(crate) fn scratch_in<R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+            f(&mut v[..len])
+        }
+        // Re-entered on this thread: fall back to a fresh buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+pub(crate) fn check_len(op: &str, what: &str, expected: usize, actual: usize) {
+    assert_eq!(
+        expected, actual,
+        "{op}: {what} should have {expected} elements, got {actual}"
+    );
+}
