@@ -18,26 +18,7 @@ pub fn sparse_conv2d_backward_input(
     check_len(op, "w", s.weight_shape().iter().product(), w.len());
     check_len(op, "dy", s.output_shape().iter().product(), dy.len());
     check_len(op, "dx", s.input_shape().iter().product(), dx.len());
-    let (c, hw, o, p) = (
-        s.in_channels,
-        s.in_h * s.in_w,
-        s.out_channels,
-        s.out_pixels(),
-    );
-    let ipc = images_per_chunk(s, l);
-    let parallel = run_parallel(s, l);
-
-    if s.opts.stride != (1, 1) {
-        for_each_chunk(dx, ipc * c * hw, parallel, |chunk, dx_chunk| {
-            for (i, dx_b) in dx_chunk.chunks_mut(c * hw).enumerate() {
-                let b = chunk * ipc + i;
-                backward_input_rows(s, l, w, &dy[b * o * p..][..o * p], dx_b);
-            }
-        });
-        return;
-    }
-
-    // Stride 1: the wide trick, each task laying out its images' dy.
+    // The wide trick, each task laying out its images' dy.
     backward_input_wide(s, l, &l.plan(s), w, Dy::Plain(dy), dx, k);
 }
 
@@ -154,15 +135,16 @@ impl Plan {
     /// next (a read left of column 0 lands in the previous row's gap). The
     /// input gradient gathers from whole planes; the weight gradient reads
     /// the OH data rows, which start here.
-    pub(super) fn data_start(&self, s: &Conv2dShape) -> usize {
-        self.lead + (s.kernel_h - 1) * s.opts.dilation.0 * self.wp
+    pub(super) fn data_start(&self) -> usize {
+        self.lead + self.top * self.wp
     }
 }
 
-/// The stride-1 input gradient with dY in the wide layout: each input plane
-/// gathers, over the (o, tap) entries that read it, the kernel flipped, and
-/// comes out in the padded input's layout, Hp·Wp long (copied into dx
-/// without its border if the conv pads).
+/// The input gradient with dY in the wide layout: each input plane (each
+/// phase plane, for a stride s > 1) gathers, over the (o, tap) entries that
+/// read it, the kernel flipped, and comes out in the prepared input's
+/// layout, Hp·Wp long a phase (read back into dx without its border, and
+/// the phases merged, unless the conv neither pads nor strides).
 pub(super) fn backward_input_wide(
     s: &Conv2dShape,
     l: &SparseLayout,
@@ -172,14 +154,14 @@ pub(super) fn backward_input_wide(
     dx: &mut [f32],
     k: Isa,
 ) {
-    let (c, hw, wd) = (s.in_channels, s.in_h * s.in_w, s.in_w);
+    let (c, hw) = (s.in_channels, s.in_h * s.in_w);
     let (cg, og) = (s.group_in(), s.group_out());
     let ipc = images_per_chunk(s, l);
-    let (py, px) = s.opts.padding;
-    let padded = (py, px) != (0, 0);
-    let dxw_len = if padded { plan.hp * plan.wp } else { 0 }; // dxw[iy·Wp + ix]
+    let padded = needs_planes(s, plan);
+    let pplane = plan.hp * plan.wp; // one phase plane, [iy·Wp + ix]
+    let dxw_len = if padded { plan.plane() } else { 0 };
     let max_taps = l.max_taps();
-    let (q_plane, start, rows) = (plan.q_plane, plan.data_start(s), s.out_h() * plan.wp);
+    let (q_plane, start, rows) = (plan.q_plane, plan.data_start(), s.out_h() * plan.wp);
     for_each_chunk(dx, ipc * c * hw, run_parallel(s, l), |chunk, dx_chunk| {
         with_scratch(&SCRATCH, og * q_plane + dxw_len + max_taps, |buf| {
             let (dyq_bg, rest) = buf.split_at_mut(og * q_plane); // (O/g, q_plane)
@@ -196,68 +178,30 @@ pub(super) fn backward_input_wide(
                     }
                     let dyq_bg = &*dyq_bg;
                     for ci in g * cg..(g + 1) * cg {
-                        let r = l.in_range(ci);
                         let dx_c = &mut dx_b[ci * hw..(ci + 1) * hw]; // (H, W)
-                        if r.is_empty() {
-                            dx_c.fill(0.0);
-                            continue;
+                                                                      // One phase plane at a time; without padding or
+                                                                      // stride the one plane is dx_c itself.
+                        for ph in 0..plan.phases {
+                            let r = plan.bwd_range(ci * plan.phases + ph);
+                            let out = if padded {
+                                &mut dxw[ph * pplane..][..pplane]
+                            } else {
+                                &mut *dx_c
+                            };
+                            let ws = &mut ws[..r.len()];
+                            for (wv, &i) in ws.iter_mut().zip(&plan.bwd_taps[r.clone()]) {
+                                *wv = w[l.by_input[i].wi];
+                            }
+                            gather_fma(dyq_bg, &plan.bwd_offs[r], ws, 0.0, out, k);
                         }
-                        let ws = &mut ws[..r.len()];
-                        for (wv, t) in ws.iter_mut().zip(&l.by_input[r.clone()]) {
-                            *wv = w[t.wi];
+                        if padded {
+                            unprepare_plane(s, plan, dxw, dx_c, k);
                         }
-                        if !padded {
-                            // Hp × Wp is H × W: write the plane in place.
-                            gather_fma(dyq_bg, &plan.bwd_offs[r], ws, 0.0, dx_c, k);
-                            continue;
-                        }
-                        gather_fma(dyq_bg, &plan.bwd_offs[r], ws, 0.0, dxw, k);
-                        let dxw_rows = &dxw[py * plan.wp + px..];
-                        copy_rows(dx_c, wd, dxw_rows, plan.wp, s.in_h, wd, k);
                     }
                 }
             }
         });
     });
-}
-
-/// Input gradient for one image, any geometry: the transpose of
-/// [`forward_rows`], scattering w · dy rows into dx rows. One task owns the
-/// whole image, so the scatter cannot race. dy_b is (O, OH, OW), dx_b is
-/// (C, H, W).
-pub(super) fn backward_input_rows(
-    s: &Conv2dShape,
-    l: &SparseLayout,
-    w: &[f32],
-    dy_b: &[f32],
-    dx_b: &mut [f32],
-) {
-    let (h, wd, oh, ow) = (s.in_h, s.in_w, s.out_h(), s.out_w());
-    let (sy, sx) = s.opts.stride;
-    let (py, px) = s.opts.padding;
-    let (dy, dx) = s.opts.dilation;
-    let (cg, og) = (s.group_in(), s.group_out());
-    dx_b.fill(0.0);
-    for (oc, dy_o) in dy_b.chunks_exact(oh * ow).enumerate() {
-        let g = oc / og;
-        for t in &l.by_output[l.out_range(oc)] {
-            let wv = w[t.wi];
-            let plane = &mut dx_b[(g * cg + t.ch) * h * wd..][..h * wd];
-            let (oy0, oy1) = valid_range(oh, h, sy, t.ki * dy, py);
-            let (ox0, ox1) = valid_range(ow, wd, sx, t.kj * dx, px);
-            if ox0 == ox1 {
-                continue;
-            }
-            for oy in oy0..oy1 {
-                let iy = oy * sy + t.ki * dy - py;
-                let ix0 = ox0 * sx + t.kj * dx - px;
-                let dst = plane[iy * wd + ix0..(iy + 1) * wd].iter_mut().step_by(sx);
-                for (d, &gv) in dst.zip(&dy_o[oy * ow + ox0..oy * ow + ox1]) {
-                    *d += wv * gv;
-                }
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -283,17 +227,7 @@ pub fn sparse_conv2d_backward_weight(
     check_len(op, "x", s.input_shape().iter().product(), x.len());
     check_len(op, "dy", s.output_shape().iter().product(), dy.len());
     check_len(op, "dw", s.weight_shape().iter().product(), dw.len());
-    let kk = s.group_in() * s.kernel_h * s.kernel_w; // weights per output channel
-    let parallel = run_parallel(s, l);
-
-    if s.opts.stride != (1, 1) {
-        for_each_chunk(dw, kk, parallel, |oc, dw_o| {
-            backward_weight_rows(s, l, x, dy, oc, dw_o);
-        });
-        return;
-    }
-
-    // Stride 1: dot products of wide dy rows with the shifted input.
+    // Dot products of wide dy rows with the shifted input.
     backward_weight_wide(s, l, &l.plan(s), x, Dy::Plain(dy), dw, None, k);
 }
 
@@ -319,15 +253,21 @@ pub(super) fn backward_weight_wide(
     let kk = cg * s.kernel_h * s.kernel_w; // weights per output channel
     let rows = s.out_h() * plan.wp; // dY's data rows, gap columns included
     let wide = rows - (plan.wp - s.out_w()); // up to the last value
-    let plane_p = plan.hp * plan.wp;
-    let padded = s.opts.padding != (0, 0);
+    let plane_p = plan.plane();
+    let padded = needs_planes(s, plan);
     let pad_len = if padded { s.batch * c * plane_p } else { 0 };
     let max_taps = l.max_taps();
     let mut sums = vec![0.0f32; if db.is_some() { s.out_channels } else { 0 }];
     with_scratch(&BATCH_SCRATCH, pad_len, |xpad| {
         // The whole batch padded once, shared by the channel tasks.
         let xs: &[f32] = if padded {
-            pad_planes(x, s.in_h, s.in_w, s.opts.padding, xpad, k);
+            let one = Conv2dShape { batch: 1, ..*s };
+            for (xb, xpb) in x
+                .chunks_exact(c * s.in_h * s.in_w)
+                .zip(xpad.chunks_exact_mut(c * plane_p))
+            {
+                prepare_planes(&one, plan, xb, xpb, k);
+            }
             xpad
         } else {
             x
@@ -381,47 +321,6 @@ pub(super) fn backward_weight_wide(
     });
     if let Some(db) = db {
         db.copy_from_slice(&sums);
-    }
-}
-
-/// Weight gradient of output channel `oc`'s active taps, any geometry,
-/// written into its (C/g, KH, KW) slice `dw_o` (zeros elsewhere).
-pub(super) fn backward_weight_rows(
-    s: &Conv2dShape,
-    l: &SparseLayout,
-    x: &[f32],
-    dy: &[f32],
-    oc: usize,
-    dw_o: &mut [f32],
-) {
-    let (c, h, wd, o) = (s.in_channels, s.in_h, s.in_w, s.out_channels);
-    let (oh, ow) = (s.out_h(), s.out_w());
-    let (sy, sx) = s.opts.stride;
-    let (py, px) = s.opts.padding;
-    let (dy_, dx_) = s.opts.dilation;
-    let (cg, og) = (s.group_in(), s.group_out());
-    let kk = dw_o.len();
-    let g = oc / og;
-    dw_o.fill(0.0);
-    for t in &l.by_output[l.out_range(oc)] {
-        let (oy0, oy1) = valid_range(oh, h, sy, t.ki * dy_, py);
-        let (ox0, ox1) = valid_range(ow, wd, sx, t.kj * dx_, px);
-        let mut acc = 0.0f32;
-        if ox0 < ox1 {
-            for b in 0..s.batch {
-                let plane = &x[(b * c + g * cg + t.ch) * h * wd..][..h * wd];
-                let dy_bo = &dy[(b * o + oc) * oh * ow..][..oh * ow];
-                for oy in oy0..oy1 {
-                    let iy = oy * sy + t.ki * dy_ - py;
-                    let ix0 = ox0 * sx + t.kj * dx_ - px;
-                    let src = plane[iy * wd + ix0..(iy + 1) * wd].iter().step_by(sx);
-                    for (&gv, &xv) in dy_bo[oy * ow + ox0..oy * ow + ox1].iter().zip(src) {
-                        acc += gv * xv;
-                    }
-                }
-            }
-        }
-        dw_o[t.wi - oc * kk] = acc;
     }
 }
 

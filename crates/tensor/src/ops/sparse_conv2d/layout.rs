@@ -15,22 +15,55 @@ pub(super) struct Tap {
 }
 
 /// Input offsets of every tap for one input size (see the module doc).
+///
+/// With stride s > 1 the padded input is split into s·s phase planes,
+/// phase (a, b) holding the pixels (s·i + a, s·j + b); a tap whose padded
+/// row offset is r = ki·dy reads phase r mod s at row shift r div s (the
+/// same for columns), so the strided convolution becomes stride-1 wide
+/// loops over the phase planes. With stride 1 there is one phase, the
+/// padded plane itself.
 #[derive(Debug)]
 pub(super) struct Plan {
     pub(super) in_h: usize,
     pub(super) in_w: usize,
-    /// Padded input plane, Hp × Wp.
+    /// Phases per input channel: sy·sx (1 for stride 1).
+    pub(super) phases: usize,
+    /// One phase plane, Hp × Wp: the padded input plane for stride 1,
+    /// ⌈(H + 2·py)/sy⌉ × ⌈(W + 2·px)/sx⌉ otherwise. Wp is the row length of
+    /// every wide layout.
     pub(super) hp: usize,
     pub(super) wp: usize,
-    /// dy padded for the input gradient: `lead` zeros, then Hq rows of
-    /// Wp floats (OW values, then Wp − OW zeros); `q_plane` floats per
-    /// output channel.
+    /// dy padded for the input gradient: `lead` zeros, then rows of Wp
+    /// floats (OW values, then Wp − OW zeros); `q_plane` floats per output
+    /// channel.
     pub(super) lead: usize,
     pub(super) q_plane: usize,
-    /// Per entry of `by_output`: c·Hp·Wp + ki·dy·Wp + kj·dx.
+    /// Zero rows of the dy layout above its data rows.
+    pub(super) top: usize,
+    /// Per entry of `by_output`: the offset of the tap's first read in the
+    /// input's prepared planes, (c·phases + phase)·Hp·Wp + (row shift)·Wp +
+    /// (column shift).
     pub(super) fwd_offs: Vec<usize>,
-    /// Per entry of `by_input`: o·q_plane + (KH−1−ki)·dy·Wp + (KW−1−kj)·dx.
+    /// The entries of `by_input` grouped by (input channel, phase), each
+    /// group in `by_input` order: `bwd_taps[bwd_start[ci·phases + ph]..
+    /// bwd_start[ci·phases + ph + 1]]` index `by_input`, and `bwd_offs` is
+    /// each one's o·q_plane + (top − row shift)·Wp + (lead − column shift).
+    pub(super) bwd_taps: Vec<usize>,
+    pub(super) bwd_start: Vec<usize>,
     pub(super) bwd_offs: Vec<usize>,
+}
+
+impl Plan {
+    /// Floats of one input channel's prepared planes: phases·Hp·Wp.
+    pub(super) fn plane(&self) -> usize {
+        self.phases * self.hp * self.wp
+    }
+
+    /// The (input channel, phase) group `i = ci·phases + ph` of the
+    /// backward lists.
+    pub(super) fn bwd_range(&self, i: usize) -> std::ops::Range<usize> {
+        self.bwd_start[i]..self.bwd_start[i + 1]
+    }
 }
 
 /// Built from the mask once per mask change; weights stay in the dense
@@ -195,29 +228,60 @@ impl SparseLayout {
         }
         let (kh, kw) = (s.kernel_h, s.kernel_w);
         let (dy, dx) = s.opts.dilation;
-        let hp = s.in_h + 2 * s.opts.padding.0;
-        let wp = s.in_w + 2 * s.opts.padding.1;
-        let hq = s.out_h() + 2 * (kh - 1) * dy;
-        let lead = (kw - 1) * dx;
-        let q_plane = lead + hq * wp;
+        let (sy, sx) = s.opts.stride;
+        let phases = sy * sx;
+        let hp = (s.in_h + 2 * s.opts.padding.0).div_ceil(sy);
+        let wp = (s.in_w + 2 * s.opts.padding.1).div_ceil(sx);
+        // A tap's phase and its row and column shifts within the phase.
+        let phase_of = |ki: usize, kj: usize| (ki * dy % sy) * sx + kj * dx % sx;
+        let shifts = |ki: usize, kj: usize| (ki * dy / sy, kj * dx / sx);
+        let (top, lead) = shifts(kh - 1, kw - 1);
+        // `top` zero rows, the OH data rows, and zero rows down to the last
+        // row any phase plane's gather reads (top + Hp rows in all).
+        let q_plane = lead + (top + s.out_h().max(hp)) * wp;
         let fwd_offs = self
             .by_output
             .iter()
-            .map(|t| t.ch * hp * wp + t.ki * dy * wp + t.kj * dx)
+            .map(|t| {
+                let (ri, rj) = shifts(t.ki, t.kj);
+                (t.ch * phases + phase_of(t.ki, t.kj)) * hp * wp + ri * wp + rj
+            })
             .collect();
-        let bwd_offs = self
-            .by_input
+        let cin = self.in_start.len() - 1;
+        let mut bwd_taps = Vec::with_capacity(self.by_input.len());
+        let mut bwd_start = vec![0];
+        for ci in 0..cin {
+            for ph in 0..phases {
+                let r = self.in_range(ci);
+                let taps = &self.by_input[r.clone()];
+                bwd_taps.extend(
+                    r.zip(taps)
+                        .filter(|(_, t)| phase_of(t.ki, t.kj) == ph)
+                        .map(|(i, _)| i),
+                );
+                bwd_start.push(bwd_taps.len());
+            }
+        }
+        let bwd_offs = bwd_taps
             .iter()
-            .map(|t| t.ch * q_plane + (kh - 1 - t.ki) * dy * wp + (kw - 1 - t.kj) * dx)
+            .map(|&i| {
+                let t = &self.by_input[i];
+                let (ri, rj) = shifts(t.ki, t.kj);
+                t.ch * q_plane + (top - ri) * wp + (lead - rj)
+            })
             .collect();
         let p = Arc::new(Plan {
             in_h: s.in_h,
             in_w: s.in_w,
+            phases,
             hp,
             wp,
             lead,
             q_plane,
+            top,
             fwd_offs,
+            bwd_taps,
+            bwd_start,
             bwd_offs,
         });
         if plans.len() == MAX_PLANS {

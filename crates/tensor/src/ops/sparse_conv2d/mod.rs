@@ -43,8 +43,13 @@
 //! dy, or, in the fused op, rebuilt from the pooled gradient, so that no
 //! full-size dy is ever written.
 //!
-//! Other strides take a plain row-by-row path (strided loads do not fit the
-//! wide trick); it is correct for every geometry but not tuned.
+//! A stride s > 1 becomes the same stride-1 loops on phase planes. Split the
+//! padded input into its s·s phases, phase (a, b) holding the pixels
+//! (s·i + a, s·j + b); a tap at padded offset (r, q) = (ki·dy, kj·dx) reads
+//! phase (r mod s, q mod s) shifted by (r div s, q div s), so output pixel
+//! (oy, ox) = p is again `p + off_t` in one long row of the phase planes'
+//! row length ([`layout::Plan`]). The input gradient gathers each phase
+//! plane from the taps of that phase, and merges the phases back into dx.
 //!
 //! # Work splitting and determinism
 //!
@@ -207,6 +212,67 @@ fn pad_planes(x: &[f32], h: usize, w: usize, (py, px): (usize, usize), xp: &mut 
     }
 }
 
+/// Whether the kernels read `x` itself (stride 1, no padding) or planes
+/// prepared from it by [`prepare_planes`].
+fn needs_planes(s: &Conv2dShape, plan: &Plan) -> bool {
+    s.opts.padding != (0, 0) || plan.phases > 1
+}
+
+/// The planes the wide kernels read (see [`Plan`]): each (H, W) plane of
+/// `x` zero-padded and, for a stride s > 1, split into its s·s phases,
+/// (C', phases, Hp, Wp) in all. For stride 1 this is [`pad_planes`].
+/// OVERWRITES xp.
+fn prepare_planes(s: &Conv2dShape, plan: &Plan, x: &[f32], xp: &mut [f32], k: Isa) {
+    let (h, w, (py, px), (sy, sx)) = (s.in_h, s.in_w, s.opts.padding, s.opts.stride);
+    if plan.phases == 1 {
+        return pad_planes(x, h, w, (py, px), xp, k);
+    }
+    let (hp, wp) = (plan.hp, plan.wp);
+    xp.fill(0.0);
+    for (src, dst) in x.chunks_exact(h * w).zip(xp.chunks_exact_mut(plan.plane())) {
+        for (iy, row) in src.chunks_exact(w).enumerate() {
+            let (a, i) = ((iy + py) % sy, (iy + py) / sy);
+            for b in 0..sx {
+                // The columns ix with (ix + px) mod sx = b, from the first.
+                let ix0 = (b + sx - px % sx) % sx;
+                if ix0 >= w {
+                    continue;
+                }
+                let dst_row = &mut dst[((a * sx + b) * hp + i) * wp..][..wp];
+                let j0 = (ix0 + px) / sx;
+                for (d, &v) in dst_row[j0..].iter_mut().zip(row[ix0..].iter().step_by(sx)) {
+                    *d = v;
+                }
+            }
+        }
+    }
+}
+
+/// The inverse of [`prepare_planes`] for one channel: the (H, W) plane
+/// `dst` read back out of its prepared planes `src` (phases·Hp·Wp),
+/// dropping the padding. OVERWRITES dst.
+fn unprepare_plane(s: &Conv2dShape, plan: &Plan, src: &[f32], dst: &mut [f32], k: Isa) {
+    let (h, w, (py, px), (sy, sx)) = (s.in_h, s.in_w, s.opts.padding, s.opts.stride);
+    let (hp, wp) = (plan.hp, plan.wp);
+    if plan.phases == 1 {
+        return copy_rows(dst, w, &src[py * wp + px..], wp, h, w, k);
+    }
+    for (iy, row) in dst.chunks_exact_mut(w).enumerate() {
+        let (a, i) = ((iy + py) % sy, (iy + py) / sy);
+        for b in 0..sx {
+            let ix0 = (b + sx - px % sx) % sx;
+            if ix0 >= w {
+                continue;
+            }
+            let src_row = &src[((a * sx + b) * hp + i) * wp..][..wp];
+            let j0 = (ix0 + px) / sx;
+            for (d, &v) in row[ix0..].iter_mut().step_by(sx).zip(&src_row[j0..]) {
+                *d = v;
+            }
+        }
+    }
+}
+
 /// Copies `rows` rows of `len` floats from `src`, whose rows start
 /// `src_stride` floats apart, to `dst`, whose rows start `dst_stride` apart:
 /// the short rows in and out of the wide layouts (10 to 32 floats in the
@@ -359,14 +425,6 @@ unsafe fn copy_rows_avx512(
             }
         }
     }
-}
-
-/// The output positions `o` in `0..out` whose input coordinate
-/// `o·stride + k_off − pad` lies inside `0..len`, as a range.
-fn valid_range(out: usize, len: usize, stride: usize, k_off: usize, pad: usize) -> (usize, usize) {
-    let lo = pad.saturating_sub(k_off).div_ceil(stride);
-    let hi = (len + pad).saturating_sub(k_off).div_ceil(stride).min(out);
-    (lo.min(hi), hi)
 }
 
 // ---------------------------------------------------------------------------
