@@ -231,12 +231,13 @@ pub fn sparse_conv2d_backward_weight(
     backward_weight_wide(s, l, &l.plan(s), x, Dy::Plain(dy), dw, None, k);
 }
 
-/// The stride-1 weight gradient with dY in the wide layout: per active tap,
-/// the dot product of dY's data rows (zeros in the Wp − OW gap columns)
-/// with the input shifted by the tap's offset. One task per output channel:
-/// it lays out its channel's dY plane of each image in turn and sums over
-/// the images in order. With `db`, the task also adds up its planes' sums
-/// (from [`Dy::plane_into`]) into db[oc], image by image.
+/// The weight gradient with dY in the wide layout: per active tap, the dot
+/// product of dY's data rows (zeros in the Wp − OW gap columns) with the
+/// input planes shifted by the tap's offset. One task per block of output
+/// channels: image by image, it lays out each of its channels' dY plane in
+/// turn, and each channel sums over the images in order. With `db`, it also
+/// adds up each channel's planes' sums (from [`Dy::plane_into`]) into
+/// db[oc], image by image.
 #[allow(clippy::too_many_arguments)] // the operands and both outputs
 pub(super) fn backward_weight_wide(
     s: &Conv2dShape,
@@ -261,62 +262,80 @@ pub(super) fn backward_weight_wide(
     with_scratch(&BATCH_SCRATCH, pad_len, |xpad| {
         // The whole batch padded once, shared by the channel tasks.
         let xs: &[f32] = if padded {
+            // Image by image, on the pool when the op is: a copy, so the
+            // split does not change a bit.
             let one = Conv2dShape { batch: 1, ..*s };
-            for (xb, xpb) in x
-                .chunks_exact(c * s.in_h * s.in_w)
-                .zip(xpad.chunks_exact_mut(c * plane_p))
-            {
-                prepare_planes(&one, plan, xb, xpb, k);
+            let image = |(xb, xpb): (&[f32], &mut [f32])| prepare_planes(&one, plan, xb, xpb, k);
+            let (xi, xo) = (c * s.in_h * s.in_w, c * plane_p);
+            if run_parallel(s, l) {
+                x.par_chunks_exact(xi)
+                    .zip(xpad.par_chunks_exact_mut(xo))
+                    .for_each(image);
+            } else {
+                x.chunks_exact(xi)
+                    .zip(xpad.chunks_exact_mut(xo))
+                    .for_each(image);
             }
             xpad
         } else {
             x
         };
-        let channel = |oc: usize, dw_o: &mut [f32], db_o: Option<&mut f32>| {
-            dw_o.fill(0.0);
-            let r = l.out_range(oc);
-            let g = oc / og;
-            let taps = &l.by_output[r.clone()];
-            let offs = &plan.fwd_offs[r];
-            if taps.is_empty() && db_o.is_none() {
-                return;
-            }
+        // A task owns a block of output channels and goes through the
+        // images in the outer loop, so that its channels read each image's
+        // input planes while they are in cache (one channel at a time would
+        // read the whole batch's input once per channel). Each channel
+        // still sums its images in order: the bits do not depend on the
+        // blocks or the threads.
+        let per_task = s.out_channels.div_ceil(4).max(1);
+        let task = |t: usize, dw_t: &mut [f32], mut sums_t: Option<&mut [f32]>| {
+            dw_t.fill(0.0);
+            let oc0 = t * per_task;
+            let want_sum = sums_t.is_some();
             with_scratch(&SCRATCH, rows + max_taps, |buf| {
                 let (dyw, dots) = buf.split_at_mut(rows);
-                let dots = &mut dots[..taps.len()];
                 // Gap columns stay zero for a plain dY (only values are
                 // copied); a pooled dY writes whole rows.
                 dyw.fill(0.0);
-                let mut sum = 0.0f32;
                 for b in 0..s.batch {
-                    sum += dy.plane_into(s, plan, b, oc, dyw, db_o.is_some(), k);
-                    if taps.is_empty() {
-                        continue;
+                    for (i, dw_o) in dw_t.chunks_exact_mut(kk).enumerate() {
+                        let oc = oc0 + i;
+                        let r = l.out_range(oc);
+                        let taps = &l.by_output[r.clone()];
+                        if taps.is_empty() && !want_sum {
+                            continue;
+                        }
+                        let plane_sum = dy.plane_into(s, plan, b, oc, dyw, want_sum, k);
+                        if let Some(sums_t) = sums_t.as_deref_mut() {
+                            sums_t[i] += plane_sum;
+                        }
+                        if taps.is_empty() {
+                            continue;
+                        }
+                        let g = oc / og;
+                        let x_bg = &xs[(b * c + g * cg) * plane_p..][..cg * plane_p];
+                        let dots = &mut dots[..taps.len()];
+                        multi_dot(&dyw[..wide], x_bg, &plan.fwd_offs[r], dots, k);
+                        for (t, &d) in taps.iter().zip(dots.iter()) {
+                            dw_o[t.wi - oc * kk] += d;
+                        }
                     }
-                    let x_bg = &xs[(b * c + g * cg) * plane_p..][..cg * plane_p];
-                    multi_dot(&dyw[..wide], x_bg, offs, dots, k);
-                    for (t, &d) in taps.iter().zip(dots.iter()) {
-                        dw_o[t.wi - oc * kk] += d;
-                    }
-                }
-                if let Some(db_o) = db_o {
-                    *db_o = sum;
                 }
             });
         };
         let parallel = run_parallel(s, l);
+        let block = per_task * kk;
         if sums.is_empty() {
-            for_each_chunk(dw, kk, parallel, |oc, dw_o| channel(oc, dw_o, None));
+            for_each_chunk(dw, block, parallel, |t, dw_t| task(t, dw_t, None));
         } else if parallel {
-            let items = dw.par_chunks_mut(kk).zip(sums.par_iter_mut());
+            let items = dw.par_chunks_mut(block).zip(sums.par_chunks_mut(per_task));
             items
                 .enumerate()
-                .for_each(|(oc, (dw_o, db_o))| channel(oc, dw_o, Some(db_o)));
+                .for_each(|(t, (dw_t, sums_t))| task(t, dw_t, Some(sums_t)));
         } else {
-            let items = dw.chunks_mut(kk).zip(sums.iter_mut());
+            let items = dw.chunks_mut(block).zip(sums.chunks_mut(per_task));
             items
                 .enumerate()
-                .for_each(|(oc, (dw_o, db_o))| channel(oc, dw_o, Some(db_o)));
+                .for_each(|(t, (dw_t, sums_t))| task(t, dw_t, Some(sums_t)));
         }
     });
     if let Some(db) = db {
