@@ -46,10 +46,15 @@ pub enum Mode {
     Set,
     /// Magnitude prune, gradient growth, cosine drop fraction (RigL).
     Rigl,
+    /// Hebbian growth that never grows back the taps the same update
+    /// dropped.
+    HebbianGrowFresh,
+    /// RigL whose growth ranks by strength × |gradient|.
+    HebbianRigl,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 7] = [
+    pub const ALL: [Mode; 9] = [
         Mode::Dense,
         Mode::Hebbian,
         Mode::Random,
@@ -57,6 +62,8 @@ impl Mode {
         Mode::HebbianGrow,
         Mode::Set,
         Mode::Rigl,
+        Mode::HebbianGrowFresh,
+        Mode::HebbianRigl,
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +75,8 @@ impl Mode {
             Mode::HebbianGrow => "hebbian-grow",
             Mode::Set => "set",
             Mode::Rigl => "rigl",
+            Mode::HebbianGrowFresh => "hebbian-grow-fresh",
+            Mode::HebbianRigl => "hebbian-rigl",
         }
     }
 
@@ -81,6 +90,8 @@ impl Mode {
             Mode::HebbianGrow => Rule::hebbian_grow(),
             Mode::Set => Rule::set(),
             Mode::Rigl => Rule::rigl(),
+            Mode::HebbianGrowFresh => Rule::hebbian_grow_fresh(),
+            Mode::HebbianRigl => Rule::hebbian_rigl(),
         })
     }
 }
@@ -399,6 +410,7 @@ impl TrainConfig {
             ("--drop-schedule", Text(r.drop_schedule.name().into())),
             ("--stop-updates-at", Float(r.stop_updates_at)),
             ("--start", Text(r.start.name().into())),
+            ("--regrow-dropped", Bool(r.regrow_dropped)),
             ("--keep-fraction", Float(self.keep_fraction)),
             ("--density", Float(self.total_fraction)),
             ("--prune-dims", Text(self.prune_dims.name().into())),

@@ -128,6 +128,8 @@ fn every_preset_runs_and_reports_its_density() {
         ("hebbian-grow", Some("0.120, 0.120")),
         ("set", Some("0.120, 0.120")),
         ("rigl", Some("0.120, 0.120")),
+        ("hebbian-grow-fresh", Some("0.120, 0.120")),
+        ("hebbian-rigl", Some("0.120, 0.120")),
     ] {
         let out = short().args(["--mode", mode]).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);

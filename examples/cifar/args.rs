@@ -41,6 +41,8 @@ Presets (--mode) and the rule parts they set (a recipe may then set the update s
   hebbian-grow  magnitude  strength  zero       0.3, cosine       0.75             random
   set           magnitude  random    zero       0.3, constant     0.75             random
   rigl          magnitude  gradient  zero       0.3, cosine       0.75             random
+  hebbian-grow-fresh   hebbian-grow, never regrowing a tap the same update dropped
+  hebbian-rigl  magnitude  strength × |gradient|  zero  0.3, cosine  0.75       random
 Every part can be overridden by its own option. 'notebook' drops (k2 - k1)/k2 of each
 group, with k1 = --keep-fraction and k2 = --density of its taps.";
 
@@ -56,7 +58,8 @@ pub struct Args {
     /// The network: lenet, or resnetN with N = 6n+2 (resnet20, resnet32, resnet56)
     #[arg(long, default_value = "lenet")]
     pub model: Arch,
-    /// dense, hebbian, random, static, hebbian-grow, set or rigl (see below)
+    /// dense, hebbian, random, static, hebbian-grow, set, rigl,
+    /// hebbian-grow-fresh or hebbian-rigl (see below)
     #[arg(long, default_value = "hebbian")]
     pub mode: Mode,
     /// notebook, sample or resnet (see below) [default: sample without --data;
@@ -123,8 +126,8 @@ pub struct Args {
     /// magnitude or random (among the active taps) [default: from --mode]
     #[arg(long, help_heading = "Prune/grow rule")]
     pub prune: Option<Prune>,
-    /// Which taps not kept are grown: strength, random, gradient or none
-    /// [default: from --mode]
+    /// Which taps not kept are grown: strength, random, gradient,
+    /// strength-gradient (strength × |gradient|) or none [default: from --mode]
     #[arg(long, help_heading = "Prune/grow rule")]
     pub grow: Option<Grow>,
     /// What grown and revived taps start from: kaiming (a fresh draw of the
@@ -147,6 +150,10 @@ pub struct Args {
     /// taps per group) [default: from --mode]
     #[arg(long, help_heading = "Prune/grow rule")]
     pub start: Option<Start>,
+    /// Whether growth may pick a tap the same update dropped: true or false
+    /// [default: from --mode; false only in hebbian-grow-fresh]
+    #[arg(long, help_heading = "Prune/grow rule")]
+    pub regrow_dropped: Option<bool>,
     /// The target fraction of active weights: k2 = this fraction of each
     /// group's taps (uniform), or over all sparse layers together (erk)
     #[arg(
@@ -273,6 +280,7 @@ pub fn config_from(args: &Args) -> TrainConfig {
     r.drop_schedule = args.drop_schedule.unwrap_or(r.drop_schedule);
     r.stop_updates_at = args.stop_updates_at.unwrap_or(r.stop_updates_at);
     r.start = args.start.unwrap_or(r.start);
+    r.regrow_dropped = args.regrow_dropped.unwrap_or(r.regrow_dropped);
     c.total_fraction = args.density;
     c.keep_fraction = args.keep_fraction.unwrap_or(args.density * 2.0 / 3.0);
     c.prune_dims = args.prune_dims.unwrap_or(c.prune_dims);
@@ -296,6 +304,7 @@ fn nonsense(args: &Args, c: &TrainConfig) -> Option<String> {
         ("--drop-schedule", args.drop_schedule.is_some()),
         ("--stop-updates-at", args.stop_updates_at.is_some()),
         ("--start", args.start.is_some()),
+        ("--regrow-dropped", args.regrow_dropped.is_some()),
         ("--update-interval", args.update_interval.is_some()),
         ("--strength", args.strength.is_some()),
         ("--strength-method", args.strength_method.is_some()),

@@ -33,7 +33,7 @@ use tensor::optim::Sgd;
 use tensor::{Conv2dOptions, Conv2dShape, Rng, Tensor};
 
 pub use crate::rules::ProgressStats;
-use crate::rules::{update_group, Group, Grow, GrowInit, Rule, Start};
+use crate::rules::{update_group, Group, GrowInit, Rule, Start};
 use crate::strength::{accumulate_strength, Measure, StrengthConfig};
 
 /// Which connections are ranked against each other.
@@ -509,7 +509,7 @@ impl DSConv2d {
     /// Whether the update at the end of the next step needs the dense weight
     /// gradient (gradient growth).
     pub fn needs_dense_grad(&self) -> bool {
-        self.config.rule.grow == Grow::Gradient
+        self.config.rule.uses_gradient()
     }
 
     /// A mask update by the layer's rule, as at `step` of `total_steps`.
@@ -525,7 +525,7 @@ impl DSConv2d {
             GrowInit::Kaiming => layer_init.draw(fan_in, rng),
             GrowInit::Zero => 0.0,
         };
-        let grad = if rule.grow == Grow::Gradient {
+        let grad = if rule.uses_gradient() {
             let g = self.conv.weight.grad();
             Some(g.unwrap_or_else(|| vec![0.0; self.mask.len()]))
         } else {

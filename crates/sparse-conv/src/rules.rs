@@ -75,6 +75,9 @@ pub enum Grow {
     Random,
     /// Largest |dense weight gradient| of the current batch (RigL).
     Gradient,
+    /// Largest accumulated strength × |dense weight gradient|: the taps
+    /// whose units fire together *and* whose weight the loss would move.
+    StrengthGradient,
     /// None: the group keeps only what it kept.
     None,
 }
@@ -136,6 +139,11 @@ pub struct Rule {
     /// Mask updates happen only while step ≤ stop_updates_at · total steps.
     pub stop_updates_at: f64,
     pub start: Start,
+    /// Whether a tap dropped by an update may be grown again by the same
+    /// update. Hebbian growth ranks by strength that ignores the weight,
+    /// so the tap magnitude pruning just dropped is often the one it grows
+    /// back, from zero: an update that changes nothing but a weight.
+    pub regrow_dropped: bool,
 }
 
 impl Rule {
@@ -150,6 +158,7 @@ impl Rule {
             drop_schedule: DropSchedule::Constant,
             stop_updates_at: 1.0,
             start: Start::Dense,
+            regrow_dropped: true,
         }
     }
 
@@ -182,6 +191,7 @@ impl Rule {
             drop_schedule: DropSchedule::Constant,
             stop_updates_at: 0.75,
             start: Start::Random,
+            regrow_dropped: true,
         }
     }
 
@@ -204,11 +214,37 @@ impl Rule {
         }
     }
 
+    /// Hebbian growth that never grows back a tap the same update
+    /// dropped: the grown taps are new connections.
+    pub fn hebbian_grow_fresh() -> Rule {
+        Rule {
+            regrow_dropped: false,
+            ..Rule::hebbian_grow()
+        }
+    }
+
+    /// RigL with a Hebbian factor: grow where strength × |gradient| is
+    /// largest, so a tap needs both coactivity and a gradient to grow.
+    pub fn hebbian_rigl() -> Rule {
+        Rule {
+            grow: Grow::StrengthGradient,
+            ..Rule::rigl()
+        }
+    }
+
     /// Whether the rule reads accumulated strength (so it must be sampled):
     /// it prunes or grows by strength, and it updates at all (a static
     /// mask, whose parts are the notebook's, never reads it).
     pub fn uses_strength(&self) -> bool {
-        self.updates() && (self.prune == Prune::Strength || self.grow == Grow::Strength)
+        self.updates()
+            && (self.prune == Prune::Strength
+                || matches!(self.grow, Grow::Strength | Grow::StrengthGradient))
+    }
+
+    /// Whether an update needs the dense weight gradient of the step before
+    /// it (gradient growth).
+    pub fn uses_gradient(&self) -> bool {
+        matches!(self.grow, Grow::Gradient | Grow::StrengthGradient)
     }
 
     /// Whether updates ever happen.
@@ -352,13 +388,17 @@ pub fn update_group(
         Grow::None => 0,
         _ => k2.saturating_sub(pool.len()),
     };
-    let mut cands: Vec<usize> = (0..n).filter(|&i| !keep[i]).collect();
+    let dropped_now = |i: usize| g.mask[i] && !keep[i];
+    let mut cands: Vec<usize> = (0..n)
+        .filter(|&i| !keep[i] && (rule.regrow_dropped || !dropped_now(i)))
+        .collect();
+    let grad = || g.grad.expect("gradient growth needs the dense gradient");
     match rule.grow {
         Grow::Strength => best_first(&|i| g.strength[i], &mut cands),
         Grow::Random => best_first(&|_| 0.0, &mut cands),
-        Grow::Gradient => {
-            let grad = g.grad.expect("gradient growth needs the dense gradient");
-            best_first(&|i| grad[i].abs() as f64, &mut cands)
+        Grow::Gradient => best_first(&|i| grad()[i].abs() as f64, &mut cands),
+        Grow::StrengthGradient => {
+            best_first(&|i| g.strength[i] * grad()[i].abs() as f64, &mut cands)
         }
         Grow::None => {}
     }
@@ -471,7 +511,7 @@ macro_rules! named {
 }
 
 named!(Prune, "prune criterion", Prune::Strength => "strength", Prune::Magnitude => "magnitude", Prune::Random => "random");
-named!(Grow, "grow criterion", Grow::Strength => "strength", Grow::Random => "random", Grow::Gradient => "gradient", Grow::None => "none");
+named!(Grow, "grow criterion", Grow::Strength => "strength", Grow::Random => "random", Grow::Gradient => "gradient", Grow::StrengthGradient => "strength-gradient", Grow::None => "none");
 named!(GrowInit, "grow init", GrowInit::Kaiming => "kaiming", GrowInit::Zero => "zero");
 named!(DropSchedule, "drop schedule", DropSchedule::Constant => "constant", DropSchedule::Cosine => "cosine");
 named!(Start, "start", Start::Dense => "dense", Start::Random => "random");

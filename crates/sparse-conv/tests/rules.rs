@@ -2,7 +2,9 @@
 //! each criterion choosing what it says, the drop-fraction schedule, the
 //! update window, and ERK allocation.
 
-use sparse_conv::rules::{erk_densities, DropFraction, DropSchedule, Grow, GrowInit, Prune, Rule};
+use sparse_conv::rules::{
+    erk_densities, update_group, DropFraction, DropSchedule, Group, Grow, GrowInit, Prune, Rule,
+};
 use sparse_conv::{DSConfig, DSConv2d, PruneDims};
 use tensor::optim::{Sgd, SgdConfig};
 use tensor::{Conv2dOptions, Rng, Tensor};
@@ -27,6 +29,8 @@ fn named() -> Vec<(&'static str, Rule)> {
         ("hebbian-grow", Rule::hebbian_grow()),
         ("set", Rule::set()),
         ("rigl", Rule::rigl()),
+        ("hebbian-grow-fresh", Rule::hebbian_grow_fresh()),
+        ("hebbian-rigl", Rule::hebbian_rigl()),
         (
             "prune only",
             Rule {
@@ -335,4 +339,56 @@ fn nonsense_rules_are_refused() {
         );
         assert!(e.is_err(), "{bad:?}");
     }
+}
+
+/// One group of 8 taps, 4 active, updated by `rule` with a drop of 2 and the
+/// given strength and gradient. Returns the mask after and the stats.
+fn update_eight(
+    rule: &Rule,
+    strength: &[f64],
+    grad: &[f32],
+) -> (Vec<bool>, sparse_conv::ProgressStats) {
+    // Active taps 0..4 with |w| 4, 3, 2, 1: magnitude pruning keeps 0 and 1
+    // and drops 2 and 3.
+    let mut weight = vec![4.0, -3.0, 2.0, -1.0, 0.0, 0.0, 0.0, 0.0];
+    let mut mask = vec![true, true, true, true, false, false, false, false];
+    let g = Group {
+        weight: &mut weight,
+        mask: &mut mask,
+        strength,
+        grad: Some(grad),
+    };
+    let mut fresh = Vec::new();
+    let stats = update_group(rule, g, 4, 2, &mut Rng::seed(1), &mut |_| 0.0, &mut fresh);
+    (mask, stats)
+}
+
+#[test]
+fn fresh_hebbian_growth_never_grows_back_what_it_just_dropped() {
+    // The dropped taps 2 and 3 are the strongest: hebbian-grow takes them
+    // straight back (an update that changed nothing but their weights);
+    // the fresh variant grows the strongest of the others, 5 and 6.
+    let strength = [0.0, 0.0, 9.0, 8.0, 1.0, 5.0, 4.0, 0.5];
+    let grad = [0.0; 8];
+    let (mask, s) = update_eight(&Rule::hebbian_grow(), &strength, &grad);
+    assert_eq!(mask, [true, true, true, true, false, false, false, false]);
+    assert_eq!((s.dropped, s.regrown, s.reset), (2, 2, 2));
+    let (mask, s) = update_eight(&Rule::hebbian_grow_fresh(), &strength, &grad);
+    assert_eq!(mask, [true, true, false, false, false, true, true, false]);
+    assert_eq!((s.dropped, s.regrown, s.reset), (2, 2, 0));
+}
+
+#[test]
+fn hebbian_rigl_grows_where_strength_times_gradient_is_largest() {
+    // Among 4..8: strength wins alone at 4, the gradient alone at 7, the
+    // product at 5 (2·3 = 6) and 6 (1.5·3 = 4.5) over 4 (9·0.1) and 7
+    // (0.1·9).
+    let strength = [0.0, 0.0, 0.0, 0.0, 9.0, 2.0, 1.5, 0.1];
+    let grad = [0.0, 0.0, 0.0, 0.0, 0.1, 3.0, 3.0, 9.0];
+    let (mask, _) = update_eight(&Rule::hebbian_rigl(), &strength, &grad);
+    assert_eq!(mask, [true, true, false, false, false, true, true, false]);
+    let (mask, _) = update_eight(&Rule::rigl(), &strength, &grad);
+    assert!(mask[7], "RigL alone follows the gradient");
+    let (mask, _) = update_eight(&Rule::hebbian_grow(), &strength, &grad);
+    assert!(mask[4], "Hebbian growth alone follows the strength");
 }
