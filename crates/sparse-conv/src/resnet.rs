@@ -222,7 +222,7 @@ impl BasicBlock {
     }
 
     fn forward(&mut self, x: &Tensor) -> Tensor {
-        let h = self.bn1.forward(&self.conv1.forward(x)).relu();
+        let h = self.bn1.forward_relu(&self.conv1.forward(x));
         let h = self.bn2.forward(&self.conv2.forward(&h));
         let s = match &mut self.shortcut {
             BlockShortcut::Identity => x.clone(),
@@ -384,7 +384,7 @@ impl Model for ResNet {
     }
 
     fn forward(&mut self, x: &Tensor) -> Tensor {
-        let mut h = self.bn1.forward(&self.conv1.forward(x)).relu(); // (B, 16, 32, 32)
+        let mut h = self.bn1.forward_relu(&self.conv1.forward(x)); // (B, 16, 32, 32)
         for block in self.stages.iter_mut().flatten() {
             h = block.forward(&h); // … (B, 64, 8, 8)
         }

@@ -228,22 +228,38 @@ impl BatchNorm2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let mode = if self.training {
+        let mode = self.mode();
+        let (w, b, m, v) = (
+            &self.weight,
+            &self.bias,
+            &self.running_mean,
+            &self.running_var,
+        );
+        x.batch_norm2d(w, b, m, v, mode, self.eps)
+    }
+
+    /// `forward(x).relu()` as one op ([`Tensor::batch_norm2d_relu`]).
+    pub fn forward_relu(&self, x: &Tensor) -> Tensor {
+        let mode = self.mode();
+        let (w, b, m, v) = (
+            &self.weight,
+            &self.bias,
+            &self.running_mean,
+            &self.running_var,
+        );
+        x.batch_norm2d_relu(w, b, m, v, mode, self.eps)
+    }
+
+    /// This pass's mode; a training pass counts itself.
+    fn mode(&self) -> BatchNormMode {
+        if self.training {
             self.num_batches_tracked.data_mut()[0] += 1.0;
             BatchNormMode::Train {
                 momentum: self.momentum,
             }
         } else {
             BatchNormMode::Eval
-        };
-        x.batch_norm2d(
-            &self.weight,
-            &self.bias,
-            &self.running_mean,
-            &self.running_var,
-            mode,
-            self.eps,
-        )
+        }
     }
 
     pub fn parameters(&self) -> Vec<Tensor> {

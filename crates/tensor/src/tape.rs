@@ -204,10 +204,23 @@ impl Grads {
             g.len(),
             t.shape()
         );
+        if !t.needs_grad() {
+            return;
+        }
+        let fresh = if t.0.is_op_output {
+            !self.map.contains_key(&t.id())
+        } else {
+            t.0.grad.borrow().is_none()
+        };
+        if fresh {
+            // 0 + v, as adding into zeros gives (−0.0 becomes +0.0), in one
+            // pass instead of a fill and an add.
+            let mut buf = crate::buffers::take(g.len()); // overwritten whole
+            crate::ops::elementwise::update_with(&mut buf, g, |_, v| 0.0 + v);
+            return self.add_owned(t, buf);
+        }
         self.accumulate(t, |buf| {
-            for (b, v) in buf.iter_mut().zip(g) {
-                *b += v;
-            }
+            crate::ops::elementwise::update_with(buf, g, |b, v| b + v)
         });
     }
 }

@@ -118,6 +118,43 @@ fn batch_norm_backward_matches_the_oracle() {
     close(&b.grad().unwrap(), &db, 1e-5, "dβ");
 }
 
+/// The fused batch norm + ReLU is the two ops, bit for bit: values, the
+/// running statistics, and every gradient, in both modes.
+#[test]
+fn batch_norm_relu_is_batch_norm_then_relu_bitwise() {
+    for mode in [BatchNormMode::Train { momentum: 0.1 }, BatchNormMode::Eval] {
+        let run = |fused: bool| {
+            let x = activations(&[8, 6, 10, 10], 21);
+            let [w, b, rm, rv] = bn_params(6, 22);
+            let y = if fused {
+                x.batch_norm2d_relu(&w, &b, &rm, &rv, mode, 1e-5)
+            } else {
+                x.batch_norm2d(&w, &b, &rm, &rv, mode, 1e-5).relu()
+            };
+            let dy = Tensor::uniform(y.shape(), -1.0, 1.0, &mut Rng::seed(23));
+            y.mul(&dy).sum().backward();
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            [
+                bits(y.to_vec()),
+                bits(rm.to_vec()),
+                bits(rv.to_vec()),
+                bits(x.grad().unwrap()),
+                bits(w.grad().unwrap()),
+                bits(b.grad().unwrap()),
+            ]
+        };
+        let (fused, separate) = (run(true), run(false));
+        for (i, what) in ["y", "running mean", "running var", "dx", "dγ", "dβ"]
+            .iter()
+            .enumerate()
+        {
+            assert!(fused[i] == separate[i], "{mode:?}: {what} differs");
+        }
+        // Some outputs are clipped, so the mask matters.
+        assert!(fused[0].contains(&0));
+    }
+}
+
 #[test]
 fn batch_norm_gradcheck_in_both_modes() {
     for mode in [BatchNormMode::Train { momentum: 0.1 }, BatchNormMode::Eval] {

@@ -26,12 +26,18 @@
 //! variance comes from Σx and Σx² in f64, which holds ample precision for
 //! activations (whose mean is not millions of standard deviations from 0).
 //!
+//! [`Tensor::batch_norm2d_relu`] is the same op followed by ReLU in the
+//! same pass (a conv → batch norm → ReLU block writes one tensor, not two);
+//! its backward takes ReLU's mask from its own output (y > 0 exactly where
+//! the batch norm's output is), inside the two passes of the batch norm's.
+//!
 //! [`batch_norm2d_naive`] and [`batch_norm2d_backward_naive`] are the
 //! definitions written out in f64, kept as the test oracles.
 
 use rayon::prelude::*;
 
-use crate::ops::reduce::{sum_f64, sum_products_f64, sum_squares_f64};
+use crate::ops::elementwise::{relu, relu_grad};
+use crate::ops::reduce::{lane_sum, sum_f64, sum_squares_f64};
 use crate::tensor::Tensor;
 
 /// Below this many values, one thread does the whole op.
@@ -83,13 +89,21 @@ pub fn batch_stats(x: &[f32], c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
     (mean, var)
 }
 
-/// y = x·scale_c + shift_c, plane by plane. OVERWRITES y.
-fn scale_shift(x: &[f32], hw: usize, scale: &[f32], shift: &[f32], y: &mut [f32]) {
+/// y = x·scale_c + shift_c, plane by plane, then relu if `RELU`.
+/// OVERWRITES y.
+fn scale_shift<const RELU: bool>(
+    x: &[f32],
+    hw: usize,
+    scale: &[f32],
+    shift: &[f32],
+    y: &mut [f32],
+) {
     let c = scale.len();
     let plane = |(p, (yp, xp)): (usize, (&mut [f32], &[f32]))| {
         let (a, b) = (scale[p % c], shift[p % c]);
         for (y, &x) in yp.iter_mut().zip(xp) {
-            *y = x * a + b;
+            let v = x * a + b;
+            *y = if RELU { relu(v) } else { v };
         }
     };
     if x.len() >= PARALLEL_MIN_VALUES {
@@ -116,9 +130,9 @@ struct Saved {
 /// The forward pass on slices. x and y are (B, C, H·W); `weight`, `bias`,
 /// `running_mean`, `running_var` have C values. Returns the statistics the
 /// backward pass needs; in training mode, also updates the running ones.
-/// OVERWRITES y.
+/// With `RELU`, y is relu of the batch norm. OVERWRITES y.
 #[allow(clippy::too_many_arguments)]
-fn forward(
+fn forward<const RELU: bool>(
     x: &[f32],
     (c, hw): (usize, usize),
     weight: &[f32],
@@ -154,7 +168,7 @@ fn forward(
     let shift: Vec<f32> = (0..c)
         .map(|i| (bias[i] as f64 - mean[i] * invstd[i] * weight[i] as f64) as f32)
         .collect();
-    scale_shift(x, hw, &scale, &shift, y);
+    scale_shift::<RELU>(x, hw, &scale, &shift, y);
     Saved {
         mean,
         invstd,
@@ -162,19 +176,30 @@ fn forward(
     }
 }
 
-/// The backward pass on slices: returns (dx, dγ, dβ). dx is a fresh
-/// buffer written whole.
+/// The backward pass on slices: returns (dx, dγ, dβ). With `relu_out`
+/// (the op's own output y = relu(batch norm)), the gradient reaching the
+/// batch norm is relu_grad(y, dy), taken on the fly. dx is a fresh buffer
+/// written whole.
 fn backward(
     x: &[f32],
     dy: &[f32],
+    relu_out: Option<&[f32]>,
     (c, hw): (usize, usize),
     weight: &[f32],
     saved: &Saved,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let n = (x.len() / c) as f64;
+    // The gradient at the batch norm's output, value i of plane p.
+    let grad = |p: usize, d: &[f32], i: usize| match relu_out {
+        Some(y) => relu_grad(y[p * hw + i], d[i]),
+        None => d[i],
+    };
     let sums = per_plane(dy, hw, |p, d| {
-        let xp = &x[p * hw..(p + 1) * hw];
-        (sum_f64(d), sum_products_f64(d, xp, saved.mean[p % c]))
+        let (xp, mean) = (&x[p * hw..(p + 1) * hw], saved.mean[p % c]);
+        // Σ g and Σ g·(x − mean), in the fixed lane order of `reduce`.
+        let sum_g = lane_sum(hw, |i| grad(p, d, i) as f64);
+        let sum_gx = lane_sum(hw, |i| grad(p, d, i) as f64 * (xp[i] as f64 - mean));
+        (sum_g, sum_gx)
     });
     // Σ dy and Σ dy·(x − mean) per channel.
     let sd = channel_totals(&sums.iter().map(|v| v.0).collect::<Vec<_>>(), c);
@@ -199,8 +224,8 @@ fn backward(
     let plane = |(p, dxp): (usize, &mut [f32])| {
         let ch = p % c;
         let (xp, dp) = (&x[p * hw..(p + 1) * hw], &dy[p * hw..(p + 1) * hw]);
-        for ((g, &d), &v) in dxp.iter_mut().zip(dp).zip(xp) {
-            *g = a[ch] * d - k[ch] * v + b[ch];
+        for (i, (g, &v)) in dxp.iter_mut().zip(xp).enumerate() {
+            *g = a[ch] * grad(p, dp, i) - k[ch] * v + b[ch];
         }
     };
     if x.len() >= PARALLEL_MIN_VALUES {
@@ -307,6 +332,32 @@ impl Tensor {
         mode: BatchNormMode,
         eps: f32,
     ) -> Tensor {
+        self.batch_norm2d_op::<false>(weight, bias, running_mean, running_var, mode, eps)
+    }
+
+    /// `batch_norm2d(…).relu()` as one op: the same values and gradients,
+    /// bit for bit, in fewer passes over memory.
+    pub fn batch_norm2d_relu(
+        &self,
+        weight: &Tensor,
+        bias: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        mode: BatchNormMode,
+        eps: f32,
+    ) -> Tensor {
+        self.batch_norm2d_op::<true>(weight, bias, running_mean, running_var, mode, eps)
+    }
+
+    fn batch_norm2d_op<const RELU: bool>(
+        &self,
+        weight: &Tensor,
+        bias: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        mode: BatchNormMode,
+        eps: f32,
+    ) -> Tensor {
         let s = self.shape().to_vec();
         assert!(
             s.len() == 4
@@ -327,7 +378,7 @@ impl Tensor {
             );
         }
         let mut y = crate::buffers::take(self.numel()); // overwritten whole
-        let saved = forward(
+        let saved = forward::<RELU>(
             &self.data(),
             (c, hw),
             &weight.data(),
@@ -339,8 +390,11 @@ impl Tensor {
             &mut y,
         );
         let (x, w, b) = (self.clone(), weight.clone(), bias.clone());
-        Tensor::from_op(y, &s, &[self, weight, bias], move |dout, grads| {
-            let (dx, dgamma, dbeta) = backward(&x.data(), dout, (c, hw), &w.data(), &saved);
+        Tensor::from_op_with_output(y, &s, &[self, weight, bias], move |y, dout, grads| {
+            let y = RELU.then(|| y.data());
+            let relu_out = y.as_deref().map(|v| &v[..]);
+            let (dx, dgamma, dbeta) =
+                backward(&x.data(), dout, relu_out, (c, hw), &w.data(), &saved);
             grads.add_owned(&x, dx);
             grads.add(&w, &dgamma);
             grads.add(&b, &dbeta);

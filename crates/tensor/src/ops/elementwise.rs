@@ -1,7 +1,56 @@
 //! Elementwise ops: add and mul (the second operand may broadcast), relu,
 //! sigmoid, and scaling by a constant.
 
+use rayon::prelude::*;
+
 use crate::tensor::Tensor;
+
+/// Elementwise work below this many values runs on one thread.
+const PARALLEL_MIN_VALUES: usize = 1 << 15;
+/// Values per task of the parallel elementwise loops.
+const CHUNK: usize = 1 << 13;
+
+/// `out[i] = f(a[i], b[i])` for slices of one length, in chunks on the pool
+/// when there are enough values. Each value is computed on its own, so the
+/// split does not change a bit. OVERWRITES out.
+pub(crate) fn zip_map(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    assert!(
+        a.len() == out.len() && b.len() == out.len(),
+        "zip_map: lengths {}, {}, {}",
+        out.len(),
+        a.len(),
+        b.len()
+    );
+    let chunk = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            *o = f(a, b);
+        }
+    };
+    if out.len() >= PARALLEL_MIN_VALUES {
+        out.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(chunk);
+    } else {
+        chunk((out, (a, b)));
+    }
+}
+
+/// `out[i] = f(out[i], a[i])`, as [`zip_map`] in place.
+pub(crate) fn update_with(out: &mut [f32], a: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    assert_eq!(a.len(), out.len(), "update_with: lengths");
+    let chunk = |(o, a): (&mut [f32], &[f32])| {
+        for (o, &a) in o.iter_mut().zip(a) {
+            *o = f(*o, a);
+        }
+    };
+    if out.len() >= PARALLEL_MIN_VALUES {
+        out.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK))
+            .for_each(chunk);
+    } else {
+        chunk((out, a));
+    }
+}
 
 /// For `b` broadcast against `a`'s shape by numpy's rule (dimensions aligned
 /// from the right; each of `b`'s is 1 or equal), the index into `b` of every
@@ -131,15 +180,13 @@ impl Tensor {
     pub fn relu(&self) -> Tensor {
         let a = self.clone();
         let mut out = crate::buffers::take(self.numel()); // overwritten whole
-        for (o, &x) in out.iter_mut().zip(self.data().iter()) {
-            *o = relu(x);
-        }
+        let x = self.data();
+        zip_map(&mut out, &x, &x, |x, _| relu(x));
+        drop(x);
         Tensor::from_op(out, self.shape(), &[self], move |dout, grads| {
             let x = a.data();
-            let mut g = crate::buffers::take(dout.len());
-            for ((g, &d), &x) in g.iter_mut().zip(dout).zip(x.iter()) {
-                *g = relu_grad(x, d);
-            }
+            let mut g = crate::buffers::take(dout.len()); // overwritten whole
+            zip_map(&mut g, &x, dout, relu_grad);
             drop(x);
             grads.add_owned(&a, g);
         })

@@ -14,7 +14,7 @@ const LANES: usize = 4;
 /// Σ f(i) over `len` values in LANES interleaved f64 accumulators, combined
 /// as (l0 + l1) + (l2 + l3): a fixed order, whatever the caller.
 #[inline(always)]
-fn lane_sum(len: usize, f: impl Fn(usize) -> f64) -> f64 {
+pub(crate) fn lane_sum(len: usize, f: impl Fn(usize) -> f64) -> f64 {
     let mut acc = [0f64; LANES];
     let full = len / LANES * LANES;
     for i in (0..full).step_by(LANES) {
