@@ -62,6 +62,25 @@ fn cases() -> Vec<Case> {
             padding: (1, 2),
             ..case("padding (1,2)", [2, 3, 7, 5], [4, 3, 3, 2])
         },
+        // Wide enough for the direct kernel on a padded copy (forward) and
+        // on the padded dY with the flipped kernel (input gradient).
+        Case {
+            padding: (1, 1),
+            bias: false,
+            ..case("resnet 3x3 pad 1", [3, 16, 8, 8], [16, 16, 3, 3])
+        },
+        Case {
+            padding: (1, 2),
+            ..case("direct padded (1,2), uneven", [2, 9, 7, 6], [11, 9, 3, 3])
+        },
+        Case {
+            padding: (2, 0),
+            ..case(
+                "direct padded to the kernel's edge",
+                [2, 8, 5, 9],
+                [8, 8, 3, 2],
+            )
+        },
         Case {
             dilation: (2, 1),
             ..case("dilation (2,1)", [2, 3, 9, 5], [2, 3, 3, 2])
@@ -345,7 +364,7 @@ fn wrong_output_length_is_named() {
 /// kernels, planes shorter than one 16-pixel block.
 #[test]
 fn direct_forward_kernels_match_naive() {
-    let geometries: [([usize; 4], [usize; 4], usize); 7] = [
+    let geometries: [([usize; 4], [usize; 4], usize); 8] = [
         ([2, 3, 32, 32], [6, 3, 5, 5], 1),
         ([3, 6, 14, 14], [16, 6, 5, 5], 1),
         ([1, 2, 5, 7], [7, 2, 3, 2], 1),
@@ -353,6 +372,8 @@ fn direct_forward_kernels_match_naive() {
         ([1, 3, 4, 4], [13, 3, 1, 1], 1),
         ([1, 2, 3, 3], [5, 2, 3, 3], 1),
         ([2, 1, 2, 9], [1, 1, 2, 9], 1),
+        // Wide rows of several 32-pixel blocks (the AVX-512 loop's).
+        ([2, 8, 34, 34], [7, 8, 3, 3], 1),
     ];
     let kernels = tensor::isa::Isa::available();
     for (input, weight, groups) in geometries {
@@ -367,10 +388,19 @@ fn direct_forward_kernels_match_naive() {
         let b = rng.vec(s.out_channels);
         let mut want = vec![0.0; s.output_shape().iter().product()];
         conv2d_forward_naive(&s, &x, &w, Some(&b), &mut want);
+        let mut results = Vec::new();
         for &kernel in &kernels {
             let mut got = vec![f32::NAN; want.len()];
             conv2d_forward_direct(&s, &x, &w, Some(&b), &mut got, kernel);
             assert_close(&format!("{input:?} {weight:?} {kernel:?}"), &got, &want);
+            results.push(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        }
+        // Where both run, the AVX-512 blocks give the AVX2 blocks' bits.
+        if let [_, avx2, avx512] = &results[..] {
+            assert!(
+                avx2 == avx512,
+                "{input:?} {weight:?}: AVX-512 and AVX2 differ"
+            );
         }
         // The public forward takes the direct path for these geometries.
         let mut fast = vec![f32::NAN; want.len()];

@@ -146,6 +146,38 @@ pub(super) fn map_into(f: impl Fn(f32) -> f32, src: &[f32], dst: &mut [f32]) {
 // Backward: input
 // ---------------------------------------------------------------------------
 
+/// The forward convolution whose output is this one's input gradient, where
+/// that takes the direct kernel: stride 1, no dilation, one group, padding
+/// (as the ResNets' 3×3 layers have; an unpadded layer such as the LeNet's
+/// keeps the GEMM, which the fused block's backward matches bit for bit)
+/// below the kernel's size, and a transposed input wide enough for
+/// [`direct_padded_applies`]. dY (B, O, OH, OW) is its input, padded by
+/// (KH − 1 − py, KW − 1 − px), and the flipped (C, O, KH, KW) kernel its
+/// weight.
+fn transposed_shape(s: &Conv2dShape) -> Option<Conv2dShape> {
+    let (py, px) = s.opts.padding;
+    let fits = s.opts.stride == (1, 1)
+        && s.opts.dilation == (1, 1)
+        && s.opts.groups == 1
+        && (py, px) != (0, 0)
+        && py < s.kernel_h
+        && px < s.kernel_w;
+    if !fits {
+        return None;
+    }
+    let opts = Conv2dOptions {
+        padding: (s.kernel_h - 1 - py, s.kernel_w - 1 - px),
+        ..s.opts
+    };
+    let st = Conv2dShape::new(
+        &[s.batch, s.out_channels, s.out_h(), s.out_w()],
+        &[s.in_channels, s.out_channels, s.kernel_h, s.kernel_w],
+        opts,
+    )
+    .ok()?;
+    direct_padded_applies(&st).then_some(st)
+}
+
 /// dx = col2im(W_gᵀ · dY_b,g) for every image b and group g. OVERWRITES dx.
 /// Narrow stride-1 layers ([`narrow_direct_backward`]) run the direct
 /// kernels instead.
@@ -161,6 +193,28 @@ pub fn conv2d_backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f
         with_full_layout(s, |l| {
             crate::ops::sparse_conv2d::sparse_conv2d_backward_input(s, l, w, dy, dx, Isa::best())
         });
+        return;
+    }
+    if let Some(st) = transposed_shape(s) {
+        // A stride-1 convolution's input gradient is the convolution of dY,
+        // padded by KH − 1 − py, with the kernel flipped and its in and out
+        // channels swapped: the forward pass's kernels, direct included.
+        let (kh, kw) = (s.kernel_h, s.kernel_w);
+        let (o, c) = (s.out_channels, s.in_channels);
+        let mut wt = crate::buffers::take(w.len()); // overwritten whole
+        for oc in 0..o {
+            for ci in 0..c {
+                for ki in 0..kh {
+                    for kj in 0..kw {
+                        let from = ((oc * c + ci) * kh + ki) * kw + kj;
+                        let to = ((ci * o + oc) * kh + (kh - 1 - ki)) * kw + (kw - 1 - kj);
+                        wt[to] = w[from];
+                    }
+                }
+            }
+        }
+        conv2d_forward(&st, dy, &wt, None, dx);
+        crate::buffers::give(wt);
         return;
     }
     let (c, hw, o, p) = (

@@ -1,6 +1,7 @@
 //! The forward pass: the direct kernel or im2col + GEMM, image by image.
 
 use super::*;
+use crate::isa::Isa;
 
 /// y = conv(x, w) + bias (PyTorch conv2d: cross-correlation). Overwrites y.
 /// x is (B, C, H, W), w is (O, C/groups, KH, KW), bias is (O), y is (B, O, OH, OW).
@@ -36,6 +37,9 @@ pub(super) fn forward_scratch_len(s: &Conv2dShape) -> usize {
     let gemm_path = s.col_rows() * s.out_pixels();
     if direct_applies(s) {
         gemm_path.max(direct_scratch_len(s))
+    } else if direct_padded_applies(s) {
+        let sp = padded_shape(s);
+        sp.group_in() * sp.in_h * sp.in_w + direct_scratch_len(&sp)
     } else {
         gemm_path
     }
@@ -57,6 +61,7 @@ pub(super) fn forward_image(
     let (hw, p) = (s.in_h * s.in_w, s.out_pixels());
     let (cg, og, k) = (s.group_in(), s.group_out(), s.col_rows());
     let direct = direct_applies(s);
+    let padded = direct_padded_applies(s);
     for g in 0..s.opts.groups {
         let x_bg = &x_b[g * cg * hw..][..cg * hw]; // (Cg, H, W)
         let w_g = &w[g * og * k..(g + 1) * og * k]; // (O/g, K)
@@ -75,6 +80,15 @@ pub(super) fn forward_image(
             );
             continue;
         }
+        if padded {
+            // The input padded by hand, then the direct kernel on it.
+            let sp = padded_shape(s);
+            let (xpad, rest) = scratch.split_at_mut(cg * sp.in_h * sp.in_w);
+            pad_into(s, x_bg, xpad);
+            let mut emit = copy_planes(&sp, y_bg);
+            forward_direct(&sp, xpad, w_g, bias_g, rest, Isa::best(), &mut emit);
+            continue;
+        }
         let cols = &mut scratch[..k * p];
         im2col_strided(s, x_bg, cols, p); // (K, P)
                                           // The bias goes in as C with beta = 1, so the GEMM adds it.
@@ -89,5 +103,21 @@ pub(super) fn forward_image(
         };
         let w_g = Mat::row_major(w_g, og, k);
         gemm(1.0, w_g, Mat::row_major(cols, k, p), beta, y_bg, p);
+    }
+}
+
+/// The (Cg, H, W) planes of `x` zero-padded into (Cg, H + 2·py, W + 2·px).
+/// OVERWRITES xp.
+fn pad_into(s: &Conv2dShape, x: &[f32], xp: &mut [f32]) {
+    let (h, w, (py, px)) = (s.in_h, s.in_w, s.opts.padding);
+    let wp = w + 2 * px;
+    xp.fill(0.0);
+    for (src, dst) in x
+        .chunks_exact(h * w)
+        .zip(xp.chunks_exact_mut((h + 2 * py) * wp))
+    {
+        for (row, d) in src.chunks_exact(w).zip(dst[py * wp..].chunks_exact_mut(wp)) {
+            d[px..px + w].copy_from_slice(row);
+        }
     }
 }

@@ -73,7 +73,10 @@ pub use forward::conv2d_forward;
 pub use fused::{conv2d_relu_pool_backward, conv2d_relu_pool_forward, narrow_direct_backward};
 pub use im2col::{col2im, im2col};
 
-use direct::{copy_planes, direct_applies, direct_scratch_len, forward_direct};
+use direct::{
+    copy_planes, direct_applies, direct_padded_applies, direct_scratch_len, forward_direct,
+    padded_shape,
+};
 use forward::{forward_image, forward_scratch_len};
 use fused::with_full_layout;
 use im2col::im2col_strided;
