@@ -37,7 +37,7 @@
 use rayon::prelude::*;
 
 use crate::ops::elementwise::{relu, relu_grad};
-use crate::ops::reduce::{lane_sum, sum_f64, sum_squares_f64};
+use crate::ops::reduce::lane_sums2;
 use crate::tensor::Tensor;
 
 /// Below this many values, one thread does the whole op.
@@ -77,7 +77,13 @@ fn channel_totals(planes: &[f64], c: usize) -> Vec<f64> {
 /// x is (B, C, H·W) flattened; `c` channels of `hw` values.
 pub fn batch_stats(x: &[f32], c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
     let n = (x.len() / (c * hw).max(1) * hw) as f64;
-    let sums = per_plane(x, hw, |_, p| (sum_f64(p), sum_squares_f64(p)));
+    // Σx and Σx² in one pass, each in the fixed lane order of `reduce`.
+    let sums = per_plane(x, hw, |_, p| {
+        lane_sums2(p.len(), |i| {
+            let v = p[i] as f64;
+            (v, v * v)
+        })
+    });
     let s = channel_totals(&sums.iter().map(|v| v.0).collect::<Vec<_>>(), c);
     let q = channel_totals(&sums.iter().map(|v| v.1).collect::<Vec<_>>(), c);
     let mean: Vec<f64> = s.iter().map(|s| s / n).collect();
@@ -189,17 +195,18 @@ fn backward(
     saved: &Saved,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let n = (x.len() / c) as f64;
-    // The gradient at the batch norm's output, value i of plane p.
-    let grad = |p: usize, d: &[f32], i: usize| match relu_out {
-        Some(y) => relu_grad(y[p * hw + i], d[i]),
-        None => d[i],
-    };
+    // Σ g and Σ g·(x − mean) per plane, in one pass and the fixed lane
+    // order of `reduce`; g is the gradient at the batch norm's output.
     let sums = per_plane(dy, hw, |p, d| {
         let (xp, mean) = (&x[p * hw..(p + 1) * hw], saved.mean[p % c]);
-        // Σ g and Σ g·(x − mean), in the fixed lane order of `reduce`.
-        let sum_g = lane_sum(hw, |i| grad(p, d, i) as f64);
-        let sum_gx = lane_sum(hw, |i| grad(p, d, i) as f64 * (xp[i] as f64 - mean));
-        (sum_g, sum_gx)
+        let pair = |g: f32, v: f32| (g as f64, g as f64 * (v as f64 - mean));
+        match relu_out {
+            Some(y) => {
+                let yp = &y[p * hw..(p + 1) * hw];
+                lane_sums2(hw, |i| pair(relu_grad(yp[i], d[i]), xp[i]))
+            }
+            None => lane_sums2(hw, |i| pair(d[i], xp[i])),
+        }
     });
     // Σ dy and Σ dy·(x − mean) per channel.
     let sd = channel_totals(&sums.iter().map(|v| v.0).collect::<Vec<_>>(), c);
@@ -222,10 +229,20 @@ fn backward(
     }
     let mut dx = crate::buffers::take(x.len()); // overwritten whole
     let plane = |(p, dxp): (usize, &mut [f32])| {
-        let ch = p % c;
+        let (a, k, b) = (a[p % c], k[p % c], b[p % c]);
         let (xp, dp) = (&x[p * hw..(p + 1) * hw], &dy[p * hw..(p + 1) * hw]);
-        for (i, (g, &v)) in dxp.iter_mut().zip(xp).enumerate() {
-            *g = a[ch] * grad(p, dp, i) - k[ch] * v + b[ch];
+        match relu_out {
+            Some(y) => {
+                let yp = &y[p * hw..(p + 1) * hw];
+                for (((g, &v), &d), &yv) in dxp.iter_mut().zip(xp).zip(dp).zip(yp) {
+                    *g = a * relu_grad(yv, d) - k * v + b;
+                }
+            }
+            None => {
+                for ((g, &v), &d) in dxp.iter_mut().zip(xp).zip(dp) {
+                    *g = a * d - k * v + b;
+                }
+            }
         }
     };
     if x.len() >= PARALLEL_MIN_VALUES {
