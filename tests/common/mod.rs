@@ -9,11 +9,16 @@ use std::process::Command;
 /// The CIFAR example's binary. `cargo test` builds the examples before it
 /// runs the tests, so it sits beside the test binaries.
 pub fn example() -> PathBuf {
+    example_named("cifar")
+}
+
+/// An example's binary by name (`cifar`, `sweep`), beside the test binaries.
+pub fn example_named(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
     let bin = profile_dir
         .join("examples")
-        .join(format!("cifar{}", std::env::consts::EXE_SUFFIX));
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
         "{} missing: run through `cargo test`",
