@@ -132,6 +132,22 @@ fn density_note(trainer: &Trainer) {
 
 fn run(args: Args) -> Result<ExitCode, String> {
     let mut metrics = check_paths(&args)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // Ctrl-C and SIGTERM (what `timeout` and job schedulers send) both
+        // ask the loop to stop after the current batch (one that comes
+        // while the data loads stops the run after its first batch, with a
+        // checkpoint to resume from); a
+        // second one while the first is being handled ends the process at
+        // once.
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        });
+    }
+
     let config = config_from(&args);
     let data_path = args.data.clone().unwrap_or_else(bundled_sample);
     let loaded = load_cifar10_with_warnings(&data_path).map_err(|e| e.to_string())?;
@@ -192,19 +208,6 @@ fn run(args: Args) -> Result<ExitCode, String> {
         .unwrap_or_else(|| trainer.config.mode.name().to_string());
     config_line.insert("label".into(), json!(label));
     metrics.line(Value::Object(config_line))?;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // Ctrl-C and SIGTERM (what `timeout` and job schedulers send) both
-        // ask the loop to stop after the current batch; a second one while
-        // the first is being handled ends the process at once.
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        });
-    }
 
     let started = Instant::now();
     let mut saved_any = false;

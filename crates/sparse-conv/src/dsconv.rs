@@ -76,7 +76,7 @@ impl std::str::FromStr for PruneDims {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPath {
     /// The sparse kernels where they are measured to be faster
-    /// ([`sparse_pays`]): below `SPARSE_CROSSOVER_DENSITY`, or at any
+    /// ([`sparse_pays`]): below the layer's crossover density, or at any
     /// density for a layer with few output channels; dense otherwise.
     Auto,
     /// Always the direct sparse kernels over the active taps.

@@ -1045,7 +1045,22 @@ fn sparse_pays_for_narrow_layers_always_and_others_below_the_crossover() {
     // Its second (16 output channels): at 12 %, not at 100 %.
     assert!(sparse_pays([16, 6, 5, 5], 1, 0.12));
     assert!(!sparse_pays([16, 6, 5, 5], 1, 1.0));
-    assert!(!sparse_pays([16, 6, 5, 5], 1, SPARSE_CROSSOVER_DENSITY));
+    let c = sparse_crossover_density(16 * 6 * 5 * 5);
+    assert!((0.68..1.0).contains(&c), "{c}");
+    assert!(!sparse_pays([16, 6, 5, 5], 1, c));
+    // ResNet-20's layers: sparse at every ERK density of --density 0.1,
+    // dense at 50 % for the 64-channel layer, whose break-even is lower.
+    for (shape, erk) in [
+        ([16, 16, 3, 3], 0.314),
+        ([32, 32, 3, 3], 0.145),
+        ([64, 64, 3, 3], 0.069),
+    ] {
+        assert!(sparse_pays(shape, 1, erk), "{shape:?}");
+    }
+    assert!(!sparse_pays([64, 64, 3, 3], 1, 0.5));
+    assert!(sparse_pays([16, 16, 3, 3], 1, 0.5));
+    // Bigger layers cross lower.
+    assert!(sparse_crossover_density(36_864) < sparse_crossover_density(2_304));
     // Output channels count per group.
     assert!(sparse_pays([16, 3, 5, 5], 2, 1.0));
 }

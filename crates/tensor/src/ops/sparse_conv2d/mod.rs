@@ -48,7 +48,7 @@
 //! (s·i + a, s·j + b); a tap at padded offset (r, q) = (ki·dy, kj·dx) reads
 //! phase (r mod s, q mod s) shifted by (r div s, q div s), so output pixel
 //! (oy, ox) = p is again `p + off_t` in one long row of the phase planes'
-//! row length ([`layout::Plan`]). The input gradient gathers each phase
+//! row length (`layout::Plan`). The input gradient gathers each phase
 //! plane from the taps of that phase, and merges the phases back into dx.
 //!
 //! # Work splitting and determinism
@@ -110,17 +110,31 @@ use backward::{backward_input_wide, backward_weight_wide, Dy, PooledGrad};
 use layout::Plan;
 use loops::{gather_fma, multi_dot};
 
-/// Density (active taps / all taps) above which the dense kernels on the
-/// masked weight are faster than these, for a training step (forward + both
-/// gradients), measured on the LeNet convolutions with balanced masks, in
-/// the training loop's setting (the pool kept awake): the second conv
-/// (6→16, 5×5 on 14×14) breaks even between 68 % and 100 % at batch 4 and
-/// 64, and so does the forward pass alone of both convs; this value is
-/// below all of them. Below it choose the sparse op, unless the layer is
-/// narrow enough to take it at any density
-/// ([`SPARSE_ALWAYS_MAX_OUT_CHANNELS`]). See `docs/benchmarks.md` for the
-/// sweep.
-pub const SPARSE_CROSSOVER_DENSITY: f64 = 0.6;
+/// The density (active taps / all taps) below which these kernels beat the
+/// dense ones on the masked weight for a training step (forward and both
+/// gradients), for a layer of `weights` weights per group: a line in
+/// log₂(weights) fitted to the break-evens measured at batch 128 on
+/// ResNet-20's 3×3 layers (benches/resnet_conv.rs; docs/sparse-kernels.md)
+/// and on the LeNet's second conv at batch 4 and 64:
+///
+/// ```text
+/// layer (O·Cg·KH·KW weights)       measured break-even   this rule
+/// LeNet conv2 16·6·5·5  (2,400)    0.68 – 1.0            0.71
+/// 16→16 3×3, 32×32      (2,304)    about 0.72            0.72
+/// 16→32 3×3 stride 2    (4,608)    about 0.58            0.62
+/// 32→32 3×3, 16×16      (9,216)    about 0.53            0.53
+/// 32→64 3×3 stride 2   (18,432)    about 0.22            0.44
+/// 64→64 3×3, 8×8       (36,864)    about 0.35            0.35
+/// ```
+///
+/// The gain falls as layers grow: the dense kernels reuse each loaded
+/// input across many output channels, and their GEMM's packing is spread
+/// over longer products, while the sparse loops reuse nothing across
+/// output channels. Every density ERK gives ResNet-20 at 10 % or 5 % lies
+/// well below. The result is clamped to [0.2, 1].
+pub fn sparse_crossover_density(weights: usize) -> f64 {
+    (1.75 - 0.0925 * (weights.max(1) as f64).log2()).clamp(0.2, 1.0)
+}
 
 /// Output channels per group up to which the sparse kernels are used at
 /// every density, 100 % included: the im2col + GEMM backward multiplies by a
@@ -134,10 +148,12 @@ pub const SPARSE_ALWAYS_MAX_OUT_CHANNELS: usize = 8;
 
 /// Whether a layer with this weight shape, groups and density runs faster
 /// on the sparse kernels than on the dense ones, for a training step: narrow
-/// layers always, others below [`SPARSE_CROSSOVER_DENSITY`].
+/// layers always, others below [`sparse_crossover_density`].
 pub fn sparse_pays(weight_shape: [usize; 4], groups: usize, density: f64) -> bool {
-    weight_shape[0] / groups.max(1) <= SPARSE_ALWAYS_MAX_OUT_CHANNELS
-        || density < SPARSE_CROSSOVER_DENSITY
+    let g = groups.max(1);
+    let per_group = weight_shape.iter().product::<usize>() / g;
+    weight_shape[0] / g <= SPARSE_ALWAYS_MAX_OUT_CHANNELS
+        || density < sparse_crossover_density(per_group)
 }
 
 // ---------------------------------------------------------------------------
