@@ -23,8 +23,9 @@ use std::cell::RefCell;
 const MIN_LEN: usize = 1024;
 
 /// At most this many buffers are kept per thread (a LeNet step makes about
-/// twenty large ones), holding at most `MAX_KEPT_BYTES` between them.
-const MAX_KEPT: usize = 48;
+/// twenty large ones, a ResNet-20 step a couple of hundred), holding at
+/// most `MAX_KEPT_BYTES` between them.
+const MAX_KEPT: usize = 256;
 const MAX_KEPT_BYTES: usize = 256 << 20;
 
 thread_local! {
