@@ -33,6 +33,47 @@ pub fn sparse_conv2d_backward_input(
 pub(super) enum Dy<'a> {
     Plain(&'a [f32]),
     Pooled(PooledGrad<'a>),
+    /// The whole batch laid out already ([`lay_out_wide`]): B·O planes of
+    /// `q_plane` floats, which both gradients read in place.
+    Wide(&'a [f32]),
+}
+
+/// dY (B, O, OH, OW) laid out for the wide kernels, every plane whole:
+/// `lead` zeros and `top` zero rows, the OH rows of Wp floats (OW values,
+/// then zeros), and zero rows to `q_plane` ([`Plan::data_start`]). Images
+/// in parallel when `parallel` (a copy: the same bits). OVERWRITES out
+/// (B·O·q_plane floats).
+pub(super) fn lay_out_wide(
+    s: &Conv2dShape,
+    plan: &Plan,
+    dy: &[f32],
+    out: &mut [f32],
+    parallel: bool,
+    k: Isa,
+) {
+    let (o, oh, ow, wp, q) = (s.out_channels, s.out_h(), s.out_w(), plan.wp, plan.q_plane);
+    let (start, p) = (plan.data_start(), s.out_pixels());
+    check_len("lay_out_wide", "out", s.batch * o * q, out.len());
+    let image = |(dy_b, out_b): (&[f32], &mut [f32])| {
+        for (src, plane) in dy_b.chunks_exact(p).zip(out_b.chunks_exact_mut(q)) {
+            plane[..start].fill(0.0);
+            let rows = &mut plane[start..][..oh * wp];
+            copy_rows(rows, wp, src, ow, oh, ow, k);
+            for r in rows.chunks_exact_mut(wp) {
+                r[ow..].fill(0.0);
+            }
+            plane[start + oh * wp..].fill(0.0);
+        }
+    };
+    if parallel {
+        dy.par_chunks_exact(o * p)
+            .zip(out.par_chunks_exact_mut(o * q))
+            .for_each(image);
+    } else {
+        dy.chunks_exact(o * p)
+            .zip(out.chunks_exact_mut(o * q))
+            .for_each(image);
+    }
 }
 
 /// The fused op's saved tensors and pooled gradient, all (B, O, PH, PW).
@@ -67,6 +108,11 @@ impl Dy<'_> {
     ) -> f32 {
         let (o, oh, ow, wp) = (s.out_channels, s.out_h(), s.out_w(), plan.wp);
         match *self {
+            Dy::Wide(all) => {
+                let q = &all[(b * o + oc) * plan.q_plane + plan.data_start()..];
+                rows[..oh * wp].copy_from_slice(&q[..oh * wp]);
+                0.0
+            }
             Dy::Plain(dy) => {
                 let p = s.out_pixels();
                 copy_rows(rows, wp, &dy[(b * o + oc) * p..][..p], ow, oh, ow, k);
@@ -154,7 +200,7 @@ pub(super) fn backward_input_wide(
     dx: &mut [f32],
     k: Isa,
 ) {
-    let (c, hw) = (s.in_channels, s.in_h * s.in_w);
+    let (c, hw, o) = (s.in_channels, s.in_h * s.in_w, s.out_channels);
     let (cg, og) = (s.group_in(), s.group_out());
     let ipc = images_per_chunk(s, l);
     let padded = needs_planes(s, plan);
@@ -167,16 +213,24 @@ pub(super) fn backward_input_wide(
             let (dyq_bg, rest) = buf.split_at_mut(og * q_plane); // (O/g, q_plane)
             let (dxw, ws) = rest.split_at_mut(dxw_len);
             // The borders stay zero: each image writes only the data rows.
-            dyq_bg.fill(0.0);
+            let laid_out = matches!(dy, Dy::Wide(_));
+            if !laid_out {
+                dyq_bg.fill(0.0);
+            }
             for (i, dx_b) in dx_chunk.chunks_mut(c * hw).enumerate() {
                 let b = chunk * ipc + i;
                 for g in 0..s.opts.groups {
                     // The planes this group's inputs read.
-                    for (j, plane) in dyq_bg.chunks_exact_mut(q_plane).enumerate() {
-                        let plane = &mut plane[start..][..rows];
-                        dy.plane_into(s, plan, b, g * og + j, plane, false, k);
-                    }
-                    let dyq_bg = &*dyq_bg;
+                    let dyq_bg: &[f32] = match dy {
+                        Dy::Wide(all) => &all[(b * o + g * og) * q_plane..][..og * q_plane],
+                        _ => {
+                            for (j, plane) in dyq_bg.chunks_exact_mut(q_plane).enumerate() {
+                                let plane = &mut plane[start..][..rows];
+                                dy.plane_into(s, plan, b, g * og + j, plane, false, k);
+                            }
+                            &*dyq_bg
+                        }
+                    };
                     for ci in g * cg..(g + 1) * cg {
                         let dx_c = &mut dx_b[ci * hw..(ci + 1) * hw]; // (H, W)
                                                                       // One phase plane at a time; without padding or
@@ -249,9 +303,10 @@ pub(super) fn backward_weight_wide(
     db: Option<&mut [f32]>,
     k: Isa,
 ) {
-    let c = s.in_channels;
+    let (c, o) = (s.in_channels, s.out_channels);
     let (cg, og) = (s.group_in(), s.group_out());
     let kk = cg * s.kernel_h * s.kernel_w; // weights per output channel
+    let (q, start) = (plan.q_plane, plan.data_start());
     let rows = s.out_h() * plan.wp; // dY's data rows, gap columns included
     let wide = rows - (plan.wp - s.out_w()); // up to the last value
     let plane_p = plan.plane();
@@ -304,10 +359,17 @@ pub(super) fn backward_weight_wide(
                         if taps.is_empty() && !want_sum {
                             continue;
                         }
-                        let plane_sum = dy.plane_into(s, plan, b, oc, dyw, want_sum, k);
-                        if let Some(sums_t) = sums_t.as_deref_mut() {
-                            sums_t[i] += plane_sum;
-                        }
+                        // A laid-out dY is read in place.
+                        let dyw: &[f32] = match dy {
+                            Dy::Wide(all) => &all[(b * o + oc) * q + start..][..rows],
+                            _ => {
+                                let plane_sum = dy.plane_into(s, plan, b, oc, dyw, want_sum, k);
+                                if let Some(sums_t) = sums_t.as_deref_mut() {
+                                    sums_t[i] += plane_sum;
+                                }
+                                &*dyw
+                            }
+                        };
                         if taps.is_empty() {
                             continue;
                         }

@@ -106,7 +106,7 @@ pub use fused::{
 };
 pub use layout::SparseLayout;
 
-use backward::{backward_input_wide, backward_weight_wide, Dy, PooledGrad};
+use backward::{backward_input_wide, backward_weight_wide, lay_out_wide, Dy, PooledGrad};
 use layout::Plan;
 use loops::{gather_fma, multi_dot};
 
@@ -491,14 +491,29 @@ pub fn conv2d_sparse(
     let mut inputs = vec![x, w];
     inputs.extend(bias);
     Tensor::from_op(y, &out_shape, &inputs, move |dy, grads| {
-        if wc.needs_grad() {
-            let mut dw = crate::buffers::take(wc.numel());
-            sparse_conv2d_backward_weight(&s, &l, &xc.data(), dy, &mut dw, Isa::best());
+        let k = Isa::best();
+        if wc.needs_grad() && xc.needs_grad() {
+            // Both gradients read dY in the wide layout: lay it out once.
+            let plan = l.plan(&s);
+            let mut wide = crate::buffers::take(s.batch * s.out_channels * plan.q_plane);
+            lay_out_wide(&s, &plan, dy, &mut wide, run_parallel(&s, &l), k);
+            let (mut dw, mut dx) = (
+                crate::buffers::take(wc.numel()),
+                crate::buffers::take(xc.numel()),
+            );
+            let (x, w) = (&xc.data(), &wc.data());
+            backward_weight_wide(&s, &l, &plan, x, Dy::Wide(&wide), &mut dw, None, k);
+            backward_input_wide(&s, &l, &plan, w, Dy::Wide(&wide), &mut dx, k);
+            crate::buffers::give(wide);
             grads.add_owned(&wc, dw);
-        }
-        if xc.needs_grad() {
+            grads.add_owned(&xc, dx);
+        } else if wc.needs_grad() {
+            let mut dw = crate::buffers::take(wc.numel());
+            sparse_conv2d_backward_weight(&s, &l, &xc.data(), dy, &mut dw, k);
+            grads.add_owned(&wc, dw);
+        } else if xc.needs_grad() {
             let mut dx = crate::buffers::take(xc.numel());
-            sparse_conv2d_backward_input(&s, &l, &wc.data(), dy, &mut dx, Isa::best());
+            sparse_conv2d_backward_input(&s, &l, &wc.data(), dy, &mut dx, k);
             grads.add_owned(&xc, dx);
         }
         if let Some(b) = &bc {
