@@ -23,7 +23,7 @@ use args::{config_from, validate, Args};
 use clap::Parser;
 use hebbsparse::checkpoint::{check_writable, read_checked};
 use hebbsparse::cifar::{load_cifar10_with_warnings, Cifar};
-use hebbsparse::config::Setting;
+use hebbsparse::config::{Setting, TrainConfig};
 use hebbsparse::export::{check_export_dir, claim_export_dir, export_layers, step_dir};
 use hebbsparse::recipe::Recipe;
 use hebbsparse::train::{EpochEnd, Event, TrainError, Trainer};
@@ -211,6 +211,8 @@ fn run(args: Args) -> Result<ExitCode, String> {
 
     let started = Instant::now();
     let mut saved_any = false;
+    // Said once: with updates at every epoch's end it would be every epoch.
+    let mut warned = false;
     while !trainer.finished() {
         let bar = if args.quiet {
             ProgressBar::hidden()
@@ -305,7 +307,16 @@ fn run(args: Args) -> Result<ExitCode, String> {
                     100.0 * eval.accuracy()
                 );
                 let since = trainer.steps_since_update();
-                warn_if_just_updated(&trainer);
+                if !warned && just_updated(&trainer, train.len()).is_some() {
+                    warned = true;
+                    eprintln!(
+                        "note: epoch {}'s accuracy was measured right after a mask update that \
+                         gave taps fresh random values, so it understates the network; later \
+                         epochs may be too (each accuracy line of --metrics says how many steps \
+                         after an update it was measured; see docs/rules.md)",
+                        trainer.epoch
+                    );
+                }
                 metrics.line(json!({"type": "epoch", "epoch": trainer.epoch, "step": trainer.global_step, "test_accuracy": eval.accuracy(), "steps_since_update": since}))?;
             }
             Ok(EpochEnd::Interrupted) => {
@@ -353,25 +364,25 @@ fn run(args: Args) -> Result<ExitCode, String> {
         "Finished Training in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    if let Some((since, taps)) = just_updated(&trainer, train.len()) {
+        eprintln!(
+            "warning: the final accuracy below is measured {since} steps after a mask update \
+             that gave {taps} taps fresh random values, so it understates the network; \
+             --stop-updates-at below 1 keeps the last update away from the end (docs/rules.md)"
+        );
+    }
     finish(&args, &mut trainer, &test, &settings, &label, &mut metrics)
 }
 
-/// Warns when an epoch's accuracy was measured soon after a mask update that
-/// gave taps fresh random values: the network has not recovered yet, so the
-/// accuracy understates it.
-fn warn_if_just_updated(trainer: &Trainer) {
-    let (Some(u), Some(since)) = (trainer.last_update, trainer.steps_since_update()) else {
-        return;
-    };
-    let every = trainer.config.progress_every.unwrap_or(1) as u64;
-    if u.reinitialised > 0 && since < (every / 2).max(1) {
-        eprintln!(
-            "warning: this accuracy was measured {since} steps after a mask update that gave \
-             {} taps fresh random values (--grow-init kaiming); it understates the network. \
-             --stop-updates-at below 1 keeps the last update away from the end (docs/rules.md)",
-            u.reinitialised
-        );
-    }
+/// Whether the network was evaluated soon after a mask update that gave
+/// taps fresh random values (within half an update interval): it has not
+/// recovered yet, so the accuracy understates it. Returns the steps since
+/// that update and how many taps it re-initialised.
+fn just_updated(trainer: &Trainer, train_len: usize) -> Option<(u64, u64)> {
+    let (u, since) = (trainer.last_update?, trainer.steps_since_update()?);
+    let per_epoch = trainer.config.batches_per_epoch(train_len);
+    let every = TrainConfig::interval(trainer.config.progress_every, per_epoch) as u64;
+    (u.reinitialised > 0 && since < (every / 2).max(1)).then_some((since, u.reinitialised))
 }
 
 /// The final evaluation, the notebook's report, the summary, then the export.
