@@ -63,6 +63,12 @@ fn per_step(sparse: bool, batch: usize, steps: usize) -> (usize, usize) {
     for (_, l) in net.sparse_layers_mut() {
         l.set_sampling(false);
     }
+    steady_steps(&mut net, batch, steps)
+}
+
+/// Bytes and allocator calls per training step of `net` at batch `batch`,
+/// averaged over `steps` steps after three to warm up.
+fn steady_steps(net: &mut dyn Model, batch: usize, steps: usize) -> (usize, usize) {
     let mut opt = Sgd::new(net.parameters(), SgdConfig::new(0.01, 0.9));
     let images: Vec<f32> = (0..batch * 3 * 32 * 32)
         .map(|i| (i as f32 * 0.37).sin())
@@ -150,26 +156,7 @@ fn resnet_per_step(sparse: bool, batch: usize, steps: usize) -> (usize, usize) {
     for (_, l) in net.sparse_layers_mut() {
         l.set_sampling(false);
     }
-    let mut opt = Sgd::new(net.parameters(), SgdConfig::new(0.01, 0.9));
-    let images: Vec<f32> = (0..batch * 3 * 32 * 32)
-        .map(|i| (i as f32 * 0.37).sin())
-        .collect();
-    let labels: Vec<usize> = (0..batch).map(|i| i % 10).collect();
-    let mut step = || {
-        let mut x = hebbsparse::tensor::buffers::take(images.len());
-        x.copy_from_slice(&images);
-        let x = Tensor::from_vec(x, &[batch, 3, 32, 32]);
-        net.train_step(&mut opt, &x, &labels);
-    };
-    for _ in 0..3 {
-        step();
-    }
-    let (b0, c0) = (BYTES.load(Ordering::Relaxed), CALLS.load(Ordering::Relaxed));
-    for _ in 0..steps {
-        step();
-    }
-    let (b1, c1) = (BYTES.load(Ordering::Relaxed), CALLS.load(Ordering::Relaxed));
-    ((b1 - b0) / steps, (c1 - c0) / steps)
+    steady_steps(net.as_mut(), batch, steps)
 }
 
 /// One test, so that nothing else allocates while it counts.
