@@ -7,6 +7,8 @@
 //!   notebook's four implementations kept for study, a general fast one
 //!   (one conv weight-gradient GEMM) and the default, a bit-counting one
 //!   that gives the same coactivation counts faster.
+//! * [`dsconfig`]: a DSConv2d's settings ([`DSConfig`]: counts, groups,
+//!   strength, rule, kernels) and their error.
 //! * [`dsconv`]: the `DSConv2d` layer: its forward pass, its mask, and the
 //!   state the rules read (strength sampled during training, a seeded
 //!   stream); it holds the mask through every optimiser step.
@@ -21,6 +23,7 @@
 //! * [`lenet`]: the notebook's LeNet, with dense or DSConv2d convolutions.
 //! * [`resnet`]: the CIFAR ResNets (ResNet-20/32/56, …), with BatchNorm,
 //!   residual blocks, and dense or DSConv2d 3×3 convolutions.
+pub mod dsconfig;
 pub mod dsconv;
 pub mod lenet;
 pub mod model;
