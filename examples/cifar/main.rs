@@ -22,7 +22,7 @@ use std::time::Instant;
 use args::{config_from, validate, Args};
 use clap::Parser;
 use hebbsparse::checkpoint::{check_writable, read_checked};
-use hebbsparse::cifar::{load_cifar10_with_warnings, Cifar};
+use hebbsparse::cifar::{load_cifar10_with_warnings, Cifar, Split};
 use hebbsparse::config::{Setting, TrainConfig};
 use hebbsparse::export::{check_export_dir, claim_export_dir, export_layers, step_dir};
 use hebbsparse::recipe::Recipe;
@@ -130,25 +130,25 @@ fn density_note(trainer: &Trainer) {
     }
 }
 
-fn run(args: Args) -> Result<ExitCode, String> {
-    let mut metrics = check_paths(&args)?;
+/// Ctrl-C and SIGTERM (what `timeout` and job schedulers send) both ask the
+/// loop to stop after the current batch (one that comes while the data
+/// loads stops the run after its first batch, with a checkpoint to resume
+/// from); a second one while the first is being handled ends the process
+/// at once.
+fn stop_on_signals() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // Ctrl-C and SIGTERM (what `timeout` and job schedulers send) both
-        // ask the loop to stop after the current batch (one that comes
-        // while the data loads stops the run after its first batch, with a
-        // checkpoint to resume from); a
-        // second one while the first is being handled ends the process at
-        // once.
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        });
-    }
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    stop
+}
 
-    let config = config_from(&args);
+/// The training and test splits of --data (or the bundled sample), cut by
+/// --limit-train and --limit-test.
+fn load_data(args: &Args) -> Result<(Split, Split), String> {
     let data_path = args.data.clone().unwrap_or_else(bundled_sample);
     let loaded = load_cifar10_with_warnings(&data_path).map_err(|e| e.to_string())?;
     // The bundled sample is one training batch by design; with --data a
@@ -177,10 +177,15 @@ fn run(args: Args) -> Result<ExitCode, String> {
         train.len(),
         test.len()
     );
+    Ok((train, test))
+}
 
-    let mut trainer = match &args.resume {
+/// A new run, or the one --resume names.
+fn start(args: &Args, train_len: usize) -> Result<Trainer, String> {
+    let config = config_from(args);
+    let trainer = match &args.resume {
         Some(path) => {
-            let t = Trainer::resume(config, path, train.len()).map_err(|e| e.to_string())?;
+            let t = Trainer::resume(config, path, train_len).map_err(|e| e.to_string())?;
             println!(
                 "resumed from {} at epoch {}, batch {}",
                 path.display(),
@@ -191,98 +196,69 @@ fn run(args: Args) -> Result<ExitCode, String> {
         }
         None => Trainer::new(config).map_err(|e| e.to_string())?,
     };
-    sample_note(&args, &trainer);
+    sample_note(args, &trainer);
     density_note(&trainer);
+    Ok(trainer)
+}
+
+/// The metrics file's first line for this run: its settings, and what is
+/// not a setting (epochs, test images, resumed, label).
+fn config_line(
+    args: &Args,
+    trainer: &Trainer,
+    train_len: usize,
+    test_len: usize,
+    label: &str,
+) -> Value {
+    let mut line = settings_json(&trainer.config, train_len);
+    line.insert("type".into(), json!("config"));
+    line.insert("epochs".into(), json!(trainer.config.epochs));
+    line.insert("test_images".into(), json!(test_len));
+    line.insert("resumed".into(), json!(args.resume.is_some()));
+    line.insert("label".into(), json!(label));
+    Value::Object(line)
+}
+
+fn run(args: Args) -> Result<ExitCode, String> {
+    let mut metrics = check_paths(&args)?;
+    let stop = stop_on_signals();
+    let (train, test) = load_data(&args)?;
+    let mut trainer = start(&args, train.len())?;
     let settings = trainer.config.settings(train.len());
     if let Some(dir) = &args.export {
         claim_export_dir(dir, &settings, args.export_clear)?;
     }
-    let mut config_line = settings_json(&trainer.config, train.len());
-    config_line.insert("type".into(), json!("config"));
-    config_line.insert("epochs".into(), json!(trainer.config.epochs));
-    config_line.insert("test_images".into(), json!(test.len()));
-    config_line.insert("resumed".into(), json!(args.resume.is_some()));
     let label = args
         .label
         .clone()
         .unwrap_or_else(|| trainer.config.mode.name().to_string());
-    config_line.insert("label".into(), json!(label));
-    metrics.line(Value::Object(config_line))?;
+    metrics.line(config_line(
+        &args,
+        &trainer,
+        train.len(),
+        test.len(),
+        &label,
+    ))?;
 
     let started = Instant::now();
     let mut saved_any = false;
     // Said once: with updates at every epoch's end it would be every epoch.
     let mut warned = false;
     while !trainer.finished() {
-        let bar = if args.quiet {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::new(0)
+        let bar = progress_bar(args.quiet, &trainer);
+        let export_every = args.export.as_deref().filter(|_| args.export_every_update);
+        let mut sink = EventSink {
+            bar: &bar,
+            metrics: &mut metrics,
+            export_every,
+            settings: &settings,
+            error: None,
         };
-        bar.set_style(
-            ProgressStyle::with_template(
-                "epoch {msg} [{bar:30}] {pos}/{len} batches, {per_sec}, eta {eta}",
-            )
-            .unwrap()
-            .with_key(
-                "per_sec",
-                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                    let _ = write!(w, "{:.1}/s", s.per_sec());
-                },
-            )
-            .progress_chars("=> "),
-        );
-        bar.set_message(format!("{}/{}", trainer.epoch + 1, trainer.config.epochs));
-        let mut side_err: Option<String> = None;
-        let export_every = args.export.as_ref().filter(|_| args.export_every_update);
-        let outcome = trainer.run_epoch(&train, &|| stop.load(Ordering::SeqCst), &mut |event| {
-            let result = match event {
-                Event::Batch { done, total } => {
-                    bar.set_length(total as u64);
-                    bar.set_position(done as u64);
-                    Ok(())
-                }
-                Event::Log { epoch, batch, step, loss } => {
-                    bar.suspend(|| println!("[{epoch}, {batch:5}] loss: {loss:.3}"));
-                    metrics.line(json!({"type": "log", "epoch": epoch, "batch": batch, "step": step, "loss": loss}))
-                }
-                Event::Progress { step, epoch, names, stats, layers } => {
-                    let parts: Vec<String> = stats
-                        .iter()
-                        .map(|s| format!("kept {} revived {} regrown {} dropped {}", s.kept, s.revived, s.regrown, s.dropped))
-                        .collect();
-                    if names.len() <= 4 {
-                        bar.suspend(|| println!("mask update at step {step}: {}", parts.join(" | ")));
-                    } else {
-                        let dropped: usize = stats.iter().map(|s| s.dropped).sum();
-                        let regrown: usize = stats.iter().map(|s| s.regrown + s.revived).sum();
-                        bar.suspend(|| println!("mask update at step {step}: {} layers, dropped {dropped}, grown {regrown}", names.len()));
-                    }
-                    let mut r = Ok(());
-                    for (name, s) in names.iter().zip(stats) {
-                        r = r.and(metrics.line(json!({
-                            "type": "progress", "step": step, "epoch": epoch, "layer": name,
-                            "kept": s.kept, "revived": s.revived, "regrown": s.regrown,
-                            "dropped": s.dropped, "reset": s.reset, "active": s.active, "total": s.total
-                        })));
-                    }
-                    if let Some(dir) = export_every {
-                        let dir = step_dir(dir, step);
-                        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
-                        r = r.and(
-                            export_layers(&dir, &names, layers, &settings, step, epoch)
-                                .map_err(|e| format!("cannot export to {}: {e}", dir.display())),
-                        );
-                    }
-                    r
-                }
-            };
-            if let Err(e) = result {
-                side_err.get_or_insert(e);
-            }
+        let outcome = trainer.run_epoch(&train, &|| stop.load(Ordering::SeqCst), &mut |e| {
+            sink.take(e)
         });
         bar.finish_and_clear();
-        if let Some(e) = side_err {
+        if let Some(e) = sink.error {
             // Keep what can be kept: the run's position, if it can be saved.
             if let Some(p) = &args.checkpoint {
                 if outcome.is_ok() && trainer.save(p, train.len()).is_ok() {
@@ -296,66 +272,20 @@ fn run(args: Args) -> Result<ExitCode, String> {
         }
         match outcome {
             Ok(EpochEnd::Finished) => {
-                if let Some(p) = &args.checkpoint {
-                    trainer.save(p, train.len()).map_err(|e| e.to_string())?;
-                    saved_any = true;
-                }
-                let eval = trainer.evaluate(&test).map_err(|e| e.to_string())?;
-                println!(
-                    "epoch {}: test accuracy {:.2} %",
-                    trainer.epoch,
-                    100.0 * eval.accuracy()
-                );
-                let since = trainer.steps_since_update();
-                if !warned && just_updated(&trainer, train.len()).is_some() {
-                    warned = true;
-                    eprintln!(
-                        "note: epoch {}'s accuracy was measured right after a mask update that \
-                         gave taps fresh random values, so it understates the network; later \
-                         epochs may be too (each accuracy line of --metrics says how many steps \
-                         after an update it was measured; see docs/rules.md)",
-                        trainer.epoch
-                    );
-                }
-                metrics.line(json!({"type": "epoch", "epoch": trainer.epoch, "step": trainer.global_step, "test_accuracy": eval.accuracy(), "steps_since_update": since}))?;
+                let progress = (&mut saved_any, &mut warned);
+                end_of_epoch(
+                    &args,
+                    &mut trainer,
+                    &test,
+                    train.len(),
+                    &mut metrics,
+                    progress,
+                )?;
             }
-            Ok(EpochEnd::Interrupted) => {
-                eprintln!(
-                    "interrupted at epoch {}, batch {}",
-                    trainer.epoch + 1,
-                    trainer.batch_in_epoch
-                );
-                match &args.checkpoint {
-                    Some(p) => {
-                        trainer.save(p, train.len()).map_err(|e| e.to_string())?;
-                        eprintln!(
-                            "checkpoint saved to {}; continue with the same options and --resume {}",
-                            p.display(),
-                            p.display()
-                        );
-                    }
-                    None => eprintln!(
-                        "nothing was saved: run with --checkpoint FILE to be able to continue \
-                         an interrupted run with --resume FILE"
-                    ),
-                }
-                return Ok(ExitCode::from(130));
-            }
+            Ok(EpochEnd::Interrupted) => return interrupted(&args, &trainer, train.len()),
             Err(e @ TrainError::NonFinite { .. }) => {
                 let _ = metrics.line(json!({"type": "stopped", "reason": "non-finite loss", "epoch": trainer.epoch + 1, "step": trainer.global_step, "message": e.to_string()}));
-                // Only a checkpoint saved before this point can exist: the
-                // diverged state is not saved.
-                let kept = match &args.checkpoint {
-                    Some(p) if saved_any || (args.resume.as_ref() == Some(p) && p.exists()) => {
-                        format!(
-                            " The last checkpoint, {}, is kept from before the divergence.",
-                            p.display()
-                        )
-                    }
-                    Some(_) => " No checkpoint was saved by this run.".into(),
-                    None => String::new(),
-                };
-                return Err(format!("{e}.{kept}"));
+                return Err(format!("{e}.{}", kept_checkpoint(&args, saved_any)));
             }
             Err(e) => return Err(e.to_string()),
         }
@@ -374,6 +304,182 @@ fn run(args: Args) -> Result<ExitCode, String> {
     finish(&args, &mut trainer, &test, &settings, &label, &mut metrics)
 }
 
+/// A finished epoch: its checkpoint, its evaluation, and its accuracy line
+/// (with, the first time only, a note when the evaluation came right after a
+/// re-initialising mask update). `saved_any` and `warned` are updated.
+fn end_of_epoch(
+    args: &Args,
+    trainer: &mut Trainer,
+    test: &Split,
+    train_len: usize,
+    metrics: &mut Metrics,
+    (saved_any, warned): (&mut bool, &mut bool),
+) -> Result<(), String> {
+    if let Some(p) = &args.checkpoint {
+        trainer.save(p, train_len).map_err(|e| e.to_string())?;
+        *saved_any = true;
+    }
+    let eval = trainer.evaluate(test).map_err(|e| e.to_string())?;
+    println!(
+        "epoch {}: test accuracy {:.2} %",
+        trainer.epoch,
+        100.0 * eval.accuracy()
+    );
+    if !*warned && just_updated(trainer, train_len).is_some() {
+        *warned = true;
+        eprintln!(
+            "note: epoch {}'s accuracy was measured right after a mask update that gave taps \
+             fresh random values, so it understates the network; later epochs may be too \
+             (each accuracy line of --metrics says how many steps after an update it was \
+             measured; see docs/rules.md)",
+            trainer.epoch
+        );
+    }
+    let since = trainer.steps_since_update();
+    metrics.line(json!({"type": "epoch", "epoch": trainer.epoch, "step": trainer.global_step, "test_accuracy": eval.accuracy(), "steps_since_update": since}))
+}
+
+/// The progress bar of one epoch (hidden with --quiet).
+fn progress_bar(quiet: bool, trainer: &Trainer) -> ProgressBar {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "epoch {msg} [{bar:30}] {pos}/{len} batches, {per_sec}, eta {eta}",
+        )
+        .unwrap()
+        .with_key(
+            "per_sec",
+            |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1}/s", s.per_sec());
+            },
+        )
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("{}/{}", trainer.epoch + 1, trainer.config.epochs));
+    bar
+}
+
+/// Where the training loop's events go: the progress bar, stdout, the
+/// metrics file and, at mask updates, the export. The first error is kept
+/// (the epoch finishes; the caller stops after it, saving what it can).
+struct EventSink<'a> {
+    bar: &'a ProgressBar,
+    metrics: &'a mut Metrics,
+    export_every: Option<&'a Path>,
+    settings: &'a [(&'static str, Setting)],
+    error: Option<String>,
+}
+
+impl EventSink<'_> {
+    fn take(&mut self, event: Event) {
+        if let Err(e) = self.handle(event) {
+            self.error.get_or_insert(e);
+        }
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), String> {
+        match event {
+            Event::Batch { done, total } => {
+                self.bar.set_length(total as u64);
+                self.bar.set_position(done as u64);
+                Ok(())
+            }
+            Event::Log {
+                epoch,
+                batch,
+                step,
+                loss,
+            } => {
+                self.bar
+                    .suspend(|| println!("[{epoch}, {batch:5}] loss: {loss:.3}"));
+                self.metrics.line(json!({"type": "log", "epoch": epoch, "batch": batch, "step": step, "loss": loss}))
+            }
+            Event::Progress {
+                step,
+                epoch,
+                names,
+                stats,
+                layers,
+            } => {
+                if names.len() <= 4 {
+                    let parts: Vec<String> = stats
+                        .iter()
+                        .map(|s| {
+                            format!(
+                                "kept {} revived {} regrown {} dropped {}",
+                                s.kept, s.revived, s.regrown, s.dropped
+                            )
+                        })
+                        .collect();
+                    self.bar
+                        .suspend(|| println!("mask update at step {step}: {}", parts.join(" | ")));
+                } else {
+                    let dropped: usize = stats.iter().map(|s| s.dropped).sum();
+                    let grown: usize = stats.iter().map(|s| s.regrown + s.revived).sum();
+                    let n = names.len();
+                    self.bar.suspend(|| println!("mask update at step {step}: {n} layers, dropped {dropped}, grown {grown}"));
+                }
+                for (name, s) in names.iter().zip(stats) {
+                    self.metrics.line(json!({
+                        "type": "progress", "step": step, "epoch": epoch, "layer": name,
+                        "kept": s.kept, "revived": s.revived, "regrown": s.regrown,
+                        "dropped": s.dropped, "reset": s.reset, "active": s.active, "total": s.total
+                    }))?;
+                }
+                if let Some(dir) = self.export_every {
+                    let dir = step_dir(dir, step);
+                    let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+                    export_layers(&dir, &names, layers, self.settings, step, epoch)
+                        .map_err(|e| format!("cannot export to {}: {e}", dir.display()))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM stopped the epoch: save the checkpoint if there is one
+/// to save, and say how to continue.
+fn interrupted(args: &Args, trainer: &Trainer, train_len: usize) -> Result<ExitCode, String> {
+    eprintln!(
+        "interrupted at epoch {}, batch {}",
+        trainer.epoch + 1,
+        trainer.batch_in_epoch
+    );
+    match &args.checkpoint {
+        Some(p) => {
+            trainer.save(p, train_len).map_err(|e| e.to_string())?;
+            eprintln!(
+                "checkpoint saved to {}; continue with the same options and --resume {}",
+                p.display(),
+                p.display()
+            );
+        }
+        None => eprintln!(
+            "nothing was saved: run with --checkpoint FILE to be able to continue \
+             an interrupted run with --resume FILE"
+        ),
+    }
+    Ok(ExitCode::from(130))
+}
+
+/// What a diverged run says of its checkpoint: only one saved before the
+/// divergence can exist (the diverged state is not saved).
+fn kept_checkpoint(args: &Args, saved_any: bool) -> String {
+    match &args.checkpoint {
+        Some(p) if saved_any || (args.resume.as_ref() == Some(p) && p.exists()) => format!(
+            " The last checkpoint, {}, is kept from before the divergence.",
+            p.display()
+        ),
+        Some(_) => " No checkpoint was saved by this run.".into(),
+        None => String::new(),
+    }
+}
+
 /// Whether the network was evaluated soon after a mask update that gave
 /// taps fresh random values (within half an update interval): it has not
 /// recovered yet, so the accuracy understates it. Returns the steps since
@@ -389,7 +495,7 @@ fn just_updated(trainer: &Trainer, train_len: usize) -> Option<(u64, u64)> {
 fn finish(
     args: &Args,
     trainer: &mut Trainer,
-    test: &hebbsparse::cifar::Split,
+    test: &Split,
     settings: &[(&str, Setting)],
     label: &str,
     metrics: &mut Metrics,
