@@ -111,13 +111,20 @@ pub(super) fn forward_image(
 fn pad_into(s: &Conv2dShape, x: &[f32], xp: &mut [f32]) {
     let (h, w, (py, px)) = (s.in_h, s.in_w, s.opts.padding);
     let wp = w + 2 * px;
-    xp.fill(0.0);
     for (src, dst) in x
         .chunks_exact(h * w)
         .zip(xp.chunks_exact_mut((h + 2 * py) * wp))
     {
-        for (row, d) in src.chunks_exact(w).zip(dst[py * wp..].chunks_exact_mut(wp)) {
+        // Each value is written once: the rows above and below are zeroed
+        // whole, the rows between get their borders and their values.
+        let (top, rest) = dst.split_at_mut(py * wp);
+        top.fill(0.0);
+        let (mid, bottom) = rest.split_at_mut(h * wp);
+        bottom.fill(0.0);
+        for (row, d) in src.chunks_exact(w).zip(mid.chunks_exact_mut(wp)) {
+            d[..px].fill(0.0);
             d[px..px + w].copy_from_slice(row);
+            d[px + w..].fill(0.0);
         }
     }
 }

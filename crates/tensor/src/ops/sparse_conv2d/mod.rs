@@ -222,9 +222,19 @@ thread_local! {
 /// (C', H + 2·py, W + 2·px) planes of `xp`.
 fn pad_planes(x: &[f32], h: usize, w: usize, (py, px): (usize, usize), xp: &mut [f32], k: Isa) {
     let (hp, wp) = (h + 2 * py, w + 2 * px);
-    xp.fill(0.0);
     for (src, dst) in x.chunks_exact(h * w).zip(xp.chunks_exact_mut(hp * wp)) {
         copy_rows(&mut dst[py * wp + px..], wp, src, w, h, w, k);
+        // Zeros only where no value went: the rows above and below, and
+        // between rows the right border of one and the left of the next
+        // (adjacent in memory), each value written once.
+        dst[..py * wp + px].fill(0.0);
+        for r in py..py + h {
+            let gap = (r * wp + px + w)..((r + 1) * wp + px).min(hp * wp);
+            for v in &mut dst[gap] {
+                *v = 0.0;
+            }
+        }
+        dst[(py + h) * wp..].fill(0.0);
     }
 }
 
