@@ -133,7 +133,8 @@ pub(super) fn backward_weight_core(
         return;
     }
     let wlen = dw.len();
-    let mut partials = vec![0.0f32; n_chunks * wlen];
+    // Every chunk is overwritten whole (beta = 0 in each group's GEMM).
+    let mut partials = crate::buffers::take(n_chunks * wlen);
     for_each_chunk(&mut partials, wlen, run_parallel(s), partial);
     // Fixed-order reduction: chunk 0, then + chunk 1, + chunk 2, ...
     dw.copy_from_slice(&partials[..wlen]);
@@ -142,6 +143,7 @@ pub(super) fn backward_weight_core(
             *d += *v;
         }
     }
+    crate::buffers::give(partials);
 }
 
 /// `dst[i] = f(src[i])`.
