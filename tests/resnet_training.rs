@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use hebbsparse::checkpoint::{Reader, Tensors, Writer};
 use hebbsparse::cifar::{load_cifar10, Split};
 use hebbsparse::config::{LrSchedule, Mode, Normalization, TrainConfig};
@@ -244,42 +246,14 @@ fn a_checkpoint_of_another_network_is_refused_by_its_settings() {
 /// summation (batch norm amplifies rounding a little, so 1e-3).
 #[test]
 fn sparse_and_dense_kernels_train_the_same_resnet() {
-    use hebbsparse::sparse_conv::ConvPath;
     let (train, _) = sample();
     let train = train.take(64);
     for mode in [Mode::Static, Mode::Rigl, Mode::HebbianGrow] {
-        let run = |path| {
-            let mut t = Trainer::new(TrainConfig {
-                conv_path: path,
-                epochs: 1,
-                log_every: Some(1),
-                ..config(8, mode)
-            })
-            .unwrap();
-            let mut losses = Vec::new();
-            t.run_epoch(&train, &|| false, &mut |e| {
-                if let Event::Log { loss, .. } = e {
-                    losses.push(loss);
-                }
-            })
-            .unwrap();
-            let w: Vec<f32> = t.net.parameters().iter().flat_map(|p| p.to_vec()).collect();
-            (losses, w)
+        let config = TrainConfig {
+            epochs: 1,
+            log_every: Some(1),
+            ..config(8, mode)
         };
-        let (ls, ws) = run(ConvPath::Sparse);
-        let (ld, wd) = run(ConvPath::Dense);
-        assert_eq!(ls.len(), 4);
-        for (a, b) in ls.iter().zip(&ld) {
-            assert!(
-                (a - b).abs() < 1e-3 * b.abs().max(1.0),
-                "{mode:?} loss {a} vs {b}"
-            );
-        }
-        let worst = ws
-            .iter()
-            .zip(&wd)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        assert!(worst < 1e-3, "{mode:?}: weights differ by {worst}");
+        common::paths::assert_paths_agree(&config, &train, 4, 1e-3);
     }
 }

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use hebbsparse::cifar::{load_cifar10, Split};
 use hebbsparse::config::{LrSchedule, Mode, TrainConfig};
 use hebbsparse::sparse_conv::rules::{Grow, Rule};
@@ -479,40 +481,14 @@ fn the_cosine_learning_rate_falls_from_lr_to_zero() {
 /// losses and weights up to the order of summation.
 #[test]
 fn sparse_and_dense_kernels_train_the_same_network() {
-    use hebbsparse::sparse_conv::ConvPath;
     let (train, _) = sample();
     let train = train.take(160);
     for mode in [Mode::Static, Mode::Set, Mode::Hebbian] {
-        let run = |path| {
-            let mut t = Trainer::new(TrainConfig {
-                conv_path: path,
-                ..small_config(mode, 1)
-            })
-            .unwrap();
-            let mut losses = Vec::new();
-            t.run_epoch(&train, &|| false, &mut |e| {
-                if let Event::Log { loss, .. } = e {
-                    losses.push(loss);
-                }
-            })
-            .unwrap();
-            let w: Vec<f32> = t.net.parameters().iter().flat_map(|p| p.to_vec()).collect();
-            (losses, w)
+        let config = TrainConfig {
+            log_every: Some(10),
+            ..small_config(mode, 1)
         };
-        let (ls, ws) = run(ConvPath::Sparse);
-        let (ld, wd) = run(ConvPath::Dense);
-        for (a, b) in ls.iter().zip(&ld) {
-            assert!(
-                (a - b).abs() < 1e-4 * b.abs().max(1.0),
-                "{mode:?} loss {a} vs {b}"
-            );
-        }
-        let worst = ws
-            .iter()
-            .zip(&wd)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        assert!(worst < 1e-4, "{mode:?}: weights differ by {worst}");
+        common::paths::assert_paths_agree(&config, &train, 4, 1e-4);
     }
 }
 

@@ -1,7 +1,11 @@
-//! What the command-line tests share: the example binary, a scratch
-//! folder, the shortest real run, and a metrics file read back.
+//! What the integration tests share: for the command-line tests the
+//! example binary, a scratch folder, the shortest real run and a metrics
+//! file read back; for the training tests the two kernel paths side by
+//! side ([`paths`]).
 
 #![allow(dead_code)] // each test file uses its own part
+
+pub mod paths;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
