@@ -7,7 +7,7 @@
 
 use std::str::FromStr;
 
-use sparse_conv::rules::{Allocation, DropFraction, DropSchedule};
+use sparse_conv::rules::{Allocation, DropFraction, DropSchedule, Prune};
 use sparse_conv::PruneDims;
 
 use crate::config::{LrSchedule, Normalization, TrainConfig};
@@ -25,7 +25,8 @@ pub enum Recipe {
     /// The CIFAR ResNets': 30 epochs, batch 128, lr 0.1 with cosine decay
     /// per step, weight decay 5e-4, augmentation, CIFAR-10 normalisation; a
     /// mask update every 100 steps until 75 % of training, drop fraction
-    /// 0.3 on a cosine schedule (RigL's practice).
+    /// 0.3 on a cosine schedule (RigL's practice; the notebook's rule,
+    /// which ranks every tap, keeps its own).
     Resnet,
 }
 
@@ -106,8 +107,12 @@ impl Recipe {
                 c.progress_every = Some(100);
                 if updates {
                     c.rule.stop_updates_at = 0.75;
-                    c.rule.drop_fraction = DropFraction::Fixed(0.3);
-                    c.rule.drop_schedule = DropSchedule::Cosine;
+                    // The notebook's rule ranks every tap and keeps its
+                    // --keep-fraction: its drop fraction is fixed by that.
+                    if c.rule.prune != Prune::Strength {
+                        c.rule.drop_fraction = DropFraction::Fixed(0.3);
+                        c.rule.drop_schedule = DropSchedule::Cosine;
+                    }
                 }
             }
         }
@@ -163,6 +168,25 @@ mod tests {
         assert_eq!(h.rule.stop_updates_at, 0.75);
         Recipe::Notebook.apply(&mut h);
         assert_eq!((h.epochs, h.batch_size), (2, 4));
+    }
+
+    /// Every recipe gives every mode on every network settings a run can
+    /// start with.
+    #[test]
+    fn every_recipe_suits_every_mode_and_network() {
+        for arch in [Arch::LeNet, Arch::ResNet { depth: 20 }] {
+            for mode in Mode::ALL {
+                for r in Recipe::ALL {
+                    let mut c = TrainConfig {
+                        model: ModelSpec::new(arch),
+                        ..TrainConfig::for_mode(mode)
+                    };
+                    r.apply(&mut c);
+                    let ok = c.validate();
+                    assert!(ok.is_ok(), "{arch:?} {mode:?} {}: {ok:?}", r.name());
+                }
+            }
+        }
     }
 
     #[test]

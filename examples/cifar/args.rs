@@ -30,7 +30,8 @@ Recipes (--recipe; each option below overrides its part):
               augmentation, a mask update every 2 epochs until 75% [default without --data]
   resnet      30 epochs, batch 128, lr 0.1 cosine per step, momentum 0.9, weight decay
               5e-4, augmentation, CIFAR-10 normalisation; sparse rules that update: every
-              100 steps until 75%, drop fraction 0.3 on a cosine [default with --data, ResNet]
+              100 steps until 75%, drop fraction 0.3 on a cosine (not hebbian, whose
+              ranking fixes it) [default with --data, ResNet]
 
 Presets (--mode) and the rule parts they set (a recipe may then set the update schedule):
   mode          prune      grow      grow-init  drop-fraction     stop-updates-at  start
