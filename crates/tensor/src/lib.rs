@@ -14,7 +14,8 @@
 //!   shapes of a convolution and a pool window), `conv_naive` (the
 //!   convolution by its definition: the oracle), `scratch` (the kernels'
 //!   thread-local scratch), `conv2d/` (a direct forward kernel for stride 1
-//!   without padding or dilation, im2col + GEMM for the other forwards and
+//!   without dilation, unpadded or, for 8 to 16 input channels, on a
+//!   padded copy; im2col + GEMM for the other forwards and
 //!   for backward (but for narrow layers, whose gradients come from the
 //!   sparse kernels with every tap active), and the fused conv → ReLU →
 //!   max-pool), `pool` (max_pool2d, global average pool), `relu_pool` (relu
@@ -24,8 +25,8 @@
 //!   block), `batch_norm` (BatchNorm2d's op), `residual` (the residual add +
 //!   ReLU and the padding shortcut), `reduce` (sum, mean, and the fixed-order
 //!   slice sums the others share), `shape` (reshape, flatten), `loss`
-//!   (log_softmax, cross_entropy). Each directory's `mod.rs` opens with a
-//!   map of its files. The dependencies run one way: `conv2d/` uses
+//!   (log_softmax, cross_entropy). Each of `conv2d/` and `sparse_conv2d/`
+//!   opens its `mod.rs` with a map of its files. The dependencies run one way: `conv2d/` uses
 //!   `sparse_conv2d/`, both use `geometry`, `scratch`, `reduce` and
 //!   `conv_naive`.
 //! * [`isa`]: the one place that decides which instruction set (portable,
@@ -38,7 +39,8 @@
 //!   own.
 //! * [`gemm`]: the single matrix multiply everything calls, with transposes
 //!   as strides.
-//! * [`nn`]: Conv2d, Linear and MaxPool2d layers with PyTorch's default init.
+//! * [`nn`]: Conv2d, Linear, MaxPool2d and BatchNorm2d layers, with
+//!   PyTorch's default init (or Kaiming-normal, as the ResNets take).
 //! * [`optim`]: SGD with momentum.
 //! * [`rng`]: the seeded generator, whose state fits in a checkpoint.
 //! * [`npy`]: `.npy` read/write, to take tensors into numpy.

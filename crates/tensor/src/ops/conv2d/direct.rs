@@ -1,4 +1,4 @@
-//! The direct wide-row forward kernel, and the naive convolution (the oracle).
+//! The direct wide-row forward kernel, and when a padded layer takes it.
 
 use super::*;
 use crate::isa::Isa;

@@ -1,5 +1,6 @@
 //! conv2d: geometry, the fast kernels (forward by a direct wide-row kernel
-//! for stride 1 with no padding or dilation, and by im2col + GEMM otherwise; backward as two GEMMs, or,
+//! for stride 1 with no padding or dilation, or with padding on 8 to 16
+//! input channels, and by im2col + GEMM otherwise; backward as two GEMMs, or,
 //! for narrow stride-1 layers, by the direct kernels of `sparse_conv2d/`
 //! with every tap active ([`narrow_direct_backward`])), the
 //! naive direct convolution kept as oracle, the autograd op, and the fused
@@ -39,7 +40,8 @@
 //! * `im2col.rs`: [`im2col`] and [`col2im`].
 //! * `forward.rs`: [`conv2d_forward`], which picks the direct kernel or
 //!   im2col + GEMM per image.
-//! * `direct.rs`: the direct wide-row forward kernel (AVX2 + portable).
+//! * `direct.rs`: the direct wide-row forward kernel (AVX-512, AVX2 +
+//!   portable), and when it applies to a padded layer.
 //! * `backward.rs`: the weight (and coactivation) and input gradients.
 //! * `fused.rs`: the fused conv → relu → max-pool block
 //!   ([`conv2d_relu_pool_forward`], [`conv2d_relu_pool_backward`]).

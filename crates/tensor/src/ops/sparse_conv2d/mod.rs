@@ -56,8 +56,9 @@
 //! Forward and input gradient split the batch into chunks of images, a pure
 //! function of the shape and the number of active taps; images are
 //! independent, so nothing is reduced across chunks. The weight gradient is
-//! split by output channel: each task owns the taps of one channel and sums
-//! over the images in order, so it is bitwise the same for any thread count.
+//! split by blocks of output channels: each task owns the taps of its
+//! channels, and each channel sums over the images in order, so it is
+//! bitwise the same for any thread count.
 //! Small problems run on the calling thread ([`SPARSE_PARALLEL_MIN_FLOPS`]).
 //!
 //! # Files
