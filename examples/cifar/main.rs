@@ -556,7 +556,7 @@ fn finish(
     if args.data.is_none() {
         println!(
             "next: compare rules (--mode static, set, rigl, hebbian-grow; docs/rules.md) and \
-             networks (--model resnet20), train on the full CIFAR-10 with --data (see \
+             networks (--model lenet, resnet20; docs/models.md), train on the full CIFAR-10 with --data (see \
              README.md), and draw a run's --metrics file with: cargo run --release --example \
              report -- METRICS.jsonl"
         );
