@@ -303,16 +303,11 @@ pub(super) fn backward_weight_wide(
     db: Option<&mut [f32]>,
     k: Isa,
 ) {
-    let (c, o) = (s.in_channels, s.out_channels);
-    let (cg, og) = (s.group_in(), s.group_out());
-    let kk = cg * s.kernel_h * s.kernel_w; // weights per output channel
-    let (q, start) = (plan.q_plane, plan.data_start());
-    let rows = s.out_h() * plan.wp; // dY's data rows, gap columns included
-    let wide = rows - (plan.wp - s.out_w()); // up to the last value
+    let c = s.in_channels;
+    let kk = s.group_in() * s.kernel_h * s.kernel_w; // weights per output channel
     let plane_p = plan.plane();
     let padded = needs_planes(s, plan);
     let pad_len = if padded { s.batch * c * plane_p } else { 0 };
-    let max_taps = l.max_taps();
     let mut sums = vec![0.0f32; if db.is_some() { s.out_channels } else { 0 }];
     with_scratch(&BATCH_SCRATCH, pad_len, |xpad| {
         // The whole batch padded once, shared by the channel tasks.
@@ -342,47 +337,8 @@ pub(super) fn backward_weight_wide(
         // still sums its images in order: the bits do not depend on the
         // blocks or the threads.
         let per_task = s.out_channels.div_ceil(4).max(1);
-        let task = |t: usize, dw_t: &mut [f32], mut sums_t: Option<&mut [f32]>| {
-            dw_t.fill(0.0);
-            let oc0 = t * per_task;
-            let want_sum = sums_t.is_some();
-            with_scratch(&SCRATCH, rows + max_taps, |buf| {
-                let (dyw, dots) = buf.split_at_mut(rows);
-                // Gap columns stay zero for a plain dY (only values are
-                // copied); a pooled dY writes whole rows.
-                dyw.fill(0.0);
-                for b in 0..s.batch {
-                    for (i, dw_o) in dw_t.chunks_exact_mut(kk).enumerate() {
-                        let oc = oc0 + i;
-                        let r = l.out_range(oc);
-                        let taps = &l.by_output[r.clone()];
-                        if taps.is_empty() && !want_sum {
-                            continue;
-                        }
-                        // A laid-out dY is read in place.
-                        let dyw: &[f32] = match dy {
-                            Dy::Wide(all) => &all[(b * o + oc) * q + start..][..rows],
-                            _ => {
-                                let plane_sum = dy.plane_into(s, plan, b, oc, dyw, want_sum, k);
-                                if let Some(sums_t) = sums_t.as_deref_mut() {
-                                    sums_t[i] += plane_sum;
-                                }
-                                &*dyw
-                            }
-                        };
-                        if taps.is_empty() {
-                            continue;
-                        }
-                        let g = oc / og;
-                        let x_bg = &xs[(b * c + g * cg) * plane_p..][..cg * plane_p];
-                        let dots = &mut dots[..taps.len()];
-                        multi_dot(&dyw[..wide], x_bg, &plan.fwd_offs[r], dots, k);
-                        for (t, &d) in taps.iter().zip(dots.iter()) {
-                            dw_o[t.wi - oc * kk] += d;
-                        }
-                    }
-                }
-            });
+        let task = |t: usize, dw_t: &mut [f32], sums_t: Option<&mut [f32]>| {
+            weight_task(s, l, plan, &dy, xs, t * per_task, dw_t, sums_t, k);
         };
         let parallel = run_parallel(s, l);
         let block = per_task * kk;
@@ -403,6 +359,96 @@ pub(super) fn backward_weight_wide(
     if let Some(db) = db {
         db.copy_from_slice(&sums);
     }
+}
+
+/// One task of [`backward_weight_wide`]: the weight gradient of output
+/// channels oc0.. (`dw_t`, kk weights each, overwritten) over the whole
+/// batch, image by image, from the prepared input planes `xs`; with
+/// `sums_t`, also their dY planes' sums.
+#[allow(clippy::too_many_arguments)] // the operands, the block and its outputs
+fn weight_task(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    plan: &Plan,
+    dy: &Dy,
+    xs: &[f32],
+    oc0: usize,
+    dw_t: &mut [f32],
+    mut sums_t: Option<&mut [f32]>,
+    k: Isa,
+) {
+    let (c, o) = (s.in_channels, s.out_channels);
+    let (cg, og) = (s.group_in(), s.group_out());
+    let kk = cg * s.kernel_h * s.kernel_w; // weights per output channel
+    let (q, start) = (plan.q_plane, plan.data_start());
+    let rows = s.out_h() * plan.wp; // dY's data rows, gap columns included
+    let wide = rows - (plan.wp - s.out_w()); // up to the last value
+    let plane_p = plan.plane();
+    // Within an image, when its input planes outgrow L1 (32 KB), they go a
+    // few channels at a time (about 12 KB, read from L2 once), each chunk
+    // meeting every channel of the block while it sits in L1 beside their
+    // dY planes, instead of each output channel reading all of them in
+    // turn. A tap's dot product is its own whatever the order, so no bit
+    // changes.
+    let chunk = if cg * plane_p <= 8192 {
+        cg
+    } else {
+        (3072 / plane_p).clamp(1, cg)
+    };
+    dw_t.fill(0.0);
+    let n_o = dw_t.len() / kk;
+    let want_sum = sums_t.is_some();
+    // A laid-out dY is read in place; others are laid out here.
+    let own = if matches!(dy, Dy::Wide(_)) {
+        0
+    } else {
+        n_o * rows
+    };
+    with_scratch(&SCRATCH, own + l.max_taps(), |buf| {
+        let (dyw, dots) = buf.split_at_mut(own);
+        // Gap columns stay zero for a plain dY (only values are copied); a
+        // pooled dY writes whole rows.
+        dyw.fill(0.0);
+        for b in 0..s.batch {
+            for (i, plane) in dyw.chunks_exact_mut(rows).enumerate() {
+                let oc = oc0 + i;
+                if l.out_range(oc).is_empty() && !want_sum {
+                    continue;
+                }
+                let plane_sum = dy.plane_into(s, plan, b, oc, plane, want_sum, k);
+                if let Some(sums_t) = sums_t.as_deref_mut() {
+                    sums_t[i] += plane_sum;
+                }
+            }
+            let dy_plane = |i: usize| -> &[f32] {
+                match dy {
+                    Dy::Wide(all) => &all[(b * o + oc0 + i) * q + start..][..wide],
+                    _ => &dyw[i * rows..][..wide],
+                }
+            };
+            for c0 in (0..cg).step_by(chunk) {
+                let c1 = (c0 + chunk).min(cg);
+                for (i, dw_o) in dw_t.chunks_exact_mut(kk).enumerate() {
+                    let oc = oc0 + i;
+                    let r = l.out_range(oc);
+                    let taps = &l.by_output[r.clone()];
+                    // The taps of channels c0..c1 (sorted by channel).
+                    let lo = taps.partition_point(|t| t.ch < c0);
+                    let hi = taps.partition_point(|t| t.ch < c1);
+                    if lo == hi {
+                        continue;
+                    }
+                    let x_bg = &xs[(b * c + (oc / og) * cg) * plane_p..][..cg * plane_p];
+                    let offs = &plan.fwd_offs[r.start + lo..r.start + hi];
+                    let dots = &mut dots[..hi - lo];
+                    multi_dot(dy_plane(i), x_bg, offs, dots, k);
+                    for (t, &d) in taps[lo..hi].iter().zip(dots.iter()) {
+                        dw_o[t.wi - oc * kk] += d;
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Asks the CPU to bring `v` into the cache (no effect on results; nothing
