@@ -507,6 +507,34 @@ impl Plot {
         // Turned category labels make the chart taller, not the plot smaller.
         let (turned, label_room) = self.category_labels();
         let height = self.height + label_room;
+        let (f, y_ticks) = self.frame(top, height);
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="{FONT_SIZE}" role="img"><title>{t}</title>"#,
+            w = self.width,
+            h = f.height,
+            t = escape(&self.title)
+        );
+        let _ = write!(
+            s,
+            r##"<rect width="{}" height="{}" fill="#ffffff"/><text x="{}" y="20" font-size="{TITLE_SIZE}" font-weight="bold" text-anchor="middle">{}</text>"##,
+            self.width,
+            f.height,
+            self.width / 2.0,
+            escape(&self.title)
+        );
+
+        self.write_ticks(&mut s, &f, y_ticks, turned);
+        self.write_marks(&mut s, &f);
+        self.write_axes_and_legend(&mut s, &f, legend_places);
+        s.push_str("</svg>");
+        s
+    }
+
+    /// The plot's ranges and plotting area below `top`, and the y ticks
+    /// (on the drawn scale) with their labels.
+    fn frame(&self, top: f64, height: f64) -> (Frame, Vec<(f64, String)>) {
         let (x0, x1) = self.x_range.unwrap_or_else(|| {
             let (lo, hi) = self.extent(true);
             let lo = if self.x_from_zero { lo.min(0.0) } else { lo };
@@ -553,53 +581,42 @@ impl Plot {
             (y0, y1, ticks)
         };
         let (pw, ph) = (self.width - LEFT - RIGHT, self.height - top - BOTTOM);
-        let px = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
-        let py = |y: f64| top + (1.0 - (fy(y) - y0) / (y1 - y0)) * ph;
-        let py_scale = |v: f64| top + (1.0 - (v - y0) / (y1 - y0)) * ph;
-
-        let mut s = String::new();
-        let _ = write!(
-            s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="{FONT_SIZE}" role="img"><title>{t}</title>"#,
-            w = self.width,
-            h = height,
-            t = escape(&self.title)
-        );
-        let _ = write!(
-            s,
-            r##"<rect width="{}" height="{}" fill="#ffffff"/><text x="{}" y="20" font-size="{TITLE_SIZE}" font-weight="bold" text-anchor="middle">{}</text>"##,
-            self.width,
+        let frame = Frame {
+            x0,
+            x1,
+            y0,
+            y1,
+            log,
+            top,
+            pw,
+            ph,
             height,
-            self.width / 2.0,
-            escape(&self.title)
-        );
+        };
+        (frame, y_ticks)
+    }
 
-        // Grid lines and ticks.
+    /// Grid lines and ticks: the y ticks given, the x ticks or category
+    /// names (`turned` or level).
+    fn write_ticks(&self, s: &mut String, f: &Frame, y_ticks: Vec<(f64, String)>, turned: bool) {
         for (v, label) in y_ticks {
-            let y = py_scale(v);
+            let y = f.py_scale(v);
             let _ = write!(
                 s,
                 r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e6e6e6"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-                LEFT + pw,
+                LEFT + f.pw,
                 LEFT - 5.0,
                 y + 4.0,
                 label
             );
         }
-        let axis_y = top + ph;
-        let events_in_view = self
-            .marks
-            .iter()
-            .filter(|m| matches!(m, Mark::VLine { x, .. } if (x0..=x1).contains(x)))
-            .count();
-        let event_lines = events_in_view > 0 && pw / events_in_view as f64 >= EVENT_LINE_GAP;
+        let axis_y = f.axis_y();
         if self.categories.is_empty() {
-            let mut x_step = nice_step(x0, x1, ((pw / 70.0) as usize).clamp(2, 8));
+            let mut x_step = nice_step(f.x0, f.x1, ((f.pw / 70.0) as usize).clamp(2, 8));
             if self.x_whole {
                 x_step = x_step.max(1.0).round();
             }
-            for v in ticks(x0, x1, x_step) {
-                let x = px(v);
+            for v in ticks(f.x0, f.x1, x_step) {
+                let x = f.px(v);
                 let _ = write!(
                     s,
                     r##"<line x1="{x:.1}" y1="{axis_y:.1}" x2="{x:.1}" y2="{:.1}" stroke="#333333"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
@@ -610,7 +627,7 @@ impl Plot {
             }
         } else {
             for (i, name) in self.categories.iter().enumerate() {
-                let x = px(i as f64 + 0.5);
+                let x = f.px(i as f64 + 0.5);
                 if turned {
                     // Turned about its end, which sits under the category.
                     let _ = write!(
@@ -630,8 +647,17 @@ impl Plot {
                 }
             }
         }
+    }
 
-        // Data: events and bands first so lines and dots sit on top of them.
+    /// The data: events and bands first so lines and dots sit on top of
+    /// them.
+    fn write_marks(&self, s: &mut String, f: &Frame) {
+        let events_in_view = self
+            .marks
+            .iter()
+            .filter(|m| matches!(m, Mark::VLine { x, .. } if (f.x0..=f.x1).contains(x)))
+            .count();
+        let event_lines = events_in_view > 0 && f.pw / events_in_view as f64 >= EVENT_LINE_GAP;
         let mut ordered: Vec<&Mark> = self.marks.iter().collect();
         ordered.sort_by_key(|m| match m {
             Mark::VLine { .. } => 0,
@@ -643,60 +669,22 @@ impl Plot {
         });
         for mark in ordered {
             match mark {
-                Mark::VLine { x, tip } => {
-                    if !(x.is_finite() && (x0..=x1).contains(x)) {
-                        continue;
-                    }
-                    let x = px(*x);
-                    s.push_str("<g class=\"event\">");
-                    if event_lines {
-                        let _ = write!(
-                            s,
-                            r#"<line x1="{x:.1}" y1="{top:.1}" x2="{x:.1}" y2="{axis_y:.1}" stroke="{EVENT_LINE_COLOUR}" stroke-width="1"/>"#
-                        );
-                    }
-                    let _ = write!(
-                        s,
-                        r#"<line x1="{x:.1}" y1="{top:.1}" x2="{x:.1}" y2="{:.1}" stroke="{EVENT_COLOUR}" stroke-width="1.5"/><title>{}</title></g>"#,
-                        top + 7.0,
-                        escape(tip)
-                    );
-                }
+                Mark::VLine { x, tip } => f.write_event(s, *x, tip, event_lines),
                 Mark::HLine { y, colour, label } => {
                     if !y.is_finite() {
                         continue;
                     }
-                    let yy = py(*y);
+                    let yy = f.py(*y);
                     let _ = write!(
                         s,
                         r#"<line x1="{LEFT}" y1="{yy:.1}" x2="{:.1}" y2="{yy:.1}" stroke="{colour}" stroke-width="1.5" stroke-dasharray="6 4"/><text x="{:.1}" y="{:.1}" fill="{colour}">{}</text>"#,
-                        LEFT + pw,
+                        LEFT + f.pw,
                         LEFT + 4.0,
                         yy - 4.0,
                         escape(label)
                     );
                 }
-                Mark::Band { points, colour } => {
-                    let pts: Vec<_> = points
-                        .iter()
-                        .filter(|p| p.0.is_finite() && p.1.is_finite() && p.2.is_finite())
-                        .collect();
-                    if pts.len() < 2 {
-                        continue;
-                    }
-                    let mut path = String::new();
-                    for &&(x, _, hi) in &pts {
-                        let _ = write!(path, "{:.1},{:.1} ", px(x), py(hi));
-                    }
-                    for &&(x, lo, _) in pts.iter().rev() {
-                        let _ = write!(path, "{:.1},{:.1} ", px(x), py(lo));
-                    }
-                    let _ = write!(
-                        s,
-                        r#"<polygon points="{}" fill="{colour}" fill-opacity="0.18" stroke="none"/>"#,
-                        path.trim_end()
-                    );
-                }
+                Mark::Band { points, colour } => f.write_band(s, points, colour),
                 Mark::Line {
                     points,
                     colour,
@@ -706,7 +694,7 @@ impl Plot {
                     for piece in points.split(|p| !(p.0.is_finite() && p.1.is_finite())) {
                         let mut path = String::new();
                         for &(x, y) in piece {
-                            let _ = write!(path, "{:.1},{:.1} ", px(x), py(y));
+                            let _ = write!(path, "{:.1},{:.1} ", f.px(x), f.py(y));
                         }
                         if piece.len() >= 2 {
                             let _ = write!(
@@ -727,62 +715,42 @@ impl Plot {
                     tip,
                 } => {
                     if x.is_finite() && y.is_finite() {
-                        s.push_str(&marker(*shape, px(*x), py(*y), *r, colour, tip));
+                        s.push_str(&marker(*shape, f.px(*x), f.py(*y), *r, colour, tip));
                     }
                 }
                 Mark::Bar {
-                    x0: b0,
-                    x1: b1,
+                    x0,
+                    x1,
                     y,
                     colour,
                     label,
-                } => {
-                    if !y.is_finite() {
-                        continue;
-                    }
-                    let (top_y, base) = (py(y.max(0.0)), py(y.min(0.0)));
-                    // Smaller type when the label is wider than its slot
-                    // (many bars), so neighbours' labels do not touch.
-                    let slot = px(*b1) - px(*b0) + 6.0;
-                    let size = if text_width(label, FONT_SIZE) > slot {
-                        9
-                    } else {
-                        11
-                    };
-                    let _ = write!(
-                        s,
-                        r#"<rect x="{:.1}" y="{top_y:.1}" width="{:.1}" height="{:.1}" fill="{colour}" fill-opacity="0.55"/><text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="{size}">{}</text>"#,
-                        px(*b0),
-                        px(*b1) - px(*b0),
-                        base - top_y,
-                        (px(*b0) + px(*b1)) / 2.0,
-                        base - 8.0,
-                        escape(label)
-                    );
-                }
+                } => f.write_bar(s, (*x0, *x1), *y, colour, label),
             }
         }
+    }
 
-        // Axes, axis labels, legend.
+    /// Axes, axis labels and the legend (at `places`).
+    fn write_axes_and_legend(&self, s: &mut String, f: &Frame, places: Vec<(f64, usize)>) {
+        let (top, axis_y) = (f.top, f.axis_y());
         let _ = write!(
             s,
             r##"<polyline points="{LEFT},{top:.1} {LEFT},{axis_y:.1} {:.1},{axis_y:.1}" fill="none" stroke="#333333"/>"##,
-            LEFT + pw
+            LEFT + f.pw
         );
         let _ = write!(
             s,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            LEFT + pw / 2.0,
-            height - 8.0,
+            LEFT + f.pw / 2.0,
+            f.height - 8.0,
             escape(&self.x_label)
         );
         let _ = write!(
             s,
             r#"<text transform="translate(14 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
-            top + ph / 2.0,
+            f.top + f.ph / 2.0,
             escape(&self.y_label)
         );
-        for ((name, key), (x, row)) in self.legend.iter().zip(legend_places) {
+        for ((name, key), (x, row)) in self.legend.iter().zip(places) {
             let y = 34.0 + 16.0 * row as f64;
             let text_x = match key {
                 Key::Swatch(colour) => {
@@ -829,8 +797,121 @@ impl Plot {
                 escape(name)
             );
         }
-        s.push_str("</svg>");
-        s
+    }
+}
+
+/// Where a plot's data go in its SVG: the ranges (y on the drawn scale:
+/// y, or log10(1 + y)) and the plotting area, `top` down, `pw` by `ph`.
+struct Frame {
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+    log: bool,
+    top: f64,
+    pw: f64,
+    ph: f64,
+    /// The whole chart's height.
+    height: f64,
+}
+
+impl Frame {
+    /// A y value on the drawn scale.
+    fn fy(&self, y: f64) -> f64 {
+        if self.log {
+            y.max(0.0).ln_1p() / 10f64.ln()
+        } else {
+            y
+        }
+    }
+
+    fn px(&self, x: f64) -> f64 {
+        LEFT + (x - self.x0) / (self.x1 - self.x0) * self.pw
+    }
+
+    fn py(&self, y: f64) -> f64 {
+        self.py_scale(self.fy(y))
+    }
+
+    /// The page y of a value already on the drawn scale.
+    fn py_scale(&self, v: f64) -> f64 {
+        self.top + (1.0 - (v - self.y0) / (self.y1 - self.y0)) * self.ph
+    }
+
+    fn axis_y(&self) -> f64 {
+        self.top + self.ph
+    }
+
+    /// A mask-update mark at x: a tick at the top, and with `line` a faint
+    /// line down to the axis; its tooltip `tip`.
+    fn write_event(&self, s: &mut String, x: f64, tip: &str, line: bool) {
+        let (top, axis_y) = (self.top, self.axis_y());
+        if !(x.is_finite() && (self.x0..=self.x1).contains(&x)) {
+            return;
+        }
+        let x = self.px(x);
+        s.push_str("<g class=\"event\">");
+        if line {
+            let _ = write!(
+                s,
+                r#"<line x1="{x:.1}" y1="{top:.1}" x2="{x:.1}" y2="{axis_y:.1}" stroke="{EVENT_LINE_COLOUR}" stroke-width="1"/>"#
+            );
+        }
+        let _ = write!(
+            s,
+            r#"<line x1="{x:.1}" y1="{top:.1}" x2="{x:.1}" y2="{:.1}" stroke="{EVENT_COLOUR}" stroke-width="1.5"/><title>{}</title></g>"#,
+            top + 7.0,
+            escape(tip)
+        );
+    }
+
+    /// A shaded band between the lows and highs of `points` (x, lo, hi).
+    fn write_band(&self, s: &mut String, points: &[(f64, f64, f64)], colour: &str) {
+        let pts: Vec<_> = points
+            .iter()
+            .filter(|p| p.0.is_finite() && p.1.is_finite() && p.2.is_finite())
+            .collect();
+        if pts.len() < 2 {
+            return;
+        }
+        let mut path = String::new();
+        for &&(x, _, hi) in &pts {
+            let _ = write!(path, "{:.1},{:.1} ", self.px(x), self.py(hi));
+        }
+        for &&(x, lo, _) in pts.iter().rev() {
+            let _ = write!(path, "{:.1},{:.1} ", self.px(x), self.py(lo));
+        }
+        let _ = write!(
+            s,
+            r#"<polygon points="{}" fill="{colour}" fill-opacity="0.18" stroke="none"/>"#,
+            path.trim_end()
+        );
+    }
+
+    /// A bar over [b0, b1] from 0 to y, labelled.
+    fn write_bar(&self, s: &mut String, (b0, b1): (f64, f64), y: f64, colour: &str, label: &str) {
+        if !y.is_finite() {
+            return;
+        }
+        let (top_y, base) = (self.py(y.max(0.0)), self.py(y.min(0.0)));
+        // Smaller type when the label is wider than its slot
+        // (many bars), so neighbours' labels do not touch.
+        let slot = self.px(b1) - self.px(b0) + 6.0;
+        let size = if text_width(label, FONT_SIZE) > slot {
+            9
+        } else {
+            11
+        };
+        let _ = write!(
+            s,
+            r#"<rect x="{:.1}" y="{top_y:.1}" width="{:.1}" height="{:.1}" fill="{colour}" fill-opacity="0.55"/><text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="{size}">{}</text>"#,
+            self.px(b0),
+            self.px(b1) - self.px(b0),
+            base - top_y,
+            (self.px(b0) + self.px(b1)) / 2.0,
+            base - 8.0,
+            escape(label)
+        );
     }
 }
 
