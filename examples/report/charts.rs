@@ -5,11 +5,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::export::{Export, Layer};
+use crate::grid::{heat_map, kernel_grid, GRID_MAX_CHANNELS};
 use crate::metrics::{across, mean_std, Group, Progress, Run};
 use crate::plural;
-use crate::svg::{
-    colour, escape, heat_map, kernel_grid, nice_range, Plot, Shape, Stroke, GRID_MAX_CHANNELS,
-};
+use crate::svg::{colour, escape, nice_range, Plot, Shape, Stroke};
 
 /// Markers for every point when a series is short enough to read them.
 const DOTS_UP_TO: usize = 24;

@@ -11,6 +11,7 @@
 
 mod charts;
 mod export;
+mod grid;
 mod metrics;
 mod svg;
 
