@@ -123,6 +123,29 @@ fn cases() -> Vec<Case> {
         case("kernel covers input", [2, 2, 4, 3], [3, 2, 4, 3]),
         case("LeNet conv1 (batch 2)", [2, 3, 32, 32], [6, 3, 5, 5]),
         case("LeNet conv2 (batch 3)", [3, 6, 14, 14], [16, 6, 5, 5]),
+        // Rows of whole vectors (8, 16, 32 floats), which the SIMD kernels
+        // write straight into compact rows, strided and not.
+        Case {
+            padding: (1, 1),
+            ..case("ResNet 3x3 on 8x8", [2, 4, 8, 8], [5, 4, 3, 3])
+        },
+        Case {
+            padding: (1, 1),
+            ..case("ResNet 3x3 on 16x16", [2, 3, 16, 16], [4, 3, 3, 3])
+        },
+        Case {
+            padding: (1, 1),
+            ..case("ResNet 3x3 on 32x32", [1, 2, 32, 32], [3, 2, 3, 3])
+        },
+        Case {
+            padding: (1, 1),
+            stride: (2, 2),
+            ..case("ResNet 3x3 stride 2 on 32x32", [2, 3, 32, 32], [4, 3, 3, 3])
+        },
+        Case {
+            padding: (1, 2),
+            ..case("3x5 padding (1,2), 16 wide", [2, 2, 5, 16], [3, 2, 3, 5])
+        },
     ]
 }
 

@@ -205,7 +205,18 @@ pub(super) fn backward_input_wide(
     let ipc = images_per_chunk(s, l);
     let padded = needs_planes(s, plan);
     let pplane = plan.hp * plan.wp; // one phase plane, [iy·Wp + ix]
-    let dxw_len = if padded { plan.plane() } else { 0 };
+                                    // Padded stride-1 planes whose rows are whole vectors go straight into
+                                    // dx, without their border: dx[iy, ix] is the padded plane at
+                                    // (iy + py)·Wp + ix + px.
+    let (py, px) = s.opts.padding;
+    let rv = (padded && plan.phases == 1)
+        .then(|| row_vectors(s.in_w, k))
+        .flatten();
+    let dxw_len = if padded && rv.is_none() {
+        plan.plane()
+    } else {
+        0
+    };
     let max_taps = l.max_taps();
     let (q_plane, start, rows) = (plan.q_plane, plan.data_start(), s.out_h() * plan.wp);
     for_each_chunk(dx, ipc * c * hw, run_parallel(s, l), |chunk, dx_chunk| {
@@ -237,18 +248,24 @@ pub(super) fn backward_input_wide(
                                                                       // stride the one plane is dx_c itself.
                         for ph in 0..plan.phases {
                             let r = plan.bwd_range(ci * plan.phases + ph);
+                            let ws = &mut ws[..r.len()];
+                            for (wv, &i) in ws.iter_mut().zip(&plan.bwd_taps[r.clone()]) {
+                                *wv = w[l.by_input[i].wi];
+                            }
+                            let offs = &plan.bwd_offs[r];
+                            if let Some(rv) = rv {
+                                let src = &dyq_bg[py * plan.wp + px..];
+                                gather_fma_rows(src, plan.wp, offs, ws, 0.0, dx_c, s.in_w, rv);
+                                continue;
+                            }
                             let out = if padded {
                                 &mut dxw[ph * pplane..][..pplane]
                             } else {
                                 &mut *dx_c
                             };
-                            let ws = &mut ws[..r.len()];
-                            for (wv, &i) in ws.iter_mut().zip(&plan.bwd_taps[r.clone()]) {
-                                *wv = w[l.by_input[i].wi];
-                            }
-                            gather_fma(dyq_bg, &plan.bwd_offs[r], ws, 0.0, out, k);
+                            gather_fma(dyq_bg, offs, ws, 0.0, out, k);
                         }
-                        if padded {
+                        if padded && rv.is_none() {
                             unprepare_plane(s, plan, dxw, dx_c, k);
                         }
                     }

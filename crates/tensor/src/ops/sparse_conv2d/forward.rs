@@ -38,7 +38,13 @@ pub fn sparse_conv2d_forward(
     let plan = l.plan(s);
     let padded = needs_planes(s, &plan);
     let pad_len = if padded { cg * plan.plane() } else { 0 };
-    let wide = (oh - 1) * plan.wp + ow; // yw[oy·Wp + ox]
+    // Rows of whole vectors go straight into y; others through wide rows.
+    let rv = row_vectors(ow, k);
+    let wide = if rv.is_some() {
+        0
+    } else {
+        (oh - 1) * plan.wp + ow
+    }; // yw[oy·Wp + ox]
     let max_taps = l.max_taps();
     for_each_chunk(y, ipc * o * p, parallel, |chunk, y_chunk| {
         with_scratch(&SCRATCH, pad_len + wide + max_taps, |buf| {
@@ -60,9 +66,14 @@ pub fn sparse_conv2d_forward(
                         for (wv, t) in ws.iter_mut().zip(&l.by_output[r.clone()]) {
                             *wv = w[t.wi];
                         }
-                        gather_fma(src, &plan.fwd_offs[r], ws, bias_of(oc), yw, k);
+                        let (offs, init) = (&plan.fwd_offs[r], bias_of(oc));
                         let y_o = &mut y_b[oc * p..(oc + 1) * p]; // (OH, OW)
-                        copy_rows(y_o, ow, yw, plan.wp, oh, ow, k);
+                        if let Some(rv) = rv {
+                            gather_fma_rows(src, plan.wp, offs, ws, init, y_o, ow, rv);
+                        } else {
+                            gather_fma(src, offs, ws, init, yw, k);
+                            copy_rows(y_o, ow, yw, plan.wp, oh, ow, k);
+                        }
                     }
                 }
             }
