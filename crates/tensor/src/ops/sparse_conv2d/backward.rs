@@ -400,6 +400,8 @@ fn weight_task(
     let (q, start) = (plan.q_plane, plan.data_start());
     let rows = s.out_h() * plan.wp; // dY's data rows, gap columns included
     let wide = rows - (plan.wp - s.out_w()); // up to the last value
+                                             // Rows of whole vectors: dot products over their values only.
+    let rv = row_vectors(s.out_w(), k);
     let plane_p = plan.plane();
     // Within an image, when its input planes outgrow L1 (32 KB), they go a
     // few channels at a time (about 12 KB, read from L2 once), each chunk
@@ -458,7 +460,12 @@ fn weight_task(
                     let x_bg = &xs[(b * c + (oc / og) * cg) * plane_p..][..cg * plane_p];
                     let offs = &plan.fwd_offs[r.start + lo..r.start + hi];
                     let dots = &mut dots[..hi - lo];
-                    multi_dot(dy_plane(i), x_bg, offs, dots, k);
+                    if let Some(rv) = rv {
+                        let (ow, oh) = (s.out_w(), s.out_h());
+                        multi_dot_rows(dy_plane(i), x_bg, offs, dots, plan.wp, ow, oh, rv);
+                    } else {
+                        multi_dot(dy_plane(i), x_bg, offs, dots, k);
+                    }
                     for (t, &d) in taps[lo..hi].iter().zip(dots.iter()) {
                         dw_o[t.wi - oc * kk] += d;
                     }

@@ -355,7 +355,7 @@ pub(super) unsafe fn multi_dot_avx2(a: &[f32], src: &[f32], offs: &[usize], out:
 
 /// The taps 0..t cut into ⌈t / max⌉ groups of as even a size as possible,
 /// in order.
-fn tap_groups(t: usize, max: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+pub(super) fn tap_groups(t: usize, max: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
     let groups = t.div_ceil(max);
     let base = t.checked_div(groups).unwrap_or(0);
     let extra = t.checked_rem(groups).unwrap_or(0);

@@ -98,9 +98,9 @@ use std::sync::{Arc, Mutex};
 mod backward;
 mod forward;
 mod fused;
-mod gather_rows;
 mod layout;
 mod loops;
+mod rows;
 
 pub use backward::{sparse_conv2d_backward_input, sparse_conv2d_backward_weight};
 pub use forward::sparse_conv2d_forward;
@@ -112,9 +112,9 @@ pub use fused::{
 pub use layout::SparseLayout;
 
 use backward::{backward_input_wide, backward_weight_wide, lay_out_wide, Dy, PooledGrad};
-use gather_rows::{gather_fma_rows, row_vectors};
 use layout::Plan;
 use loops::{gather_fma, multi_dot};
+use rows::{gather_fma_rows, multi_dot_rows, row_vectors};
 
 /// The density (active taps / all taps) below which these kernels beat the
 /// dense ones on the masked weight for a training step (forward and both
