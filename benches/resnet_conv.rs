@@ -9,8 +9,13 @@
 //! cargo bench --bench resnet_conv
 //!
 //! `RESNET_CONV_BATCH` changes the batch (default 128); `RESNET_CONV_RUNS`
-//! the runs per timing (default 5). Everything runs on a thread of the
-//! rayon pool with the other threads kept awake, as in training.
+//! the runs per timing (default 5). With `RESNET_CONV_CROSSOVER=1` each
+//! layer's line ends with its measured break-even: the sparse kernels are
+//! timed at 20 %, 30 %, … 100 %, and the density where their forward and
+//! both gradients cost what the dense ones do is interpolated between the
+//! two densities around it, beside what `sparse_crossover_density` says.
+//! Everything runs on a thread of the rayon pool with the other threads
+//! kept awake, as in training.
 
 use std::time::Instant;
 
@@ -21,7 +26,7 @@ use tensor::ops::conv2d::{
 };
 use tensor::ops::sparse_conv2d::{
     sparse_conv2d_backward_input, sparse_conv2d_backward_weight, sparse_conv2d_forward,
-    SparseLayout,
+    sparse_crossover_density, SparseLayout,
 };
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
@@ -81,6 +86,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
+    let crossover = std::env::var("RESNET_CONV_CROSSOVER").is_ok_and(|v| v == "1");
     let layers = [
         Layer {
             name: "16->16 32x32",
@@ -156,17 +162,40 @@ fn main() {
                     l.name, dense[0], dense[1], dense[2]
                 );
                 totals[0] += l.count as f64 * dense.iter().sum::<f64>();
-                for (i, d) in [1.0, 0.5, l.erk, l.erk / 2.0].into_iter().enumerate() {
+                // Forward, weight gradient and input gradient at density d.
+                let mut sparse = |d: f64| {
                     let m = mask(w.len(), d, 7);
                     let lay = SparseLayout::new(s.weight_shape(), opts, &m);
                     let k = Isa::best();
-                    let t = [
+                    [
                         best(runs, || sparse_conv2d_forward(&s, &lay, &x, &w, None, &mut y, k)),
                         best(runs, || sparse_conv2d_backward_weight(&s, &lay, &x, &dy, &mut dw, k)),
                         best(runs, || sparse_conv2d_backward_input(&s, &lay, &w, &dy, &mut dx, k)),
-                    ];
+                    ]
+                };
+                for (i, d) in [1.0, 0.5, l.erk, l.erk / 2.0].into_iter().enumerate() {
+                    let t = sparse(d);
                     totals[i + 1] += l.count as f64 * t.iter().sum::<f64>();
                     line += &format!(" | {d:.3}: {:6.2} {:6.2} {:6.2}", t[0], t[1], t[2]);
+                }
+                if crossover {
+                    let dense_total: f64 = dense.iter().sum();
+                    let mut below = (0.0, 0.0); // (density, sparse total) under dense
+                    let mut even = None;
+                    for d in (2..=10).map(|i| i as f64 / 10.0) {
+                        let total: f64 = sparse(d).iter().sum();
+                        if total >= dense_total {
+                            let (d0, t0) = below;
+                            even = Some(d0 + (d - d0) * (dense_total - t0) / (total - t0));
+                            break;
+                        }
+                        below = (d, total);
+                    }
+                    let rule = sparse_crossover_density(w.len(), l.stride > 1);
+                    line += &match even {
+                        Some(e) => format!(" | break-even {e:.2} (rule {rule:.2})"),
+                        None => format!(" | break-even above 1.00 (rule {rule:.2})"),
+                    };
                 }
                 println!("{line}");
             }

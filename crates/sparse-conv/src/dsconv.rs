@@ -223,7 +223,7 @@ impl DSConv2d {
         let sparse = match self.config.path {
             ConvPath::Auto => {
                 let shape: [usize; 4] = self.conv.weight.shape().try_into().expect("4-d");
-                sparse_pays(shape, self.conv.opts.groups, self.density())
+                sparse_pays(shape, self.conv.opts, self.density())
             }
             ConvPath::Sparse => true,
             ConvPath::Dense => false,

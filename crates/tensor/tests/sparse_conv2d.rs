@@ -1063,29 +1063,44 @@ fn fused_kernels_are_bitwise_independent_of_thread_count() {
 /// at any density, the others below the crossover.
 #[test]
 fn sparse_pays_for_narrow_layers_always_and_others_below_the_crossover() {
+    let plain = Conv2dOptions::default();
+    let pad1 = Conv2dOptions {
+        padding: (1, 1),
+        ..plain
+    };
+    let stride2 = Conv2dOptions {
+        stride: (2, 2),
+        ..pad1
+    };
     // The LeNet's first conv (6 output channels), even dense.
-    assert!(sparse_pays([6, 3, 5, 5], 1, 1.0));
+    assert!(sparse_pays([6, 3, 5, 5], plain, 1.0));
     // Its second (16 output channels): at 12 %, not at 100 %.
-    assert!(sparse_pays([16, 6, 5, 5], 1, 0.12));
-    assert!(!sparse_pays([16, 6, 5, 5], 1, 1.0));
-    let c = sparse_crossover_density(16 * 6 * 5 * 5);
+    assert!(sparse_pays([16, 6, 5, 5], plain, 0.12));
+    assert!(!sparse_pays([16, 6, 5, 5], plain, 1.0));
+    let c = sparse_crossover_density(16 * 6 * 5 * 5, false);
     assert!((0.68..1.0).contains(&c), "{c}");
-    assert!(!sparse_pays([16, 6, 5, 5], 1, c));
+    assert!(!sparse_pays([16, 6, 5, 5], plain, c));
     // ResNet-20's layers: sparse at every ERK density of --density 0.1,
-    // dense at 50 % for the 64-channel layer, whose break-even is lower.
-    for (shape, erk) in [
-        ([16, 16, 3, 3], 0.314),
-        ([32, 32, 3, 3], 0.145),
-        ([64, 64, 3, 3], 0.069),
+    // dense at 60 % for the 64-channel layer, whose break-even is lower,
+    // and at 50 % for the strided 32→64 one, lower still.
+    for (shape, opts, erk) in [
+        ([16, 16, 3, 3], pad1, 0.314),
+        ([32, 16, 3, 3], stride2, 0.223),
+        ([32, 32, 3, 3], pad1, 0.145),
+        ([64, 32, 3, 3], stride2, 0.105),
+        ([64, 64, 3, 3], pad1, 0.069),
     ] {
-        assert!(sparse_pays(shape, 1, erk), "{shape:?}");
+        assert!(sparse_pays(shape, opts, erk), "{shape:?}");
     }
-    assert!(!sparse_pays([64, 64, 3, 3], 1, 0.5));
-    assert!(sparse_pays([16, 16, 3, 3], 1, 0.5));
-    // Bigger layers cross lower.
-    assert!(sparse_crossover_density(36_864) < sparse_crossover_density(2_304));
+    assert!(!sparse_pays([64, 64, 3, 3], pad1, 0.6));
+    assert!(!sparse_pays([64, 32, 3, 3], stride2, 0.5));
+    assert!(sparse_pays([16, 16, 3, 3], pad1, 0.7));
+    // Bigger layers cross lower, and strided ones lower than unstrided.
+    assert!(sparse_crossover_density(36_864, false) < sparse_crossover_density(2_304, false));
+    assert!(sparse_crossover_density(4_608, true) < sparse_crossover_density(4_608, false));
     // Output channels count per group.
-    assert!(sparse_pays([16, 3, 5, 5], 2, 1.0));
+    let groups2 = Conv2dOptions { groups: 2, ..plain };
+    assert!(sparse_pays([16, 3, 5, 5], groups2, 1.0));
 }
 
 /// The ResNets' layer shapes (3×3, padding 1, stride 1 and 2, 16 to 64

@@ -68,9 +68,10 @@
 //! * `loops.rs`: the inner loops, `gather_fma` (forward and input gradient;
 //!   portable, AVX2 and AVX-512) and `multi_dot` (weight gradient; portable,
 //!   AVX2 and AVX-512).
-//! * `gather_rows.rs`: `gather_fma_rows`, the gather written straight
-//!   into compact rows when they are whole vectors (the ResNets' 32, 16
-//!   and 8), with no wide rows to copy out.
+//! * `rows.rs`: the same loops on rows of whole vectors (the ResNets' 32,
+//!   16 and 8): `gather_fma_rows`, written straight into compact rows with
+//!   no wide rows to copy out, and `multi_dot_rows`, over the rows' values
+//!   only (AVX2 and AVX-512; the portable path keeps the wide loops).
 //! * `forward.rs`: [`sparse_conv2d_forward`].
 //! * `backward.rs`: [`sparse_conv2d_backward_input`] and
 //!   [`sparse_conv2d_backward_weight`], and `Dy`, where their tasks find dY.
@@ -118,28 +119,35 @@ use rows::{gather_fma_rows, multi_dot_rows, row_vectors};
 
 /// The density (active taps / all taps) below which these kernels beat the
 /// dense ones on the masked weight for a training step (forward and both
-/// gradients), for a layer of `weights` weights per group: a line in
-/// log₂(weights) fitted to the break-evens measured at batch 128 on
-/// ResNet-20's 3×3 layers (benches/resnet_conv.rs; docs/sparse-kernels.md)
-/// and on the LeNet's second conv at batch 4 and 64:
+/// gradients), for a layer of `weights` weights per group, `strided` or
+/// not: a line in log₂(weights), lower by 0.24 for a strided layer, fitted
+/// to the break-evens measured at batch 128 on ResNet-20's 3×3 layers
+/// (`RESNET_CONV_CROSSOVER=1 cargo bench --bench resnet_conv`, three runs;
+/// docs/sparse-kernels.md) and on the LeNet's second conv at batch 4 and
+/// 64:
 ///
 /// ```text
 /// layer (O·Cg·KH·KW weights)       measured break-even   this rule
-/// LeNet conv2 16·6·5·5  (2,400)    0.68 – 1.0            0.71
-/// 16→16 3×3, 32×32      (2,304)    about 0.72            0.72
-/// 16→32 3×3 stride 2    (4,608)    about 0.58            0.62
-/// 32→32 3×3, 16×16      (9,216)    about 0.53            0.53
-/// 32→64 3×3 stride 2   (18,432)    about 0.22            0.44
-/// 64→64 3×3, 8×8       (36,864)    about 0.35            0.35
+/// LeNet conv2 16·6·5·5  (2,400)    0.68 – 1.0            0.82
+/// 16→16 3×3, 32×32      (2,304)    0.75 – 0.87           0.83
+/// 16→32 3×3 stride 2    (4,608)    0.49 – 0.74           0.52
+/// 32→32 3×3, 16×16      (9,216)    0.72 – 0.81           0.68
+/// 32→64 3×3 stride 2   (18,432)    0.26 – 0.41           0.37
+/// 64→64 3×3, 8×8       (36,864)    0.48 – 0.53           0.54
 /// ```
 ///
 /// The gain falls as layers grow: the dense kernels reuse each loaded
 /// input across many output channels, and their GEMM's packing is spread
 /// over longer products, while the sparse loops reuse nothing across
-/// output channels. Every density ERK gives ResNet-20 at 10 % or 5 % lies
-/// well below. The result is clamped to [0.2, 1].
-pub fn sparse_crossover_density(weights: usize) -> f64 {
-    (1.75 - 0.0925 * (weights.max(1) as f64).log2()).clamp(0.2, 1.0)
+/// output channels. A strided layer crosses lower: the sparse loops run on
+/// its phase planes, a quarter of the pixels each, and the dense GEMM is
+/// as fast on it as on any other. The break-evens move with the weight
+/// gradient's two speeds (docs/sparse-kernels.md); the rule sits within
+/// 0.05 of every range. Every density ERK gives ResNet-20 at 10 % or 5 %
+/// lies well below. The result is clamped to [0.2, 1].
+pub fn sparse_crossover_density(weights: usize, strided: bool) -> f64 {
+    let line = 1.62 - 0.071 * (weights.max(1) as f64).log2();
+    (line - if strided { 0.24 } else { 0.0 }).clamp(0.2, 1.0)
 }
 
 /// Output channels per group up to which the sparse kernels are used at
@@ -152,14 +160,15 @@ pub fn sparse_crossover_density(weights: usize) -> f64 {
 /// so at 100 % the two paths differ only in their forward kernel.
 pub const SPARSE_ALWAYS_MAX_OUT_CHANNELS: usize = 8;
 
-/// Whether a layer with this weight shape, groups and density runs faster
+/// Whether a layer with this weight shape, options and density runs faster
 /// on the sparse kernels than on the dense ones, for a training step: narrow
 /// layers always, others below [`sparse_crossover_density`].
-pub fn sparse_pays(weight_shape: [usize; 4], groups: usize, density: f64) -> bool {
-    let g = groups.max(1);
+pub fn sparse_pays(weight_shape: [usize; 4], opts: Conv2dOptions, density: f64) -> bool {
+    let g = opts.groups.max(1);
     let per_group = weight_shape.iter().product::<usize>() / g;
+    let strided = opts.stride != (1, 1);
     weight_shape[0] / g <= SPARSE_ALWAYS_MAX_OUT_CHANNELS
-        || density < sparse_crossover_density(per_group)
+        || density < sparse_crossover_density(per_group, strided)
 }
 
 // ---------------------------------------------------------------------------
