@@ -22,7 +22,8 @@
 //!   and 2×2 max-pool straight from a conv kernel's wide rows, the tail of
 //!   both fused blocks), `sparse_conv2d/` (direct convolution over the
 //!   active taps of a masked weight, for sparse layers, and its fused
-//!   block), `batch_norm` (BatchNorm2d's op), `residual` (the residual add +
+//!   block), `batch_norm` (BatchNorm2d's op, on the per-plane loops of
+//!   `batch_norm_loops`, compiled for each instruction set), `residual` (the residual add +
 //!   ReLU and the padding shortcut), `reduce` (sum, mean, and the fixed-order
 //!   slice sums the others share), `shape` (reshape, flatten), `loss`
 //!   (log_softmax, cross_entropy). Each of `conv2d/` and `sparse_conv2d/`

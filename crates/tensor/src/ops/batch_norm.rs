@@ -21,8 +21,9 @@
 //! ```
 //!
 //! Every sum over a channel is taken plane by plane (one image's H·W values,
-//! in f64 lanes of a fixed order), and the planes' sums are added in image
-//! order, so the result does not depend on how rayon splits the planes. The
+//! in f64 lanes of a fixed order, `batch_norm_loops.rs`), and the planes'
+//! sums are added in image order, so the result does not depend on how
+//! rayon splits the planes, nor on the instruction set. The
 //! variance comes from Σx and Σx² in f64, which holds ample precision for
 //! activations (whose mean is not millions of standard deviations from 0).
 //!
@@ -36,8 +37,8 @@
 
 use rayon::prelude::*;
 
-use crate::ops::elementwise::{relu, relu_grad};
-use crate::ops::reduce::lane_sums2;
+use crate::isa::Isa;
+use crate::ops::batch_norm_loops::{input_grad_plane, scale_shift_plane, sums_grad, sums_x_x2};
 use crate::tensor::Tensor;
 
 /// Below this many values, one thread does the whole op.
@@ -77,13 +78,9 @@ fn channel_totals(planes: &[f64], c: usize) -> Vec<f64> {
 /// x is (B, C, H·W) flattened; `c` channels of `hw` values.
 pub fn batch_stats(x: &[f32], c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
     let n = (x.len() / (c * hw).max(1) * hw) as f64;
-    // Σx and Σx² in one pass, each in the fixed lane order of `reduce`.
-    let sums = per_plane(x, hw, |_, p| {
-        lane_sums2(p.len(), |i| {
-            let v = p[i] as f64;
-            (v, v * v)
-        })
-    });
+    // Σx and Σx² in one pass, each in a fixed lane order.
+    let k = Isa::best();
+    let sums = per_plane(x, hw, |_, p| sums_x_x2(p, k));
     let s = channel_totals(&sums.iter().map(|v| v.0).collect::<Vec<_>>(), c);
     let q = channel_totals(&sums.iter().map(|v| v.1).collect::<Vec<_>>(), c);
     let mean: Vec<f64> = s.iter().map(|s| s / n).collect();
@@ -104,13 +101,9 @@ fn scale_shift<const RELU: bool>(
     shift: &[f32],
     y: &mut [f32],
 ) {
-    let c = scale.len();
+    let (c, k) = (scale.len(), Isa::best());
     let plane = |(p, (yp, xp)): (usize, (&mut [f32], &[f32]))| {
-        let (a, b) = (scale[p % c], shift[p % c]);
-        for (y, &x) in yp.iter_mut().zip(xp) {
-            let v = x * a + b;
-            *y = if RELU { relu(v) } else { v };
-        }
+        scale_shift_plane(xp, scale[p % c], shift[p % c], RELU, yp, k);
     };
     if x.len() >= PARALLEL_MIN_VALUES {
         y.par_chunks_mut(hw)
@@ -127,7 +120,7 @@ fn scale_shift<const RELU: bool>(
 
 /// What the backward pass needs from the forward: per channel, the mean
 /// and 1/√(var + eps) that normalised x.
-struct Saved {
+pub struct BatchNormSaved {
     mean: Vec<f64>,
     invstd: Vec<f64>,
     training: bool,
@@ -138,7 +131,7 @@ struct Saved {
 /// backward pass needs; in training mode, also updates the running ones.
 /// With `RELU`, y is relu of the batch norm. OVERWRITES y.
 #[allow(clippy::too_many_arguments)]
-fn forward<const RELU: bool>(
+pub fn batch_norm2d_forward<const RELU: bool>(
     x: &[f32],
     (c, hw): (usize, usize),
     weight: &[f32],
@@ -148,7 +141,7 @@ fn forward<const RELU: bool>(
     mode: BatchNormMode,
     eps: f32,
     y: &mut [f32],
-) -> Saved {
+) -> BatchNormSaved {
     let (mean, var, training) = match mode {
         BatchNormMode::Train { momentum } => {
             let (mean, var) = batch_stats(x, c, hw);
@@ -175,7 +168,7 @@ fn forward<const RELU: bool>(
         .map(|i| (bias[i] as f64 - mean[i] * invstd[i] * weight[i] as f64) as f32)
         .collect();
     scale_shift::<RELU>(x, hw, &scale, &shift, y);
-    Saved {
+    BatchNormSaved {
         mean,
         invstd,
         training,
@@ -186,27 +179,22 @@ fn forward<const RELU: bool>(
 /// (the op's own output y = relu(batch norm)), the gradient reaching the
 /// batch norm is relu_grad(y, dy), taken on the fly. dx is a fresh buffer
 /// written whole.
-fn backward(
+pub fn batch_norm2d_backward(
     x: &[f32],
     dy: &[f32],
     relu_out: Option<&[f32]>,
     (c, hw): (usize, usize),
     weight: &[f32],
-    saved: &Saved,
+    saved: &BatchNormSaved,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let n = (x.len() / c) as f64;
-    // Σ g and Σ g·(x − mean) per plane, in one pass and the fixed lane
-    // order of `reduce`; g is the gradient at the batch norm's output.
+    // Σ g and Σ g·(x − mean) per plane, in one pass and a fixed lane
+    // order; g is the gradient at the batch norm's output.
+    let k = Isa::best();
     let sums = per_plane(dy, hw, |p, d| {
         let (xp, mean) = (&x[p * hw..(p + 1) * hw], saved.mean[p % c]);
-        let pair = |g: f32, v: f32| (g as f64, g as f64 * (v as f64 - mean));
-        match relu_out {
-            Some(y) => {
-                let yp = &y[p * hw..(p + 1) * hw];
-                lane_sums2(hw, |i| pair(relu_grad(yp[i], d[i]), xp[i]))
-            }
-            None => lane_sums2(hw, |i| pair(d[i], xp[i])),
-        }
+        let yp = relu_out.map(|y| &y[p * hw..(p + 1) * hw]);
+        sums_grad(d, xp, yp, mean, k)
     });
     // Σ dy and Σ dy·(x − mean) per channel.
     let sd = channel_totals(&sums.iter().map(|v| v.0).collect::<Vec<_>>(), c);
@@ -228,22 +216,12 @@ fn backward(
         }
     }
     let mut dx = crate::buffers::take(x.len()); // overwritten whole
+    let isa = Isa::best();
     let plane = |(p, dxp): (usize, &mut [f32])| {
-        let (a, k, b) = (a[p % c], k[p % c], b[p % c]);
+        let coef = (a[p % c], k[p % c], b[p % c]);
         let (xp, dp) = (&x[p * hw..(p + 1) * hw], &dy[p * hw..(p + 1) * hw]);
-        match relu_out {
-            Some(y) => {
-                let yp = &y[p * hw..(p + 1) * hw];
-                for (((g, &v), &d), &yv) in dxp.iter_mut().zip(xp).zip(dp).zip(yp) {
-                    *g = a * relu_grad(yv, d) - k * v + b;
-                }
-            }
-            None => {
-                for ((g, &v), &d) in dxp.iter_mut().zip(xp).zip(dp) {
-                    *g = a * d - k * v + b;
-                }
-            }
-        }
+        let yp = relu_out.map(|y| &y[p * hw..(p + 1) * hw]);
+        input_grad_plane(dp, xp, yp, coef, dxp, isa);
     };
     if x.len() >= PARALLEL_MIN_VALUES {
         dx.par_chunks_mut(hw).enumerate().for_each(plane);
@@ -395,7 +373,7 @@ impl Tensor {
             );
         }
         let mut y = crate::buffers::take(self.numel()); // overwritten whole
-        let saved = forward::<RELU>(
+        let saved = batch_norm2d_forward::<RELU>(
             &self.data(),
             (c, hw),
             &weight.data(),
@@ -411,7 +389,7 @@ impl Tensor {
             let y = RELU.then(|| y.data());
             let relu_out = y.as_deref().map(|v| &v[..]);
             let (dx, dgamma, dbeta) =
-                backward(&x.data(), dout, relu_out, (c, hw), &w.data(), &saved);
+                batch_norm2d_backward(&x.data(), dout, relu_out, (c, hw), &w.data(), &saved);
             grads.add_owned(&x, dx);
             grads.add(&w, &dgamma);
             grads.add(&b, &dbeta);

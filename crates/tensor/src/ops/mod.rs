@@ -1,6 +1,7 @@
 //! Operations. Each file holds one family of ops, with each op's forward and
 //! backward written side by side.
 pub mod batch_norm;
+mod batch_norm_loops;
 pub mod conv2d;
 pub mod conv_naive;
 pub mod elementwise;

@@ -1,7 +1,7 @@
-//! Reductions: sum and mean of a whole tensor, and the f64 slice sums that
-//! the per-channel and per-plane reductions (batch norm, average pooling)
-//! share. Every sum runs in a fixed order, so the result never depends on
-//! threads.
+//! Reductions: sum and mean of a whole tensor, and the f64 slice sums of
+//! the per-plane reductions (average pooling; batch norm has its own loops
+//! in `batch_norm_loops.rs`). Every sum runs in a fixed order, so the
+//! result never depends on threads.
 
 use crate::ops::geometry::Conv2dShape;
 use crate::ops::scratch::check_len;
@@ -26,27 +26,6 @@ pub(crate) fn lane_sum(len: usize, f: impl Fn(usize) -> f64) -> f64 {
         acc[l] += f(i);
     }
     (acc[0] + acc[1]) + (acc[2] + acc[3])
-}
-
-/// Two sums of one pass, each in [`lane_sum`]'s lanes and order (so each
-/// gives the bits [`lane_sum`] would give alone): Σ f(i).0 and Σ f(i).1.
-#[inline(always)]
-pub(crate) fn lane_sums2(len: usize, f: impl Fn(usize) -> (f64, f64)) -> (f64, f64) {
-    let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
-    let full = len / LANES * LANES;
-    for i in (0..full).step_by(LANES) {
-        for l in 0..LANES {
-            let (u, v) = f(i + l);
-            a[l] += u;
-            b[l] += v;
-        }
-    }
-    for (l, i) in (full..len).enumerate() {
-        let (u, v) = f(i);
-        a[l] += u;
-        b[l] += v;
-    }
-    ((a[0] + a[1]) + (a[2] + a[3]), (b[0] + b[1]) + (b[2] + b[3]))
 }
 
 /// Σ x, in f64.
