@@ -276,6 +276,55 @@ fn im2col_is_a_gather_and_col2im_its_adjoint() {
     }
 }
 
+/// im2col against a direct gather on "same" shapes (stride 1, output as
+/// wide as the input), which im2col copies a block of rows at a time:
+/// 3×3 and 5×5 kernels, a dilated one, kernels wider than the input, and
+/// rows of 1 and 8.
+#[test]
+fn im2col_of_same_shapes_is_the_gather() {
+    for (input, weight, padding, dilation) in [
+        ([1, 2, 8, 8], [1, 2, 3, 3], (1, 1), (1, 1)),
+        ([1, 3, 5, 16], [1, 3, 5, 5], (2, 2), (1, 1)),
+        ([1, 1, 9, 7], [1, 1, 3, 3], (2, 2), (2, 2)),
+        ([1, 2, 4, 3], [1, 2, 3, 7], (1, 3), (1, 1)),
+        ([1, 1, 6, 1], [1, 1, 3, 3], (1, 1), (1, 1)),
+    ] {
+        let c = Case {
+            padding,
+            dilation,
+            ..case("same", input, weight)
+        };
+        let s = shape_of(&c);
+        assert_eq!(s.out_w(), s.in_w, "{input:?}: not a same shape");
+        let mut rng = Rng(99);
+        let x = rng.vec(input.iter().product());
+        let mut cols = vec![f32::NAN; s.col_rows() * s.out_pixels()];
+        im2col(&s, &x, &mut cols);
+        let (h, w, oh, ow) = (s.in_h as isize, s.in_w as isize, s.out_h(), s.out_w());
+        let (kh, kw) = (weight[2], weight[3]);
+        for ci in 0..input[1] {
+            for ki in 0..kh {
+                for kj in 0..kw {
+                    let row = (ci * kh + ki) * kw + kj;
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let iy = (oy + ki * dilation.0) as isize - padding.0 as isize;
+                            let ix = (ox + kj * dilation.1) as isize - padding.1 as isize;
+                            let want = if (0..h).contains(&iy) && (0..w).contains(&ix) {
+                                x[ci * (h * w) as usize + (iy * w + ix) as usize]
+                            } else {
+                                0.0
+                            };
+                            let got = cols[row * oh * ow + oy * ow + ox];
+                            assert_eq!(got, want, "{input:?} {weight:?} row {row} ({oy}, {ox})");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The weight and bias gradients are reductions over the batch; they must not
 /// depend on how rayon splits the work.
 #[test]

@@ -81,6 +81,15 @@ pub(super) fn im2col_strided(s: &Conv2dShape, x: &[f32], cols: &mut [f32], ld: u
                 r += 1;
                 row[..lo * ow].fill(0.0);
                 row[hi * ow..].fill(0.0);
+                if sy == 1 && sx == 1 && ow == w && lo < hi {
+                    // "Same" padding: the rows lo..hi are the input's rows,
+                    // shifted by kj·dx − px columns, in one copy.
+                    let iy0 = lo + ki * dy - py;
+                    let n = (hi - lo) * w;
+                    let (src, dst) = (&plane[iy0 * w..iy0 * w + n], &mut row[lo * w..hi * w]);
+                    shifted_rows(src, dst, w, kj * dx, px);
+                    continue;
+                }
                 for j in lo..hi {
                     let iy = j * sy + ki * dy - py;
                     let src = &plane[iy * w..(iy + 1) * w];
@@ -101,6 +110,34 @@ pub(super) fn im2col_strided(s: &Conv2dShape, x: &[f32], cols: &mut [f32], ld: u
                     }
                 }
             }
+        }
+    }
+}
+
+/// Rows of `w` floats from `src` into `dst`, each shifted left by
+/// `right − left` columns (right by `left − right`), the columns that fall
+/// outside the row zero: dst[j·w + x] = src[j·w + x + right − left] where
+/// that column lies in 0..w, else 0. One contiguous copy for all the rows
+/// (the values that cross into a neighbouring row are then zeroed), where a
+/// copy per row of 8 to 32 floats cost more in calls than in copying.
+fn shifted_rows(src: &[f32], dst: &mut [f32], w: usize, right: usize, left: usize) {
+    let n = dst.len();
+    assert!(
+        src.len() == n && n.is_multiple_of(w),
+        "shifted_rows: lengths"
+    );
+    if right >= left {
+        let k = (right - left).min(n);
+        dst[..n - k].copy_from_slice(&src[k..]);
+        for r in dst.chunks_exact_mut(w) {
+            let k = k.min(w);
+            r[w - k..].fill(0.0);
+        }
+    } else {
+        let k = (left - right).min(n);
+        dst[k..].copy_from_slice(&src[..n - k]);
+        for r in dst.chunks_exact_mut(w) {
+            r[..k.min(w)].fill(0.0);
         }
     }
 }
