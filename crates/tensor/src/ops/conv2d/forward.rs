@@ -123,7 +123,7 @@ fn pad_into(s: &Conv2dShape, x: &[f32], xp: &mut [f32]) {
         bottom.fill(0.0);
         for (row, d) in src.chunks_exact(w).zip(mid.chunks_exact_mut(wp)) {
             d[..px].fill(0.0);
-            d[px..px + w].copy_from_slice(row);
+            copy_short(&mut d[px..px + w], row);
             d[px + w..].fill(0.0);
         }
     }

@@ -81,7 +81,7 @@ use direct::{
 };
 use forward::{forward_image, forward_scratch_len};
 use fused::with_full_layout;
-use im2col::im2col_strided;
+use im2col::{copy_short, im2col_strided};
 
 // ---------------------------------------------------------------------------
 // Work splitting
