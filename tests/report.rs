@@ -890,3 +890,46 @@ fn big_layers_with_dotted_names_stay_a_sane_size() {
         .join("active-taps-per-kernel-layer2-0-conv1-2-2-blocks.svg")
         .exists());
 }
+
+/// ResNet-20's 18 sparse layers: two heat maps per mode, a row per layer
+/// and a column per update, in place of 18 charts; the first update prunes
+/// the dense layer to 12%, so 88% of it is dropped.
+#[test]
+fn many_layers_get_heat_maps_of_their_updates() {
+    let dir = scratch("many-layers");
+    let file = dir.join("resnet.jsonl");
+    let names: Vec<String> = (1..=3)
+        .flat_map(|s| {
+            (0..3).flat_map(move |b| (1..=2).map(move |c| format!("layer{s}.{b}.conv{c}")))
+        })
+        .collect();
+    let layers: Vec<(&str, f64)> = names.iter().map(|n| (n.as_str(), 2304.0)).collect();
+    std::fs::write(&file, run_lines_with("rigl", 0, None, &layers)).unwrap();
+    let (html, _) = page_of(&dir, std::slice::from_ref(&file), &[]);
+    assert!(
+        !html.contains("<title>Connection changes:"),
+        "a chart per layer"
+    );
+    let updates = (EPOCHS * STEPS_PER_EPOCH / 500) as usize;
+    for title in ["Turnover by layer (rigl)", "Revived by layer (rigl)"] {
+        let map = chart(&html, title);
+        check_well_formed(map).unwrap();
+        assert_eq!(
+            map.matches(r#"class="tap""#).count(),
+            18 * updates,
+            "{title}"
+        );
+        for name in &names {
+            assert!(
+                map.contains(&format!(">{name}</text>")),
+                "{title}: no row {name}"
+            );
+        }
+        assert!(map.contains(&format!("{updates} updates, steps 500 to 3000")));
+    }
+    let turnover = chart(&html, "Turnover by layer (rigl)");
+    assert!(
+        turnover.contains("<title>layer1.0.conv1 at step 500: 88.0%</title>"),
+        "{turnover:.600}"
+    );
+}

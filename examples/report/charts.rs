@@ -6,12 +6,12 @@ use std::fmt::Write;
 
 use crate::export::{Export, Layer};
 use crate::grid::{heat_map, kernel_grid, GRID_MAX_CHANNELS};
-use crate::metrics::{across, mean_std, Group, Progress, Run};
+use crate::metrics::{across, mean_std, Group, Run};
 use crate::plural;
-use crate::svg::{colour, escape, nice_range, Plot, Shape, Stroke};
+use crate::svg::{colour, escape, nice_range, Plot, Stroke};
 
 /// Markers for every point when a series is short enough to read them.
-const DOTS_UP_TO: usize = 24;
+pub(crate) const DOTS_UP_TO: usize = 24;
 
 /// At most this many mask-update lines on a chart; more would be a grey
 /// wash (a run that updates every few batches), so every k-th is drawn.
@@ -218,136 +218,6 @@ pub fn accuracy_per_epoch(groups: &[Group]) -> Option<String> {
     any.then(|| plot.finish())
 }
 
-/// How each kind of change is drawn in the connection-change charts. The
-/// regrown count often equals the dropped one (SET, RigL and Hebbian
-/// growth regrow what they drop), so dropped is a wide pale line with big
-/// round markers, and regrown a dashed line with small square ones on top:
-/// where they coincide, both still show.
-const CHANGES: [(&str, usize, Stroke, Shape, f64); 3] = [
-    (
-        "dropped",
-        3,
-        Stroke {
-            width: 5.0,
-            dash: None,
-            opacity: 0.4,
-        },
-        Shape::Circle,
-        5.5,
-    ),
-    (
-        "regrown",
-        0,
-        Stroke {
-            width: 2.0,
-            dash: Some("6 3"),
-            opacity: 1.0,
-        },
-        Shape::Square,
-        3.0,
-    ),
-    (
-        "revived",
-        2,
-        Stroke {
-            width: 2.0,
-            dash: Some("2 2"),
-            opacity: 1.0,
-        },
-        Shape::Diamond,
-        2.6,
-    ),
-];
-
-/// For one group with mask updates: per sparse layer, the connections
-/// dropped, regrown and revived at each progress step (mean over runs),
-/// then one chart of the turnover: the share of each layer's active
-/// connections that every update drops.
-pub fn progress(group: &Group) -> Vec<String> {
-    let layers = group.layers();
-    if layers.is_empty() {
-        return Vec::new();
-    }
-    let mut charts = Vec::new();
-    let mut turnover = Plot::new(
-        &format!("Turnover ({})", group.name),
-        "step",
-        "dropped (% of active connections)",
-        360.0,
-        250.0,
-    )
-    .x_from_zero()
-    // Shares: one scale for every mode, so that the charts compare.
-    .y_range(0.0, 100.0);
-    for (li, layer) in layers.iter().enumerate() {
-        let series = |pick: &dyn Fn(&Progress) -> f64| {
-            let per_run: Vec<_> = group
-                .runs
-                .iter()
-                .filter_map(|r| r.layer(layer))
-                .map(|steps| steps.iter().map(|(&s, p)| (s, pick(p))).collect())
-                .collect();
-            across(&per_run)
-                .iter()
-                .map(|s| (s.x, s.mean))
-                .collect::<Vec<_>>()
-        };
-        let mut plot = Plot::new(
-            &format!("Connection changes: {layer} ({})", group.name),
-            "step",
-            "connections (log scale)",
-            360.0,
-            250.0,
-        )
-        .x_from_zero()
-        .y_log();
-        for (name, c, stroke, shape, r) in CHANGES {
-            let c = colour(c);
-            let points = series(&|p| match name {
-                "dropped" => p.dropped,
-                "regrown" => p.regrown,
-                _ => p.revived,
-            });
-            plot.line(points.clone(), c, stroke);
-            if points.len() <= DOTS_UP_TO {
-                for &(x, y) in &points {
-                    let tip = format!("{layer} {name} at step {x}: {y:.1}");
-                    plot.marker(x, y, c, (shape, r), &tip);
-                }
-            }
-            plot.legend_line(name, c, stroke, Some(shape));
-        }
-        charts.push(plot.finish());
-        let share = series(&|p| 100.0 * p.dropped / p.active_before());
-        let c = colour(4 + li);
-        // Layers often turn over alike (SET: a third of each): the first is
-        // a wide pale line with large markers, the others narrower, dashed
-        // every other one, with smaller markers of other shapes, so that
-        // lines and markers on top leave the ones below showing.
-        let stroke = match li {
-            0 => Stroke {
-                width: 4.0,
-                dash: None,
-                opacity: 0.5,
-            },
-            _ if li % 2 == 1 => Stroke::DASHED,
-            _ => Stroke::SOLID,
-        };
-        let shape = [Shape::Circle, Shape::Square, Shape::Diamond][li % 3];
-        let r = (5.5 - 2.5 * li as f64).max(2.5);
-        if share.len() <= DOTS_UP_TO {
-            for &(x, y) in &share {
-                let tip = format!("{layer} at step {x}: {y:.1}% dropped");
-                turnover.marker(x, y, c, (shape, r), &tip);
-            }
-        }
-        turnover.line(share, c, stroke);
-        turnover.legend_line(layer, c, stroke, Some(shape));
-    }
-    charts.push(turnover.finish());
-    charts
-}
-
 /// Mean ± std of `values`, formatted, or a dash if there are none.
 fn mean_pm_std(values: &[f64], decimals: usize, unit: &str) -> String {
     match mean_std(values) {
@@ -548,6 +418,7 @@ pub fn export_section(export: &Export) -> String {
                 &values,
                 &name_of,
                 &format!("% of a kernel's {} taps active", kh * kw),
+                &[],
             );
             let _ = write!(s, "<figure>{map}</figure>");
         }
@@ -558,6 +429,7 @@ pub fn export_section(export: &Export) -> String {
             &layer.tap_frequency(),
             &|ki, kj| format!("({ki}, {kj})"),
             "% of kernels with that tap active",
+            &[],
         );
         let _ = write!(s, "<figure>{heat}</figure>");
     }

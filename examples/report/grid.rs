@@ -217,7 +217,8 @@ pub fn kernel_grid(title: &str, shape: [usize; 4], mask: &[f32], weight: Option<
 /// 0–1 scale would be all pale), with a colour scale under it. Cells big
 /// enough to hold it are labelled with their value as a percentage; each
 /// cell is a `<rect class="tap">` whose tooltip gives its value and, from
-/// `name_of(row, col)`, what it is.
+/// `name_of(row, col)`, what it is. `row_names`, if not empty, label the
+/// rows on the left.
 pub fn heat_map(
     title: &str,
     (rows, cols): (usize, usize),
@@ -225,9 +226,15 @@ pub fn heat_map(
     values: &[f64],
     name_of: &dyn Fn(usize, usize) -> String,
     what: &str,
+    row_names: &[String],
 ) -> String {
-    let cell = (200.0 / rows.max(cols) as f64).clamp(8.0, 44.0);
-    let (left, top) = (40.0, 50.0);
+    const NAME_SIZE: f64 = 9.0;
+    let cell = (200.0 / rows.max(cols) as f64).clamp(9.0, 44.0);
+    let names = row_names
+        .iter()
+        .map(|n| text_width(n, NAME_SIZE))
+        .fold(0.0f64, f64::max);
+    let (left, top) = (40.0 + names, 50.0);
     let width = (left + cell * cols as f64 + 20.0)
         .max(text_width(title, TITLE_SIZE) + 24.0)
         .max(text_width(what, FONT_SIZE) + left + 20.0)
@@ -248,6 +255,15 @@ pub fn heat_map(
         top + cell * rows as f64 / 2.0,
         escape(row_label)
     );
+    for (r, name) in row_names.iter().enumerate().take(rows) {
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="{NAME_SIZE}">{}</text>"#,
+            left - 4.0,
+            top + (r as f64 + 0.5) * cell + NAME_SIZE / 3.0,
+            escape(name)
+        );
+    }
     let largest = values.iter().copied().fold(0.0f64, f64::max);
     for r in 0..rows {
         for c in 0..cols {

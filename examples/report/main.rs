@@ -14,6 +14,7 @@ mod export;
 mod grid;
 mod metrics;
 mod svg;
+mod updates;
 
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -232,11 +233,13 @@ fn page(
             "<h2>Mask updates</h2><p class=\"note\">At each mask update, per sparse layer: the connections dropped \
              (active before, learned weight gone), regrown (grown with a fresh value) and revived (kept, but inactive before), \
              mean over runs on a log(1 + n) axis; then the turnover: dropped as a share of the layer's active connections \
-             just before each update (kept + dropped).</p>",
+             just before each update (kept + dropped). With more than 6 sparse layers, two heat maps per mode instead, \
+             a row per layer and a column per update: the turnover, and the share of the regrown connections that the \
+             same update had dropped.</p>",
         );
         for g in with_progress {
             let _ = write!(s, "<h3>{}</h3><div class=\"charts\">", escape(&g.name));
-            for chart in charts::progress(g) {
+            for chart in updates::progress(g) {
                 let _ = write!(s, "<figure>{chart}</figure>");
             }
             s.push_str("</div>");
