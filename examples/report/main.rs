@@ -8,6 +8,13 @@
 //! ```
 //!
 //! docs/report.md says what each chart shows.
+//!
+//! Files: `metrics.rs` reads the metrics files and groups the runs;
+//! `export.rs` reads export folders; `svg.rs` is the plot toolkit;
+//! `grid.rs` draws kernel grids and heat maps; `charts.rs` builds the loss,
+//! accuracy and export charts and the summary table; `updates.rs` the
+//! charts of the mask updates; this file reads the options and writes the
+//! page.
 
 mod charts;
 mod export;
