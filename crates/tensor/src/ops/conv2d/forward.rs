@@ -19,6 +19,10 @@ pub fn conv2d_forward(s: &Conv2dShape, x: &[f32], w: &[f32], bias: Option<&[f32]
         s.out_channels,
         s.out_pixels(),
     );
+    if packed_applies(s) {
+        // im2col into packed panels and our own micro-kernel (packed.rs).
+        return forward_packed(s, x, w, bias, y, Isa::best());
+    }
     let ipc = images_per_chunk(s);
     for_each_chunk(y, ipc * o * p, run_parallel(s), |chunk, y_chunk| {
         // y_chunk is (nb, O, P), images chunk·ipc ..
@@ -34,22 +38,22 @@ pub fn conv2d_forward(s: &Conv2dShape, x: &[f32], w: &[f32], bias: Option<&[f32]
 /// Scratch floats [`forward_image`] needs: an im2col matrix, or the direct
 /// path's buffers.
 pub(super) fn forward_scratch_len(s: &Conv2dShape) -> usize {
-    let gemm_path = s.col_rows() * s.out_pixels();
+    if packed_applies(s) {
+        return packed_scratch_len(s, Isa::best());
+    }
     if direct_applies(s) {
-        gemm_path.max(direct_scratch_len(s))
-    } else if direct_padded_applies(s) {
+        (s.col_rows() * s.out_pixels()).max(direct_scratch_len(s))
+    } else {
         let sp = padded_shape(s);
         sp.group_in() * sp.in_h * sp.in_w + direct_scratch_len(&sp)
-    } else {
-        gemm_path
     }
 }
 
 /// The forward pass of one image, x_b (C, H, W) → y_b (O, OH, OW), group by
 /// group: by the direct kernel when it applies (stride 1, no padding or
-/// dilation: both LeNet convolutions), else im2col into `cols` and
-/// y_g = W_g · cols + bias by GEMM. `scratch` holds
-/// [`forward_scratch_len`] floats.
+/// dilation: both LeNet convolutions; or on a padded copy of a narrow
+/// layer's input), else by the packed product of `packed.rs`. `scratch`
+/// holds [`forward_scratch_len`] floats.
 pub(super) fn forward_image(
     s: &Conv2dShape,
     x_b: &[f32],
@@ -58,10 +62,12 @@ pub(super) fn forward_image(
     scratch: &mut [f32],
     y_b: &mut [f32],
 ) {
+    if packed_applies(s) {
+        return forward_image_packed(s, x_b, w, bias, scratch, y_b, Isa::best());
+    }
     let (hw, p) = (s.in_h * s.in_w, s.out_pixels());
     let (cg, og, k) = (s.group_in(), s.group_out(), s.col_rows());
     let direct = direct_applies(s);
-    let padded = direct_padded_applies(s);
     for g in 0..s.opts.groups {
         let x_bg = &x_b[g * cg * hw..][..cg * hw]; // (Cg, H, W)
         let w_g = &w[g * og * k..(g + 1) * og * k]; // (O/g, K)
@@ -80,29 +86,12 @@ pub(super) fn forward_image(
             );
             continue;
         }
-        if padded {
-            // The input padded by hand, then the direct kernel on it.
-            let sp = padded_shape(s);
-            let (xpad, rest) = scratch.split_at_mut(cg * sp.in_h * sp.in_w);
-            pad_into(s, x_bg, xpad);
-            let mut emit = copy_planes(&sp, y_bg);
-            forward_direct(&sp, xpad, w_g, bias_g, rest, Isa::best(), &mut emit);
-            continue;
-        }
-        let cols = &mut scratch[..k * p];
-        im2col_strided(s, x_bg, cols, p); // (K, P)
-                                          // The bias goes in as C with beta = 1, so the GEMM adds it.
-        let beta = match bias_g {
-            Some(bias_g) => {
-                for (row, &bv) in y_bg.chunks_mut(p).zip(bias_g) {
-                    row.fill(bv);
-                }
-                1.0
-            }
-            None => 0.0,
-        };
-        let w_g = Mat::row_major(w_g, og, k);
-        gemm(1.0, w_g, Mat::row_major(cols, k, p), beta, y_bg, p);
+        // The input padded by hand, then the direct kernel on it.
+        let sp = padded_shape(s);
+        let (xpad, rest) = scratch.split_at_mut(cg * sp.in_h * sp.in_w);
+        pad_into(s, x_bg, xpad);
+        let mut emit = copy_planes(&sp, y_bg);
+        forward_direct(&sp, xpad, w_g, bias_g, rest, Isa::best(), &mut emit);
     }
 }
 

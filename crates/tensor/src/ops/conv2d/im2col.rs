@@ -120,7 +120,7 @@ pub(super) fn im2col_strided(s: &Conv2dShape, x: &[f32], cols: &mut [f32], ld: u
 /// that column lies in 0..w, else 0. One contiguous copy for all the rows
 /// (the values that cross into a neighbouring row are then zeroed), where a
 /// copy per row of 8 to 32 floats cost more in calls than in copying.
-fn shifted_rows(src: &[f32], dst: &mut [f32], w: usize, right: usize, left: usize) {
+pub(super) fn shifted_rows(src: &[f32], dst: &mut [f32], w: usize, right: usize, left: usize) {
     let n = dst.len();
     assert!(
         src.len() == n && n.is_multiple_of(w),

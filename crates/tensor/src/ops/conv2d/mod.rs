@@ -64,6 +64,7 @@ mod direct;
 mod forward;
 mod fused;
 mod im2col;
+mod packed;
 
 pub use crate::ops::conv_naive::{
     conv2d_backward_input_naive, conv2d_backward_weight_naive, conv2d_forward_naive,
@@ -82,6 +83,7 @@ use direct::{
 use forward::{forward_image, forward_scratch_len};
 use fused::with_full_layout;
 use im2col::{copy_short, im2col_strided};
+use packed::{forward_image_packed, forward_packed, packed_applies, packed_scratch_len};
 
 // ---------------------------------------------------------------------------
 // Work splitting
