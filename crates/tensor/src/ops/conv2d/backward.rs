@@ -157,14 +157,14 @@ pub(super) fn map_into(f: impl Fn(f32) -> f32, src: &[f32], dst: &mut [f32]) {
 // Backward: input
 // ---------------------------------------------------------------------------
 
-/// The forward convolution whose output is this one's input gradient, where
-/// that takes the direct kernel: stride 1, no dilation, one group, padding
-/// (as the ResNets' 3×3 layers have; an unpadded layer such as the LeNet's
-/// keeps the GEMM, which the fused block's backward matches bit for bit)
-/// below the kernel's size, and a transposed input wide enough for
-/// [`direct_padded_applies`]. dY (B, O, OH, OW) is its input, padded by
-/// (KH − 1 − py, KW − 1 − px), and the flipped (C, O, KH, KW) kernel its
-/// weight.
+/// The forward convolution whose output is this one's input gradient:
+/// stride 1, no dilation, one group, padding (as the ResNets' 3×3 layers
+/// have; an unpadded layer such as the LeNet's keeps the GEMM and col2im,
+/// which the fused block's backward matches bit for bit) below the
+/// kernel's size. dY (B, O, OH, OW) is its input, padded by (KH − 1 − py,
+/// KW − 1 − px), and the flipped (C, O, KH, KW) kernel its weight. The
+/// forward pass then runs it on its direct kernel (narrow layers) or its
+/// packed product, neither of which needs col2im.
 fn transposed_shape(s: &Conv2dShape) -> Option<Conv2dShape> {
     let (py, px) = s.opts.padding;
     let fits = s.opts.stride == (1, 1)
@@ -180,13 +180,12 @@ fn transposed_shape(s: &Conv2dShape) -> Option<Conv2dShape> {
         padding: (s.kernel_h - 1 - py, s.kernel_w - 1 - px),
         ..s.opts
     };
-    let st = Conv2dShape::new(
+    Conv2dShape::new(
         &[s.batch, s.out_channels, s.out_h(), s.out_w()],
         &[s.in_channels, s.out_channels, s.kernel_h, s.kernel_w],
         opts,
     )
-    .ok()?;
-    direct_padded_applies(&st).then_some(st)
+    .ok()
 }
 
 /// dx = col2im(W_gᵀ · dY_b,g) for every image b and group g. OVERWRITES dx.
