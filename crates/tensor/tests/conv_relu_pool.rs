@@ -79,6 +79,24 @@ fn cases() -> Vec<Case> {
                 [6, 2, 3, 2],
             )
         },
+        Case {
+            // Padded stride-1 layers with more than 8 output channels: the
+            // input gradient as the forward convolution of dY with the
+            // flipped kernel (direct for 16 input channels, packed for
+            // 32), the weight gradient direct or packed.
+            opts: Conv2dOptions {
+                padding: (1, 1),
+                ..Conv2dOptions::default()
+            },
+            ..case("padded 3x3, 16 channels", [2, 16, 8, 8], [12, 16, 3, 3])
+        },
+        Case {
+            opts: Conv2dOptions {
+                padding: (1, 1),
+                ..Conv2dOptions::default()
+            },
+            ..case("padded 3x3, 32 channels", [2, 32, 6, 6], [10, 32, 3, 3])
+        },
     ]
 }
 

@@ -1,4 +1,5 @@
-//! The forward pass: the direct kernel or im2col + GEMM, image by image.
+//! The forward pass: the direct kernel image by image, or the packed
+//! product of `packed.rs`.
 
 use super::*;
 use crate::isa::Isa;

@@ -8,7 +8,7 @@ use super::*;
 // the network, and in backward builds two more of that size (the pool's
 // scatter and the relu's mask). The fused op keeps one image's conv output
 // in scratch, relu-pools it at once, and saves only the pooled values and the
-// argmaxes; backward rebuilds dY chunk by chunk in scratch from them:
+// argmaxes; backward rebuilds dY from them:
 //
 // ```text
 // forward    y = conv(x, w) + b;  r = relu(y);  pooled, arg = max_pool(r)
@@ -18,9 +18,9 @@ use super::*;
 //
 // (relu(y) > 0 exactly where y > 0, and the argmax of a window is where its
 // pooled value came from, so `pooled[q] > 0` is relu's mask at `arg[q]`.)
-// Every floating-point operation is the one the three separate ops perform,
-// in the same order (same GEMM shapes, same chunks), so the fused op is
-// bitwise equal to conv2d → relu → max_pool2d; the tests check that. One
+// The backward then calls the separate ops' gradients on that dY, so the
+// fused op is bitwise equal to conv2d → relu → max_pool2d; the tests check
+// that. One
 // exception: narrow stride-1 layers ([`narrow_direct_backward`]) take their
 // gradients from the sparse fused backward with every tap active, whose dW
 // and dx are bitwise the separate ops' (which take the same route) but whose
@@ -168,13 +168,12 @@ pub fn conv2d_relu_pool_forward(
 /// OVERWRITES each of dw (O, C/groups, KH, KW), db (O) and dx (B, C, H, W)
 /// that is given; pass `None` for gradients nobody needs.
 ///
-/// Each chunk of images rebuilds its dY in scratch, as the (O, nb·OH·OW)
-/// matrix that [`conv2d_backward_weight`] multiplies, and then does that
-/// function's dW GEMM, [`conv2d_backward_input`]'s GEMM and col2im per image,
-/// and [`conv2d_backward_bias`]'s per-plane sums. dW partials and bias sums
-/// are added in chunk and image order afterwards. Narrow stride-1 layers
-/// ([`narrow_direct_backward`]) instead run the sparse fused backward with
-/// every tap active: the same dW and dx bits, db equal to rounding.
+/// It rebuilds dY (B, O, OH, OW) from them and runs
+/// [`conv2d_backward_weight`], [`conv2d_backward_bias`] and
+/// [`conv2d_backward_input`] on it: the separate ops' bits. Narrow stride-1
+/// layers ([`narrow_direct_backward`]) instead run the sparse fused
+/// backward with every tap active, which never writes a full-size dY: the
+/// same dW and dx bits, db equal to rounding.
 #[allow(clippy::too_many_arguments)] // the three optional gradients read best named
 pub fn conv2d_relu_pool_backward(
     s: &Conv2dShape,
@@ -184,8 +183,8 @@ pub fn conv2d_relu_pool_backward(
     pooled: &[f32],
     arg: &[u32],
     dpooled: &[f32],
-    mut dw: Option<&mut [f32]>,
-    mut db: Option<&mut [f32]>,
+    dw: Option<&mut [f32]>,
+    db: Option<&mut [f32]>,
     dx: Option<&mut [f32]>,
 ) {
     let op = "conv2d_relu_pool_backward";
@@ -224,136 +223,43 @@ pub fn conv2d_relu_pool_backward(
         });
         return;
     }
-    let (c, hw, o, p) = (
-        s.in_channels,
-        s.in_h * s.in_w,
-        s.out_channels,
-        s.out_pixels(),
-    );
-    let (cg, og, k) = (s.group_in(), s.group_out(), s.col_rows());
+    // dY (B, O, OH, OW): each window's gradient at its argmax, through
+    // relu's mask, added in the order the separate ops add it; then the
+    // separate ops' own gradients, so that every bit is theirs.
+    let (o, p) = (s.out_channels, s.out_pixels());
     let (ph, pw) = pool.pooled_size(s);
     let per_image = o * ph * pw; // pooled values of one image
-    let ipc = images_per_chunk(s);
-    let n_chunks = s.batch.div_ceil(ipc);
-    let wlen = w.len();
-    if n_chunks == 0 || p == 0 {
-        dw.iter_mut().for_each(|d| d.fill(0.0));
-        db.iter_mut().for_each(|d| d.fill(0.0));
-        if let Some(dx) = dx {
-            dx.fill(0.0);
+    let mut dy = crate::buffers::take(s.batch * o * p);
+    let image = |(b, dy_b): (usize, &mut [f32])| {
+        dy_b.fill(0.0);
+        let q0 = b * per_image;
+        let (pv, av, dv) = (
+            &pooled[q0..][..per_image],
+            &arg[q0..][..per_image],
+            &dpooled[q0..][..per_image],
+        );
+        for (oo, plane) in dy_b.chunks_mut(p).enumerate() {
+            let r = oo * ph * pw..(oo + 1) * ph * pw;
+            for ((&v, &a), &d) in pv[r.clone()].iter().zip(&av[r.clone()]).zip(&dv[r]) {
+                plane[a as usize] += crate::ops::elementwise::relu_grad(v, d);
+            }
         }
-        return;
-    }
-    // Per chunk: its partial dW (O, K) if wanted, then the per-image bias
-    // sums (nb, O) if wanted.
-    let (want_w, want_b) = (dw.is_some(), db.is_some());
-    let part_len = if want_w { wlen } else { 0 } + if want_b { ipc * o } else { 0 };
-    let mut partials = vec![0.0f32; n_chunks * part_len];
-    let dx_chunks: Vec<Option<&mut [f32]>> = match dx {
-        Some(dx) => dx.chunks_mut(ipc * c * hw).map(Some).collect(),
-        None => (0..n_chunks).map(|_| None).collect(),
     };
-    let parts: Vec<&mut [f32]> = if part_len == 0 {
-        (0..n_chunks).map(|_| &mut [][..]).collect()
+    if run_parallel(s) {
+        dy.par_chunks_mut(o * p).enumerate().for_each(image);
     } else {
-        partials.chunks_mut(part_len).collect()
-    };
-    let items: Vec<_> = parts.into_iter().zip(dx_chunks).collect();
-    for_each_item(items, run_parallel(s), |chunk, (part, dx_c)| {
-        let b0 = chunk * ipc;
-        let nb = ipc.min(s.batch - b0);
-        let n = nb * p; // columns of the wide matrices
-                        // dY (O, n), then im2col (K, n) for dW, reused as (K, P) for dx.
-        with_scratch(o * n + k * n, |buf| {
-            let (dy, cols) = buf.split_at_mut(o * n);
-            // dY: the pooled gradient scattered back to its argmax, through
-            // relu's mask, in the order the separate ops add it.
-            dy.fill(0.0);
-            for i in 0..nb {
-                let q0 = (b0 + i) * per_image;
-                let (pv, av, dv) = (
-                    &pooled[q0..][..per_image],
-                    &arg[q0..][..per_image],
-                    &dpooled[q0..][..per_image],
-                );
-                for oo in 0..o {
-                    let plane = &mut dy[oo * n + i * p..][..p]; // (OH, OW)
-                    let r = oo * ph * pw..(oo + 1) * ph * pw;
-                    for ((&v, &a), &d) in pv[r.clone()].iter().zip(&av[r.clone()]).zip(&dv[r]) {
-                        plane[a as usize] += crate::ops::elementwise::relu_grad(v, d);
-                    }
-                }
-            }
-            let (part_w, part_b) = part.split_at_mut(if want_w { wlen } else { 0 });
-            if want_b {
-                // As conv2d_backward_bias: one sum per (image, channel) plane.
-                for i in 0..nb {
-                    for oo in 0..o {
-                        part_b[i * o + oo] = sum_lanes(&dy[oo * n + i * p..][..p]);
-                    }
-                }
-            }
-            if want_w {
-                // As backward_weight_core: dW_g = dY_g · colsᵀ.
-                for g in 0..s.opts.groups {
-                    for i in 0..nb {
-                        let x_bg = &x[((b0 + i) * c + g * cg) * hw..][..cg * hw];
-                        im2col_strided(s, x_bg, &mut cols[i * p..], n);
-                    }
-                    let dy_g = Mat::row_major(&dy[g * og * n..(g + 1) * og * n], og, n);
-                    let cols_t = Mat::row_major(cols, k, n).t(); // (n, K)
-                    gemm(
-                        1.0,
-                        dy_g,
-                        cols_t,
-                        0.0,
-                        &mut part_w[g * og * k..][..og * k],
-                        k,
-                    );
-                }
-            }
-            if let Some(dx_c) = dx_c {
-                // As conv2d_backward_input: dx_b,g = col2im(W_gᵀ · dY_b,g).
-                dx_c.fill(0.0);
-                let dcols = &mut cols[..k * p];
-                for (i, dx_b) in dx_c.chunks_mut(c * hw).enumerate() {
-                    for g in 0..s.opts.groups {
-                        let w_g = Mat::row_major(&w[g * og * k..(g + 1) * og * k], og, k);
-                        let dy_bg = Mat {
-                            data: &dy[g * og * n + i * p..],
-                            rows: og,
-                            cols: p,
-                            row_stride: n,
-                            col_stride: 1,
-                        };
-                        gemm(1.0, w_g.t(), dy_bg, 0.0, dcols, p); // (K, P)
-                        col2im(s, dcols, &mut dx_b[g * cg * hw..(g + 1) * cg * hw]);
-                    }
-                }
-            }
-        });
-    });
-    // Fixed-order reductions: chunk 0, + chunk 1, ...; image 0, + image 1, ...
-    let parts = partials.chunks(part_len.max(1)).take(n_chunks);
+        dy.chunks_mut(o * p).enumerate().for_each(image);
+    }
     if let Some(dw) = dw {
-        for (i, part) in parts.clone().enumerate() {
-            if i == 0 {
-                dw.copy_from_slice(&part[..wlen]);
-            } else {
-                add_into(dw, &part[..wlen]);
-            }
-        }
+        conv2d_backward_weight(s, x, &dy, dw);
     }
     if let Some(db) = db {
-        db.fill(0.0);
-        let off = if want_w { wlen } else { 0 };
-        for (chunk, part) in parts.enumerate() {
-            let nb = ipc.min(s.batch - chunk * ipc);
-            for sums in part[off..].chunks(o).take(nb) {
-                add_into(db, sums);
-            }
-        }
+        conv2d_backward_bias(s, &dy, db);
     }
+    if let Some(dx) = dx {
+        conv2d_backward_input(s, w, &dy, dx);
+    }
+    crate::buffers::give(dy);
 }
 
 /// Whether the fused backward of this shape runs on the direct (sparse)

@@ -1,8 +1,11 @@
 //! conv2d: geometry, the fast kernels (forward by a direct wide-row kernel
 //! for stride 1 with no padding or dilation, or with padding on 8 to 16
-//! input channels, and by im2col + GEMM otherwise; backward as two GEMMs, or,
-//! for narrow stride-1 layers, by the direct kernels of `sparse_conv2d/`
-//! with every tap active ([`narrow_direct_backward`])), the
+//! input channels, and otherwise by im2col into packed panels and our own
+//! micro-kernel; the weight gradient by im2col + GEMM, the input gradient
+//! of a padded stride-1 layer as a forward convolution and of others by a
+//! GEMM and col2im; narrow stride-1 layers, and the weight
+//! gradient of padded 8-to-16-channel ones, by the direct kernels of
+//! `sparse_conv2d/` with every tap active ([`narrow_direct_backward`])), the
 //! naive direct convolution kept as oracle, the autograd op, and the fused
 //! conv2d → relu → max_pool2d op of a LeNet block.
 //!
@@ -13,7 +16,9 @@
 //!
 //! For one image and one group g, im2col unrolls the input patches into a
 //! matrix `cols` of shape (Cg·KH·KW, OH·OW), so that the convolution becomes
-//! one GEMM with the group's weights viewed as a (O/g, Cg·KH·KW) matrix:
+//! one matrix product with the group's weights viewed as a (O/g, Cg·KH·KW)
+//! matrix (`packed.rs` writes `cols` straight into the panels its
+//! micro-kernel reads):
 //!
 //! ```text
 //! forward           y_b,g  = W_g · cols_b,g              (O/g, OH·OW)
@@ -39,7 +44,10 @@
 //!   this module calls for narrow layers (the dependency runs one way).
 //! * `im2col.rs`: [`im2col`] and [`col2im`].
 //! * `forward.rs`: [`conv2d_forward`], which picks the direct kernel or
-//!   im2col + GEMM per image.
+//!   the packed product.
+//! * `packed.rs`: the packed product of the forward pass: weights packed
+//!   once per call, im2col straight into panels, and the micro-kernels
+//!   (AVX-512, AVX2, portable).
 //! * `direct.rs`: the direct wide-row forward kernel (AVX-512, AVX2 +
 //!   portable), and when it applies to a padded layer.
 //! * `backward.rs`: the weight (and coactivation) and input gradients.
@@ -48,7 +56,6 @@
 
 pub use crate::ops::geometry::{Conv2dOptions, Conv2dShape, PoolOptions};
 pub use crate::ops::reduce::conv2d_backward_bias;
-pub(crate) use crate::ops::reduce::sum_lanes;
 pub(crate) use crate::ops::scratch::{check_len, scratch_in};
 
 use crate::gemm::{gemm, Mat};
