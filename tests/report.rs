@@ -118,8 +118,9 @@ fn run_lines_with(
                 };
                 let _ = writeln!(
                     out,
-                    r#"{{"type":"progress","step":{step},"epoch":{epoch},"layer":"{layer}","kept":{},"revived":{revived},"regrown":{regrown},"dropped":{dropped},"active":{target},"total":{total}}}"#,
-                    target - revived - regrown
+                    r#"{{"type":"progress","step":{step},"epoch":{epoch},"layer":"{layer}","kept":{},"revived":{revived},"regrown":{regrown},"dropped":{dropped},"reset":{},"active":{target},"total":{total}}}"#,
+                    target - revived - regrown,
+                    (regrown / 4.0).floor()
                 );
             }
         }
@@ -911,7 +912,10 @@ fn many_layers_get_heat_maps_of_their_updates() {
         "a chart per layer"
     );
     let updates = (EPOCHS * STEPS_PER_EPOCH / 500) as usize;
-    for title in ["Turnover by layer (rigl)", "Revived by layer (rigl)"] {
+    for title in [
+        "Turnover by layer (rigl)",
+        "Regrown where dropped, by layer (rigl)",
+    ] {
         let map = chart(&html, title);
         check_well_formed(map).unwrap();
         assert_eq!(
@@ -932,4 +936,15 @@ fn many_layers_get_heat_maps_of_their_updates() {
         turnover.contains("<title>layer1.0.conv1 at step 500: 88.0%</title>"),
         "{turnover:.600}"
     );
+    // The first update regrows nothing; the later ones regrow a quarter of
+    // what they regrow where they dropped (the fixture's reset count).
+    let reset = chart(&html, "Regrown where dropped, by layer (rigl)");
+    assert!(reset.contains("<title>layer1.0.conv1 at step 500: no data</title>"));
+    let later = reset
+        .split("<title>layer1.0.conv1 at step 1000: ")
+        .nth(1)
+        .and_then(|t| t.split_once("%</title>"))
+        .map(|(v, _)| v.parse::<f64>().unwrap())
+        .expect("a value at step 1000");
+    assert!((15.0..=25.0).contains(&later), "{later}%");
 }

@@ -212,7 +212,8 @@ pub fn kernel_grid(title: &str, shape: [usize; 4], mask: &[f32], weight: Option<
     s
 }
 
-/// A rows×cols map of `values` in [0, 1] (row-major), white at 0 and dark
+/// A rows×cols map of `values` in [0, 1] (row-major; NaN for no value, an
+/// empty grey cell), white at 0 and dark
 /// blue at the largest value (sparse layers keep ~10% of taps, so a fixed
 /// 0–1 scale would be all pale), with a colour scale under it. Cells big
 /// enough to hold it are labelled with their value as a percentage; each
@@ -268,8 +269,17 @@ pub fn heat_map(
     for r in 0..rows {
         for c in 0..cols {
             let v = values[r * cols + c];
-            let shade = if largest > 0.0 { v / largest } else { 0.0 };
             let (x, y) = (left + c as f64 * cell, top + r as f64 * cell);
+            if v.is_nan() {
+                // No value here: an empty cell.
+                let _ = write!(
+                    s,
+                    r##"<rect class="tap" x="{x:.1}" y="{y:.1}" width="{cell:.1}" height="{cell:.1}" fill="#f2f2f2" stroke="#d0d0d0" stroke-width="0.5"><title>{}: no data</title></rect>"##,
+                    escape(&name_of(r, c))
+                );
+                continue;
+            }
+            let shade = if largest > 0.0 { v / largest } else { 0.0 };
             let ink = if shade > 0.55 { "#ffffff" } else { "#222222" };
             let _ = write!(
                 s,

@@ -242,7 +242,7 @@ fn page(
              mean over runs on a log(1 + n) axis; then the turnover: dropped as a share of the layer's active connections \
              just before each update (kept + dropped). With more than 6 sparse layers, two heat maps per mode instead, \
              a row per layer and a column per update: the turnover, and the share of the regrown connections that the \
-             same update had dropped.</p>",
+             same update had dropped (grey: nothing regrown).</p>",
         );
         for g in with_progress {
             let _ = write!(s, "<h3>{}</h3><div class=\"charts\">", escape(&g.name));

@@ -22,6 +22,9 @@ pub struct Progress {
     pub dropped: f64,
     /// Active connections kept from before the update, when the line says.
     pub kept: Option<f64>,
+    /// Regrown connections that were active before (dropped and grown back
+    /// by the same update), when the line says.
+    pub reset: Option<f64>,
     pub active: f64,
 }
 
@@ -231,6 +234,7 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Run>, String> {
                     regrown: field("regrown")?,
                     dropped: field("dropped")?,
                     kept: obj.get("kept").and_then(Value::as_f64),
+                    reset: obj.get("reset").and_then(Value::as_f64),
                     active: field("active")?,
                 };
                 open(&mut current).layer_mut(&layer).insert(step, update);

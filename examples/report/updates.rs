@@ -3,7 +3,8 @@
 //! regrown and revived at each update, and one of every layer's turnover;
 //! for more (ResNet-20's 18), whose charts would fill pages, two heat maps
 //! with a row per layer and a column per update: the turnover, and the
-//! share of the regrown connections that the same update had dropped.
+//! share of the regrown connections that the same update had dropped (the
+//! `reset` count: a rule that regrows what it prunes moves nothing).
 
 use std::collections::BTreeSet;
 
@@ -150,8 +151,9 @@ pub fn progress(group: &Group) -> Vec<String> {
 
 /// The heat maps of [`progress`] for many layers: per layer (row) and
 /// update (column), the mean over the group's runs of the share of the
-/// layer's active connections dropped, and of the regrown ones revived
-/// (dropped by the same update).
+/// layer's active connections dropped, and of the regrown ones that the
+/// same update had dropped (`reset`, written by the cifar example since it
+/// counts it; a cell without data is drawn empty).
 fn progress_maps(group: &Group, layers: &[String]) -> Vec<String> {
     let steps: Vec<u64> = layers
         .iter()
@@ -173,7 +175,8 @@ fn progress_maps(group: &Group, layers: &[String]) -> Vec<String> {
                     .filter_map(|r| r.layer(layer)?.get(step))
                     .filter_map(share)
                     .collect();
-                v.push(at.iter().sum::<f64>() / at.len().max(1) as f64);
+                // NaN: no run has a value there.
+                v.push(at.iter().sum::<f64>() / at.len() as f64);
             }
         }
         v
@@ -182,7 +185,7 @@ fn progress_maps(group: &Group, layers: &[String]) -> Vec<String> {
         let before = p.active_before();
         (before > 0.0).then(|| p.dropped / before)
     });
-    let revived = values(&|p| (p.regrown > 0.0).then(|| p.revived / p.regrown));
+    let reset = values(&|p| Some(p.reset? / p.regrown).filter(|_| p.regrown > 0.0));
     let name_of = |r: usize, c: usize| format!("{} at step {}", layers[r], steps[c]);
     let span = format!(
         "{} updates, steps {} to {}",
@@ -201,12 +204,12 @@ fn progress_maps(group: &Group, layers: &[String]) -> Vec<String> {
             layers,
         ),
         heat_map(
-            &format!("Revived by layer ({})", group.name),
+            &format!("Regrown where dropped, by layer ({})", group.name),
             (layers.len(), steps.len()),
             ("layer", &span),
-            &revived,
+            &reset,
             &name_of,
-            "regrown that the same update dropped, % of the regrown",
+            "regrown connections the same update had dropped, % of the regrown",
             layers,
         ),
     ]

@@ -401,7 +401,7 @@ fn weight_task(
     let rows = s.out_h() * plan.wp; // dY's data rows, gap columns included
     let wide = rows - (plan.wp - s.out_w()); // up to the last value
                                              // Rows of whole vectors: dot products over their values only.
-    let rv = row_vectors(s.out_w(), k);
+    let rv = dot_row_vectors(s.out_w(), k);
     let plane_p = plan.plane();
     // Within an image, when its input planes outgrow L1 (32 KB), they go a
     // few channels at a time (about 12 KB, read from L2 once), each chunk

@@ -115,7 +115,7 @@ pub use layout::SparseLayout;
 use backward::{backward_input_wide, backward_weight_wide, lay_out_wide, Dy, PooledGrad};
 use layout::Plan;
 use loops::{gather_fma, multi_dot};
-use rows::{gather_fma_rows, multi_dot_rows, row_vectors};
+use rows::{dot_row_vectors, gather_fma_rows, multi_dot_rows, row_vectors};
 
 /// The density (active taps / all taps) below which these kernels beat the
 /// dense ones on the masked weight for a training step (forward and both

@@ -57,6 +57,15 @@ pub(super) fn row_vectors(len: usize, k: Isa) -> Option<RowVectors> {
     (per_row != 3).then_some(RowVectors { zmm, per_row })
 }
 
+/// [`row_vectors`] for the weight gradient's dot products, whose sums over
+/// rows are other bits than over wide planes: only rows that every SIMD
+/// ISA takes (up to 32 floats, AVX2's four vectors), so that AVX-512 and
+/// AVX2 always run the same loop and give the same bits. (The gather's
+/// results are the wide loop's bits either way.)
+pub(super) fn dot_row_vectors(len: usize, k: Isa) -> Option<RowVectors> {
+    row_vectors(len, k).filter(|_| len <= 8 * MAX_PER_ROW)
+}
+
 /// `out[r·len + x] = init + Σ_t ws[t] · src[r·stride + x + offs[t]]` for
 /// every row r < out.len() / len and x < len: [`gather_fma`] over rows
 /// whose inputs lie `stride` floats apart, written compactly. `rv` comes
@@ -473,6 +482,14 @@ mod tests {
                         let Some(rv) = row_vectors(len, k) else {
                             continue;
                         };
+                        // The weight gradient takes rows on every SIMD ISA
+                        // or on none.
+                        let simd = k.avx2();
+                        assert_eq!(
+                            dot_row_vectors(len, k).is_some(),
+                            simd && len <= 32,
+                            "{k:?} {len}"
+                        );
                         let mut out = vec![f32::NAN; taps];
                         multi_dot_rows(&a, &src, &offs, &mut out, stride, len, rows, rv);
                         for (t, (&g, &off)) in out.iter().zip(&offs).enumerate() {
