@@ -20,7 +20,10 @@
 //! bias and adds the K products in order: per k, NR/lanes loads of B and MR
 //! broadcasts of A feed MR·NR/lanes FMAs. Each output is bias + Σ_k in
 //! order (the oracle's order) whatever the threads; the SIMD kernels fuse
-//! each multiply-add, the portable one rounds twice.
+//! each multiply-add, the portable one rounds twice. A group of fewer
+//! output channels than MR still computes MR rows (zero weights past its
+//! last): a depthwise convolution would do up to 8 times the work it needs,
+//! which none of our networks has.
 
 use super::im2col::{copy_short, shifted_rows, valid_range};
 use super::*;
