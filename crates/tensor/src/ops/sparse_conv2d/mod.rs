@@ -120,20 +120,20 @@ use rows::{dot_row_vectors, gather_fma_rows, multi_dot_rows, row_vectors};
 /// The density (active taps / all taps) below which these kernels beat the
 /// dense ones on the masked weight for a training step (forward and both
 /// gradients), for a layer of `weights` weights per group, `strided` or
-/// not: a line in log₂(weights), lower by 0.24 for a strided layer, fitted
+/// not: a line in log₂(weights), lower by 0.1 for a strided layer, fitted
 /// to the break-evens measured at batch 128 on ResNet-20's 3×3 layers
-/// (`RESNET_CONV_CROSSOVER=1 cargo bench --bench resnet_conv`, three runs;
-/// docs/sparse-kernels.md) and on the LeNet's second conv at batch 4 and
-/// 64:
+/// (`RESNET_CONV_CROSSOVER=1 cargo bench --bench resnet_conv`, two runs
+/// against the packed dense product; docs/sparse-kernels.md) and on the
+/// LeNet's second conv at batch 4 and 64:
 ///
 /// ```text
 /// layer (O·Cg·KH·KW weights)       measured break-even   this rule
-/// LeNet conv2 16·6·5·5  (2,400)    0.68 – 1.0            0.82
-/// 16→16 3×3, 32×32      (2,304)    0.75 – 0.87           0.83
-/// 16→32 3×3 stride 2    (4,608)    0.49 – 0.74           0.52
-/// 32→32 3×3, 16×16      (9,216)    0.72 – 0.81           0.68
-/// 32→64 3×3 stride 2   (18,432)    0.26 – 0.41           0.37
-/// 64→64 3×3, 8×8       (36,864)    0.48 – 0.53           0.54
+/// LeNet conv2 16·6·5·5  (2,400)    0.68 – 1.0            0.92
+/// 16→16 3×3, 32×32      (2,304)    0.88 – 0.95           0.93
+/// 16→32 3×3 stride 2    (4,608)    0.66 – above 1        0.68
+/// 32→32 3×3, 16×16      (9,216)    0.67 – 0.68           0.64
+/// 32→64 3×3 stride 2   (18,432)    0.34 – 0.53           0.39
+/// 64→64 3×3, 8×8       (36,864)    0.30 – 0.36           0.35
 /// ```
 ///
 /// The gain falls as layers grow: the dense kernels reuse each loaded
@@ -141,13 +141,13 @@ use rows::{dot_row_vectors, gather_fma_rows, multi_dot_rows, row_vectors};
 /// over longer products, while the sparse loops reuse nothing across
 /// output channels. A strided layer crosses lower: the sparse loops run on
 /// its phase planes, a quarter of the pixels each, and the dense GEMM is
-/// as fast on it as on any other. The break-evens move with the weight
-/// gradient's two speeds (docs/sparse-kernels.md); the rule sits within
-/// 0.05 of every range. Every density ERK gives ResNet-20 at 10 % or 5 %
+/// as fast on it as on any other. The break-evens move with the machine's
+/// load (docs/sparse-kernels.md); the rule sits within 0.05 of every range
+/// but the strided 16→32 one, whose dense timing was the noisiest. Every density ERK gives ResNet-20 at 10 % or 5 %
 /// lies well below. The result is clamped to [0.2, 1].
 pub fn sparse_crossover_density(weights: usize, strided: bool) -> f64 {
-    let line = 1.62 - 0.071 * (weights.max(1) as f64).log2();
-    (line - if strided { 0.24 } else { 0.0 }).clamp(0.2, 1.0)
+    let line = 2.56 - 0.146 * (weights.max(1) as f64).log2();
+    (line - if strided { 0.1 } else { 0.0 }).clamp(0.2, 1.0)
 }
 
 /// Output channels per group up to which the sparse kernels are used at
