@@ -191,7 +191,7 @@ fn transposed_shape(s: &Conv2dShape) -> Option<Conv2dShape> {
 /// dx = col2im(W_gᵀ · dY_b,g) for every image b and group g. OVERWRITES dx.
 /// Narrow stride-1 layers ([`narrow_direct_backward`]) run the direct
 /// kernels instead, and other padded stride-1 layers of one group the
-/// forward convolution of dY with the flipped kernel ([`transposed_shape`]).
+/// forward convolution of dY with the flipped kernel (`transposed_shape`).
 /// w is (O, C/groups, KH, KW), dy is (B, O, OH, OW), dx is (B, C, H, W).
 /// Images are independent, so there is no cross-chunk reduction.
 pub fn conv2d_backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
