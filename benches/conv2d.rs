@@ -5,17 +5,8 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use tensor::ops::conv2d::*;
 
-fn data(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect()
-}
+mod common;
+use common::data;
 
 fn bench(c: &mut Criterion) {
     // (name, C, H, W, O): 5x5 kernels, stride 1, no padding.

@@ -29,17 +29,8 @@ use tensor::ops::sparse_conv2d::{
     sparse_crossover_density, SparseLayout,
 };
 
-fn data(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect()
-}
+mod common;
+use common::{best, data};
 
 /// A mask of `density` of `n` taps, spread pseudo-randomly over the layer.
 fn mask(n: usize, density: f64, seed: u32) -> Vec<bool> {
@@ -52,18 +43,6 @@ fn mask(n: usize, density: f64, seed: u32) -> Vec<bool> {
             ((s >> 8) as f64 / (1u32 << 24) as f64) < density
         })
         .collect()
-}
-
-/// Best of `runs` timings of `f`, in milliseconds.
-fn best(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .fold(f64::INFINITY, f64::min)
 }
 
 struct Layer {

@@ -9,35 +9,13 @@
 //! on a thread of the rayon pool with the other threads kept awake, as in
 //! training.
 
-use std::time::Instant;
 
 use tensor::awake::with_pool_awake;
 use tensor::ops::batch_norm::{batch_norm2d_backward, batch_norm2d_forward, BatchNormMode};
 use tensor::ops::residual::{add_relu_backward, add_relu_forward};
 
-fn data(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
-/// Best of `runs` timings of `f`, in milliseconds.
-fn best(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .fold(f64::INFINITY, f64::min)
-}
+mod common;
+use common::{best, data};
 
 fn main() {
     let runs: usize = std::env::var("RESNET_OPS_RUNS")

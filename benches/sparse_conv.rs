@@ -33,17 +33,8 @@ use tensor::ops::conv2d::*;
 use tensor::ops::sparse_conv2d::*;
 use tensor::Tensor;
 
-fn data(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect()
-}
+mod common;
+use common::data;
 
 /// k of the 25 taps of every (o, c) kernel, chosen pseudo-randomly.
 fn balanced_mask(kernels: usize, k: usize, seed: u32) -> Vec<bool> {
