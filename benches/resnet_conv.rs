@@ -17,8 +17,6 @@
 //! Everything runs on a thread of the rayon pool with the other threads
 //! kept awake, as in training.
 
-use std::time::Instant;
-
 use tensor::awake::with_pool_awake;
 use tensor::isa::Isa;
 use tensor::ops::conv2d::{

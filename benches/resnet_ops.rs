@@ -9,7 +9,6 @@
 //! on a thread of the rayon pool with the other threads kept awake, as in
 //! training.
 
-
 use tensor::awake::with_pool_awake;
 use tensor::ops::batch_norm::{batch_norm2d_backward, batch_norm2d_forward, BatchNormMode};
 use tensor::ops::residual::{add_relu_backward, add_relu_forward};
