@@ -15,10 +15,10 @@
 //!   convolution by its definition: the oracle), `scratch` (the kernels'
 //!   thread-local scratch), `conv2d/` (a direct forward kernel for stride 1
 //!   without dilation, unpadded or, for 8 to 16 input channels, on a
-//!   padded copy; im2col + GEMM for the other forwards and
-//!   for backward (but for narrow layers, whose gradients come from the
-//!   sparse kernels with every tap active), and the fused conv → ReLU →
-//!   max-pool), `pool` (max_pool2d, global average pool), `relu_pool` (relu
+//!   padded copy; im2col and our own register-tile micro-kernel for the
+//!   other forwards and for backward (but for narrow layers, whose
+//!   gradients come from the sparse kernels with every tap active), and
+//!   the fused conv → ReLU → max-pool), `pool` (max_pool2d, global average pool), `relu_pool` (relu
 //!   and 2×2 max-pool straight from a conv kernel's wide rows, the tail of
 //!   both fused blocks), `sparse_conv2d/` (direct convolution over the
 //!   active taps of a masked weight, for sparse layers, and its fused
@@ -26,7 +26,8 @@
 //!   `batch_norm_loops`, compiled for each instruction set), `residual` (the residual add +
 //!   ReLU and the padding shortcut), `reduce` (sum, mean, and the fixed-order
 //!   slice sums the others share), `shape` (reshape, flatten), `loss`
-//!   (log_softmax, cross_entropy). Each of `conv2d/` and `sparse_conv2d/`
+//!   (log_softmax, cross_entropy), and `test_values` (the unit tests'
+//!   inputs). Each of `conv2d/` and `sparse_conv2d/`
 //!   opens its `mod.rs` with a map of its files. The dependencies run one way: `conv2d/` uses
 //!   `sparse_conv2d/`, both use `geometry`, `scratch`, `reduce` and
 //!   `conv_naive`.

@@ -189,15 +189,11 @@ pub(crate) fn input_grad_plane(
 mod tests {
     use super::*;
 
+    /// Test values in [-2, 2).
     fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s >> 8) as f32 / (1u32 << 22) as f32 - 2.0
-            })
+        crate::ops::test_values::values(n, seed)
+            .into_iter()
+            .map(|v| 2.0 * v)
             .collect()
     }
 

@@ -16,3 +16,5 @@ pub mod residual;
 pub mod scratch;
 pub mod shape;
 pub mod sparse_conv2d;
+#[cfg(test)]
+mod test_values;

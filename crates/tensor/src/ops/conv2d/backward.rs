@@ -1,15 +1,21 @@
 //! The backward passes: weight (and coactivation), input and bias gradients.
 
+use super::backward_tiled::{
+    input_cols_tiled, tiled_input_grad_applies, tiled_weight_grad_applies, weight_grad_tiled,
+};
 use super::*;
 
 /// dw = Σ_b dY_b · cols_bᵀ, per group. OVERWRITES dw. Narrow stride-1
-/// layers ([`narrow_direct_backward`]) run the direct kernels instead.
+/// layers ([`narrow_direct_backward`]) run the direct kernels instead, and
+/// other layers of 16 output channels a group or more the tile
+/// micro-kernel (`backward_tiled.rs`).
 /// x is (B, C, H, W), dy is (B, O, OH, OW), dw is (O, C/groups, KH, KW).
 ///
-/// Each chunk of images puts its im2col matrices side by side in one wide
-/// (K, nb·P) matrix and copies its dY into (O/g, nb·P), so that one GEMM with
-/// inner dimension nb·P yields the chunk's partial dW. The partials are then
-/// added in chunk order: bitwise reproducible for any thread count.
+/// On the GEMM, each chunk of images puts its im2col matrices side by side
+/// in one wide (K, nb·P) matrix and copies its dY into (O/g, nb·P), so that
+/// one GEMM with inner dimension nb·P yields the chunk's partial dW. On
+/// either route the partials are then added in chunk order: bitwise
+/// reproducible for any thread count.
 pub fn conv2d_backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     if narrow_direct_backward(s) || padded_direct_weight_grad(s) {
         // Every tap active: the direct kernels compute the dense gradient.
@@ -31,8 +37,9 @@ pub fn conv2d_backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [
 /// Whether a padded stride-1 layer of [`DIRECT_PADDED_IN`] input channels
 /// takes its weight gradient from the direct (sparse) kernels with every
 /// tap active: ResNet-20's 16-channel 3×3 layers at batch 128 in about
-/// half the time of im2col + GEMM (benches/resnet_conv.rs); at 32 channels
-/// and more the GEMM is faster.
+/// half the time of im2col + GEMM and 0.8× that of the tile micro-kernel,
+/// whose 590 KB im2col matrix per image no longer stays in cache
+/// (benches/resnet_conv.rs); at 32 channels and more the tiles are faster.
 fn padded_direct_weight_grad(s: &Conv2dShape) -> bool {
     direct_padded_applies(s)
 }
@@ -47,8 +54,8 @@ fn padded_direct_weight_grad(s: &Conv2dShape) -> bool {
 ///
 /// over the taps that land inside the input. This is exactly
 /// [`conv2d_backward_weight`] of `[x > θ]` and `[y > θ]`, computed by its
-/// im2col + GEMM kernel (the one it uses for all but narrow stride-1
-/// layers) with the threshold applied on the way in, so it costs no more
+/// im2col kernels (the GEMM, or the tile micro-kernel for 16 output
+/// channels a group and more) with the threshold applied on the way in, so it costs no more
 /// than a weight gradient. Padded taps stay 0, i.e. inactive, even for a
 /// negative θ. The counts are integers below 2^24, hence exact in f32 and
 /// independent of the summation order.
@@ -63,11 +70,13 @@ pub fn conv2d_coactivation(
     backward_weight_core("conv2d_coactivation", s, x, y, counts, Some(active));
 }
 
-/// The kernel of [`conv2d_backward_weight`]. With `map`, it is the weight
-/// gradient of `map(x)` and `map(dy)` instead: each chunk maps its images'
-/// input planes into scratch before im2col (once per input value, not once
-/// per kernel tap, and before im2col adds the padding, which so stays 0), and
-/// maps dY while copying it into the wide matrix.
+/// The im2col kernels of [`conv2d_backward_weight`]: the tile
+/// micro-kernel for wide layers, else one GEMM per chunk. With `map`, it
+/// is the weight gradient of `map(x)` and `map(dy)` instead: each chunk
+/// maps its images' input planes into scratch before im2col (once per input
+/// value, not once per kernel tap, and before im2col adds the padding,
+/// which so stays 0), and maps dY while copying it into the wide matrix or
+/// the panels.
 pub(super) fn backward_weight_core(
     op: &str,
     s: &Conv2dShape,
@@ -90,6 +99,10 @@ pub(super) fn backward_weight_core(
     let n_chunks = s.batch.div_ceil(ipc);
     if n_chunks == 0 || p == 0 {
         dw.fill(0.0);
+        return;
+    }
+    if tiled_weight_grad_applies(s) {
+        weight_grad_tiled(s, x, dy, dw, map.as_ref(), Isa::best());
         return;
     }
     let mapped_len = if map.is_some() { cg * hw } else { 0 };
@@ -192,6 +205,8 @@ fn transposed_shape(s: &Conv2dShape) -> Option<Conv2dShape> {
 /// Narrow stride-1 layers ([`narrow_direct_backward`]) run the direct
 /// kernels instead, and other padded stride-1 layers of one group the
 /// forward convolution of dY with the flipped kernel (`transposed_shape`).
+/// The product runs on the tile micro-kernel where K and P are whole tiles
+/// (`backward_tiled.rs`), else on the GEMM.
 /// w is (O, C/groups, KH, KW), dy is (B, O, OH, OW), dx is (B, C, H, W).
 /// Images are independent, so there is no cross-chunk reduction.
 pub fn conv2d_backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
@@ -236,6 +251,8 @@ pub fn conv2d_backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f
     );
     let (cg, og, k) = (s.group_in(), s.group_out(), s.col_rows());
     let ipc = images_per_chunk(s);
+    let isa = Isa::best();
+    let tiled = tiled_input_grad_applies(s, isa);
     for_each_chunk(dx, ipc * c * hw, run_parallel(s), |chunk, dx_chunk| {
         // dx_chunk is (nb, C, H, W), images chunk·ipc ..
         dx_chunk.fill(0.0);
@@ -243,9 +260,15 @@ pub fn conv2d_backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f
             for (i, dx_b) in dx_chunk.chunks_mut(c * hw).enumerate() {
                 let b = chunk * ipc + i;
                 for g in 0..s.opts.groups {
-                    let w_g = Mat::row_major(&w[g * og * k..(g + 1) * og * k], og, k);
-                    let dy_bg = Mat::row_major(&dy[(b * o + g * og) * p..][..og * p], og, p);
-                    gemm(1.0, w_g.t(), dy_bg, 0.0, dcols, p); // (K, P)
+                    let w_g = &w[g * og * k..(g + 1) * og * k]; // (O/g, K)
+                    let dy_bg = &dy[(b * o + g * og) * p..][..og * p]; // (O/g, P)
+                    if tiled {
+                        input_cols_tiled(w_g, dy_bg, (k, og, p), dcols, isa);
+                    } else {
+                        let (w_g, dy_bg) =
+                            (Mat::row_major(w_g, og, k), Mat::row_major(dy_bg, og, p));
+                        gemm(1.0, w_g.t(), dy_bg, 0.0, dcols, p); // (K, P)
+                    }
                     col2im(s, dcols, &mut dx_b[g * cg * hw..(g + 1) * cg * hw]);
                 }
             }

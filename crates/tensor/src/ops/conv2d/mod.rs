@@ -1,9 +1,11 @@
 //! conv2d: geometry, the fast kernels (forward by a direct wide-row kernel
 //! for stride 1 with no padding or dilation, or with padding on 8 to 16
 //! input channels, and otherwise by im2col into packed panels and our own
-//! micro-kernel; the weight gradient by im2col + GEMM, the input gradient
-//! of a padded stride-1 layer as a forward convolution and of others by a
-//! GEMM and col2im; narrow stride-1 layers, and the weight
+//! micro-kernel; the weight gradient by im2col and the same micro-kernel
+//! (or a GEMM for layers of fewer than 16 output channels), the input
+//! gradient of a padded stride-1 layer as a forward convolution and of
+//! others by the micro-kernel (or a GEMM) and col2im; narrow stride-1
+//! layers, and the weight
 //! gradient of padded 8-to-16-channel ones, by the direct kernels of
 //! `sparse_conv2d/` with every tap active ([`narrow_direct_backward`])), the
 //! naive direct convolution kept as oracle, the autograd op, and the fused
@@ -45,12 +47,17 @@
 //! * `im2col.rs`: [`im2col`] and [`col2im`].
 //! * `forward.rs`: [`conv2d_forward`], which picks the direct kernel or
 //!   the packed product.
-//! * `packed.rs`: the packed product of the forward pass: weights packed
-//!   once per call, im2col straight into panels, and the micro-kernels
-//!   (AVX-512, AVX2, portable).
+//! * `tile.rs`: the micro-kernel every product here runs on, an MR × NR
+//!   tile in registers with A read through strides (AVX-512, AVX2,
+//!   portable).
+//! * `packed.rs`: the forward pass's product: weights packed once per
+//!   call and im2col straight into panels.
 //! * `direct.rs`: the direct wide-row forward kernel (AVX-512, AVX2 +
 //!   portable), and when it applies to a padded layer.
-//! * `backward.rs`: the weight (and coactivation) and input gradients.
+//! * `backward.rs`: the weight (and coactivation) and input gradients,
+//!   and which kernel each layer takes.
+//! * `backward_tiled.rs`: the weight gradient, and the strided layers'
+//!   input gradient, on the micro-kernel with no GEMM library.
 //! * `fused.rs`: the fused conv → relu → max-pool block
 //!   ([`conv2d_relu_pool_forward`], [`conv2d_relu_pool_backward`]).
 
@@ -67,11 +74,13 @@ use std::cell::RefCell;
 use crate::tensor::Tensor;
 
 mod backward;
+mod backward_tiled;
 mod direct;
 mod forward;
 mod fused;
 mod im2col;
 mod packed;
+mod tile;
 
 pub use crate::ops::conv_naive::{
     conv2d_backward_input_naive, conv2d_backward_weight_naive, conv2d_forward_naive,

@@ -15,28 +15,17 @@
 //! tile (i, j) of y:           y[i·MR + r, j·NR + l] = bias[i·MR + r] + Σ_k a[i][k·MR + r]·b[j][k·NR + l]
 //! ```
 //!
-//! The micro-kernel holds an MR × NR tile in registers (AVX-512: 8 × 32 in
-//! 16 registers; AVX2 and the portable loop: 4 × 16), starts it at the
-//! bias and adds the K products in order: per k, NR/lanes loads of B and MR
-//! broadcasts of A feed MR·NR/lanes FMAs. Each output is bias + Σ_k in
-//! order (the oracle's order) whatever the threads; the SIMD kernels fuse
-//! each multiply-add, the portable one rounds twice. A group of fewer
-//! output channels than MR still computes MR rows (zero weights past its
-//! last): a depthwise convolution would do up to 8 times the work it needs,
-//! which none of our networks has.
+//! The micro-kernel (`tile.rs`) holds an MR × NR tile in registers, starts
+//! it at the bias and adds the K products in order, so each output is
+//! bias + Σ_k in order (the oracle's order) whatever the threads. A group of
+//! fewer output channels than MR still computes MR rows (zero weights past
+//! its last): a depthwise convolution would do up to 8 times the work it
+//! needs, which none of our networks has.
 
 use super::im2col::{copy_short, shifted_rows, valid_range};
+use super::tile::{kernel, tile, Start};
 use super::*;
 use crate::isa::Isa;
-
-/// Rows (MR) and columns (NR) of a micro-kernel tile on `k`.
-fn tile(k: Isa) -> (usize, usize) {
-    if k.avx512() {
-        (8, 32)
-    } else {
-        (4, 16)
-    }
-}
 
 /// Whether [`conv2d_forward`] takes this path: every geometry the direct
 /// kernels do not take.
@@ -268,11 +257,13 @@ fn multiply(
                 init[..tile_rows].copy_from_slice(&bv[i * mr..][..tile_rows]);
             }
             let full = tile_rows == mr && cols == nr;
-            if full {
-                let out = &mut y[i * mr * p + j * nr..];
-                kernel(k, kk, a_i, b_j, &init, out, p);
-            } else {
-                kernel(k, kk, a_i, b_j, &init, &mut spill, nr);
+            let (out, ldc) = match full {
+                true => (&mut y[i * mr * p + j * nr..], p),
+                false => (&mut spill[..], nr),
+            };
+            let start = Start::Rows(&init);
+            kernel(k, (mr, nr), kk, a_i, (1, mr), b_j, nr, start, out, ldc);
+            if !full {
                 for r in 0..tile_rows {
                     let dst = &mut y[(i * mr + r) * p + j * nr..][..cols];
                     dst.copy_from_slice(&spill[r * nr..][..cols]);
@@ -282,150 +273,11 @@ fn multiply(
     }
 }
 
-/// One tile: out[r·ldc + l] = init[r] + Σ_k a[k·MR + r]·b[k·NR + l] for
-/// r < MR, l < NR (`tile(k)`), a holding K·MR floats and b K·NR.
-fn kernel(k: Isa, kk: usize, a: &[f32], b: &[f32], init: &[f32; 8], out: &mut [f32], ldc: usize) {
-    let (mr, nr) = tile(k);
-    assert!(
-        a.len() >= kk * mr && b.len() >= kk * nr && out.len() >= (mr - 1) * ldc + nr && ldc >= nr,
-        "packed kernel: operands too short"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if k.avx512() {
-        // SAFETY: AVX-512F is present (checked by `avx512`); the bounds
-        // the kernel relies on were asserted above for its tile (8 × 32).
-        unsafe { kernel_avx512(kk, a.as_ptr(), b.as_ptr(), init, out.as_mut_ptr(), ldc) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if k.avx2() {
-        // SAFETY: AVX2 and FMA are present (checked by `avx2`); the bounds
-        // were asserted above for its tile (4 × 16).
-        unsafe { kernel_avx2(kk, a.as_ptr(), b.as_ptr(), init, out.as_mut_ptr(), ldc) };
-        return;
-    }
-    kernel_portable(kk, a, b, init, out, ldc);
-}
-
-/// The portable tile, 4 × 16, in local arrays the compiler keeps in
-/// vector registers; each product rounded, then added.
-fn kernel_portable(kk: usize, a: &[f32], b: &[f32], init: &[f32; 8], out: &mut [f32], ldc: usize) {
-    const MR: usize = 4;
-    const NR: usize = 16;
-    let mut acc = [[0f32; NR]; MR];
-    for (row, &v) in acc.iter_mut().zip(init) {
-        *row = [v; NR];
-    }
-    for (ak, bk) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kk) {
-        for (row, &av) in acc.iter_mut().zip(ak) {
-            for (c, &bv) in row.iter_mut().zip(bk) {
-                *c += av * bv;
-            }
-        }
-    }
-    for (r, row) in acc.iter().enumerate() {
-        out[r * ldc..r * ldc + NR].copy_from_slice(row);
-    }
-}
-
-/// The AVX2 tile, 4 rows × 16 columns in 8 registers.
-///
-/// # Safety
-/// AVX2 and FMA; a holds kk·4 floats, b kk·16, and out + r·ldc + 16 is
-/// writable for r < 4.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2(
-    kk: usize,
-    a: *const f32,
-    b: *const f32,
-    init: &[f32; 8],
-    out: *mut f32,
-    ldc: usize,
-) {
-    use std::arch::x86_64::*;
-    let mut acc: [[__m256; 2]; 4] = std::array::from_fn(|r| [_mm256_set1_ps(init[r]); 2]);
-    for kc in 0..kk {
-        // SAFETY: kc < kk: b + 16·kc + 16 and a + 4·kc + 4 are inside.
-        let (b0, b1) = unsafe {
-            (
-                _mm256_loadu_ps(b.add(16 * kc)),
-                _mm256_loadu_ps(b.add(16 * kc + 8)),
-            )
-        };
-        for (r, row) in acc.iter_mut().enumerate() {
-            // SAFETY: as above.
-            let av = _mm256_set1_ps(unsafe { *a.add(4 * kc + r) });
-            row[0] = _mm256_fmadd_ps(av, b0, row[0]);
-            row[1] = _mm256_fmadd_ps(av, b1, row[1]);
-        }
-    }
-    for (r, row) in acc.iter().enumerate() {
-        // SAFETY: the caller's bound: out + r·ldc + 16 is writable.
-        unsafe {
-            _mm256_storeu_ps(out.add(r * ldc), row[0]);
-            _mm256_storeu_ps(out.add(r * ldc + 8), row[1]);
-        }
-    }
-}
-
-/// The AVX-512 tile, 8 rows × 32 columns in 16 registers.
-///
-/// # Safety
-/// AVX-512F; a holds kk·8 floats, b kk·32, and out + r·ldc + 32 is
-/// writable for r < 8.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512(
-    kk: usize,
-    a: *const f32,
-    b: *const f32,
-    init: &[f32; 8],
-    out: *mut f32,
-    ldc: usize,
-) {
-    use std::arch::x86_64::*;
-    let mut acc: [[__m512; 2]; 8] = std::array::from_fn(|r| [_mm512_set1_ps(init[r]); 2]);
-    for kc in 0..kk {
-        // SAFETY: kc < kk: b + 32·kc + 32 and a + 8·kc + 8 are inside.
-        let (b0, b1) = unsafe {
-            (
-                _mm512_loadu_ps(b.add(32 * kc)),
-                _mm512_loadu_ps(b.add(32 * kc + 16)),
-            )
-        };
-        for (r, row) in acc.iter_mut().enumerate() {
-            // SAFETY: as above.
-            let av = _mm512_set1_ps(unsafe { *a.add(8 * kc + r) });
-            row[0] = _mm512_fmadd_ps(av, b0, row[0]);
-            row[1] = _mm512_fmadd_ps(av, b1, row[1]);
-        }
-    }
-    for (r, row) in acc.iter().enumerate() {
-        // SAFETY: the caller's bound: out + r·ldc + 32 is writable.
-        unsafe {
-            _mm512_storeu_ps(out.add(r * ldc), row[0]);
-            _mm512_storeu_ps(out.add(r * ldc + 16), row[1]);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ops::conv_naive::conv2d_forward_naive;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::ops::test_values::values;
 
     /// On every ISA, against the naive convolution: ResNet shapes (strided
     /// too), output channels and pixels that are not whole tiles, groups,
