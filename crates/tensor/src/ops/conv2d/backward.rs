@@ -8,7 +8,9 @@ use super::*;
 /// dw = Σ_b dY_b · cols_bᵀ, per group. OVERWRITES dw. Narrow stride-1
 /// layers ([`narrow_direct_backward`]) run the direct kernels instead, and
 /// other layers of 16 output channels a group or more the tile
-/// micro-kernel (`backward_tiled.rs`).
+/// micro-kernel (`backward_tiled.rs`; on ResNet-20's 16-channel layers
+/// at batch 128 in 0.7× the time the direct kernels take with every tap
+/// active, benches/resnet_conv.rs).
 /// x is (B, C, H, W), dy is (B, O, OH, OW), dw is (O, C/groups, KH, KW).
 ///
 /// On the GEMM, each chunk of images puts its im2col matrices side by side
@@ -17,7 +19,7 @@ use super::*;
 /// either route the partials are then added in chunk order: bitwise
 /// reproducible for any thread count.
 pub fn conv2d_backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
-    if narrow_direct_backward(s) || padded_direct_weight_grad(s) {
+    if narrow_direct_backward(s) {
         // Every tap active: the direct kernels compute the dense gradient.
         with_full_layout(s, |l| {
             crate::ops::sparse_conv2d::sparse_conv2d_backward_weight(s, l, x, dy, dw, Isa::best())
@@ -32,16 +34,6 @@ pub fn conv2d_backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [
         dw,
         None::<fn(f32) -> f32>,
     );
-}
-
-/// Whether a padded stride-1 layer of [`DIRECT_PADDED_IN`] input channels
-/// takes its weight gradient from the direct (sparse) kernels with every
-/// tap active: ResNet-20's 16-channel 3×3 layers at batch 128 in about
-/// half the time of im2col + GEMM and 0.8× that of the tile micro-kernel,
-/// whose 590 KB im2col matrix per image no longer stays in cache
-/// (benches/resnet_conv.rs); at 32 channels and more the tiles are faster.
-fn padded_direct_weight_grad(s: &Conv2dShape) -> bool {
-    direct_padded_applies(s)
 }
 
 /// Hebbian coactivation counts: the weight gradient of binarised activity.

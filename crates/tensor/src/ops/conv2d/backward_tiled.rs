@@ -16,7 +16,11 @@
 //! library would pack both, transposing the im2col matrix. Here A needs no
 //! copy, since the micro-kernel broadcasts its values one at a time and so
 //! can read MR rows in place. Only dY is transposed into panels, which is
-//! about K/MR times less data than the product reads.
+//! about K/MR times less data than the product reads. The im2col matrix
+//! is made a block of output rows at a time ([`BLOCK_FLOATS`]), so that
+//! the tiles find it in cache; blocks follow each other in pixel order and
+//! each tile resumes from what the last left in memory, so the blocks do
+//! not change a single bit.
 //!
 //! The batch is cut into at most [`WEIGHT_GRAD_CHUNKS`] chunks of whole
 //! images (a function of the batch only). Each chunk's tiles start at what
@@ -58,6 +62,11 @@ fn weight_grad_tile(s: &Conv2dShape, k: Isa) -> (usize, usize) {
 /// The most partial gradients a batch is split into: enough to share the
 /// work among the cores, few enough that adding them up costs little.
 pub(super) const WEIGHT_GRAD_CHUNKS: usize = 16;
+
+/// The im2col matrix is made a block of output rows at a time, of about
+/// this many floats (192 KB), so that it is still in cache when the tiles
+/// read it: a whole image's is 590 KB for a 16-channel layer over 32×32.
+const BLOCK_FLOATS: usize = 48 * 1024;
 
 /// Whether `backward_weight_core` takes this path.
 pub(super) fn tiled_weight_grad_applies(s: &Conv2dShape) -> bool {
@@ -128,13 +137,13 @@ fn accumulate_chunk(
     );
     let (cg, og, kk) = (s.group_in(), s.group_out(), s.col_rows());
     let (kpad, opad) = (kk.div_ceil(mr) * mr, og.div_ceil(nr) * nr);
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let block_rows = (BLOCK_FLOATS / (kpad * ow).max(1)).clamp(1, oh.max(1));
+    let bmax = block_rows * ow; // pixels in a block
     let mapped_len = if map.is_some() { cg * hw } else { 0 };
-    with_scratch(kpad * p + opad * p + mapped_len, |buf| {
-        let (cols, rest) = buf.split_at_mut(kpad * p); // (kpad, P)
-        let (panels, x_mapped) = rest.split_at_mut(opad * p); // opad/NR × (P, NR), (Cg, H, W)
-                                                              // Rows past K and channels past O/g stay zero for every image.
-        cols[kk * p..].fill(0.0);
-        panels.fill(0.0);
+    with_scratch(kpad * bmax + opad * bmax + mapped_len, |buf| {
+        let (cols, rest) = buf.split_at_mut(kpad * bmax); // (kpad, pixels)
+        let (panels, x_mapped) = rest.split_at_mut(opad * bmax); // opad/NR × (pixels, NR); (Cg, H, W)
         for b in images {
             for g in 0..s.opts.groups {
                 let x_bg = &x[(b * c + g * cg) * hw..][..cg * hw]; // (Cg, H, W)
@@ -145,15 +154,26 @@ fn accumulate_chunk(
                         &*x_mapped
                     }
                 };
-                im2col_strided(s, x_bg, cols, p);
                 let dy_bg = &dy[(b * o + g * og) * p..][..og * p]; // (O/g, P)
-                pack_transposed(dy_bg, (og, p), nr, map, panels);
                 let part_g = &mut part[g * kpad * opad..][..kpad * opad];
-                for (j, panel) in panels.chunks_exact(p * nr).enumerate() {
-                    for i in 0..kpad / mr {
-                        let a = &cols[i * mr * p..][..mr * p];
-                        let out = &mut part_g[i * mr * opad + j * nr..];
-                        kernel(k, (mr, nr), p, a, (p, 1), panel, nr, Start::Out, out, opad);
+                for oy in (0..oh).step_by(block_rows) {
+                    // The block's pixels q0 .. q0 + bp, in order.
+                    let rows = oy..(oy + block_rows).min(oh);
+                    let (q0, bp) = (rows.start * ow, rows.len() * ow);
+                    im2col_rows(s, x_bg, rows, cols, bp);
+                    // Rows past K, and channels past O/g, are zero.
+                    cols[kk * bp..kpad * bp].fill(0.0);
+                    if og != opad {
+                        panels[..opad * bp].fill(0.0);
+                    }
+                    pack_transposed(dy_bg, (og, p), q0..q0 + bp, nr, map, panels);
+                    for (j, panel) in panels[..opad * bp].chunks_exact(bp * nr).enumerate() {
+                        for i in 0..kpad / mr {
+                            let a = &cols[i * mr * bp..][..mr * bp];
+                            let out = &mut part_g[i * mr * opad + j * nr..];
+                            let start = Start::Out;
+                            kernel(k, (mr, nr), bp, a, (bp, 1), panel, nr, start, out, opad);
+                        }
                     }
                 }
             }
@@ -161,18 +181,21 @@ fn accumulate_chunk(
     });
 }
 
-/// dY_b,g (rows × P) transposed into panels of `nr` rows:
-/// `panels[j][q·nr + l] = map(dy[j·nr + l, q])`. Writes rows < `rows` only
-/// (the caller keeps the padding columns at zero).
+/// The pixels `qs` of dY_b,g (rows × P) transposed into panels of `nr`
+/// rows: `panels[j][(q − qs.start)·nr + l] = map(dy[j·nr + l, q])`. Writes
+/// rows < `rows` only (the caller zeroes the padding columns).
 fn pack_transposed(
     dy: &[f32],
     (rows, p): (usize, usize),
+    qs: std::ops::Range<usize>,
     nr: usize,
     map: Option<&impl Fn(f32) -> f32>,
     panels: &mut [f32],
 ) {
+    let bp = qs.len();
     for (o, src) in dy.chunks_exact(p).take(rows).enumerate() {
-        let panel = &mut panels[(o / nr) * p * nr..][..p * nr];
+        let src = &src[qs.clone()];
+        let panel = &mut panels[(o / nr) * bp * nr..][..bp * nr];
         let l = o % nr;
         match map {
             None => {

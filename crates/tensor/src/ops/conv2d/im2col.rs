@@ -64,36 +64,53 @@ pub fn im2col(s: &Conv2dShape, x: &[f32], cols: &mut [f32]) {
 /// [`im2col`] writing row r of the matrix at `cols[r·ld ..][.. OH·OW]`, so
 /// that several images can sit side by side in one wide matrix.
 pub(super) fn im2col_strided(s: &Conv2dShape, x: &[f32], cols: &mut [f32], ld: usize) {
-    let (h, w, oh, ow) = (s.in_h, s.in_w, s.out_h(), s.out_w());
+    im2col_rows(s, x, 0..s.out_h(), cols, ld);
+}
+
+/// The columns of [`im2col`] for the output rows `rows` only (the pixels
+/// `rows.start·OW .. rows.end·OW`), row r of the matrix written at
+/// `cols[r·ld ..][.. rows.len()·OW]`: a block of the matrix small enough
+/// to stay in cache while it is used.
+pub(super) fn im2col_rows(
+    s: &Conv2dShape,
+    x: &[f32],
+    rows: std::ops::Range<usize>,
+    cols: &mut [f32],
+    ld: usize,
+) {
+    let (h, w, ow) = (s.in_h, s.in_w, s.out_w());
     let (sy, sx) = s.opts.stride;
     let (py, px) = s.opts.padding;
     let (dy, dx) = s.opts.dilation;
-    let p = oh * ow;
+    let (a, b) = (rows.start, rows.end.min(s.out_h()));
+    let p = (b - a) * ow;
     let mut r = 0;
     for c in 0..s.group_in() {
         let plane = &x[c * h * w..(c + 1) * h * w]; // (H, W)
         for ki in 0..s.kernel_h {
             // Output rows lo..hi read inside the input; the rest are padding.
-            let (lo, hi) = valid_range(oh, h, sy, ki * dy, py);
+            let (lo, hi) = valid_range(s.out_h(), h, sy, ki * dy, py);
+            let (lo, hi) = (lo.clamp(a, b), hi.clamp(a, b));
             for kj in 0..s.kernel_w {
                 let (ox0, ox1) = valid_range(ow, w, sx, kj * dx, px);
                 let row = &mut cols[r * ld..r * ld + p]; // (rows, OW)
                 r += 1;
-                row[..lo * ow].fill(0.0);
-                row[hi * ow..].fill(0.0);
+                row[..(lo - a) * ow].fill(0.0);
+                row[(hi - a) * ow..].fill(0.0);
                 if sy == 1 && sx == 1 && ow == w && lo < hi {
                     // "Same" padding: the rows lo..hi are the input's rows,
                     // shifted by kj·dx − px columns, in one copy.
                     let iy0 = lo + ki * dy - py;
                     let n = (hi - lo) * w;
-                    let (src, dst) = (&plane[iy0 * w..iy0 * w + n], &mut row[lo * w..hi * w]);
+                    let src = &plane[iy0 * w..iy0 * w + n];
+                    let dst = &mut row[(lo - a) * w..(hi - a) * w];
                     shifted_rows(src, dst, w, kj * dx, px);
                     continue;
                 }
                 for j in lo..hi {
                     let iy = j * sy + ki * dy - py;
                     let src = &plane[iy * w..(iy + 1) * w];
-                    let dst = &mut row[j * ow..(j + 1) * ow];
+                    let dst = &mut row[(j - a) * ow..(j - a + 1) * ow];
                     dst[..ox0].fill(0.0);
                     dst[ox1..].fill(0.0);
                     if ox0 == ox1 {

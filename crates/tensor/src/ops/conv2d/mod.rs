@@ -5,9 +5,8 @@
 //! (or a GEMM for layers of fewer than 16 output channels), the input
 //! gradient of a padded stride-1 layer as a forward convolution and of
 //! others by the micro-kernel (or a GEMM) and col2im; narrow stride-1
-//! layers, and the weight
-//! gradient of padded 8-to-16-channel ones, by the direct kernels of
-//! `sparse_conv2d/` with every tap active ([`narrow_direct_backward`])), the
+//! layers by the direct kernels of `sparse_conv2d/` with every tap active
+//! ([`narrow_direct_backward`])), the
 //! naive direct convolution kept as oracle, the autograd op, and the fused
 //! conv2d → relu → max_pool2d op of a LeNet block.
 //!
@@ -98,7 +97,7 @@ use direct::{
 };
 use forward::{forward_image, forward_scratch_len};
 use fused::with_full_layout;
-use im2col::{copy_short, im2col_strided};
+use im2col::{copy_short, im2col_rows, im2col_strided};
 use packed::{forward_image_packed, forward_packed, packed_applies, packed_scratch_len};
 
 // ---------------------------------------------------------------------------
