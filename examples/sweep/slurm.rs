@@ -129,30 +129,50 @@ exit "$status"
     )
 }
 
-/// The report binary beside this executable, or `cargo run` when it was
-/// not built.
-fn report_command(sweep: &Path) -> String {
-    let beside = sweep.with_file_name(format!("report{}", std::env::consts::EXE_SUFFIX));
-    if beside.is_file() {
-        q(&beside)
-    } else {
-        "cargo run --release --example report --".into()
+/// `to` as seen from the folder `from` (both absolute): `..` up to their
+/// common ancestor, then down.
+pub fn relative(from: &Path, to: &Path) -> PathBuf {
+    let (f, t): (Vec<_>, Vec<_>) = (from.components().collect(), to.components().collect());
+    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    let mut r = PathBuf::new();
+    for _ in common..f.len() {
+        r.push("..");
     }
+    for c in &t[common..] {
+        r.push(c);
+    }
+    r
 }
 
 /// The text of `DIR/report.sh`: every run's metrics into `DIR/report.html`.
+/// It names everything relative to DIR, where it starts by going, so the
+/// folder can be committed, moved along with the build, or copied off a
+/// cluster, and the script still runs from anywhere. It runs the report
+/// binary beside this executable, or `cargo run` on the workspace the
+/// sweep was started in when that was not built; `REPORT=path` overrides.
 pub fn report_script(out: &Path, sweep: &Path, workdir: &Path) -> String {
+    let out = std::fs::canonicalize(out).unwrap_or_else(|_| absolute(out));
+    let beside = sweep.with_file_name(format!("report{}", std::env::consts::EXE_SUFFIX));
+    let report = if beside.is_file() {
+        q(&relative(&out, &beside))
+    } else {
+        let manifest = relative(&out, &workdir.join("Cargo.toml"));
+        format!(
+            "cargo run --release --manifest-path {} --example report --",
+            q(&manifest)
+        )
+    };
     format!(
         "#!/bin/sh\n\
-         # Every run of the sweep in {out} on one page, the seeds of a\n\
-         # configuration together (runs are labelled with their grid values).\n\
-         # Written by the sweep; run it at any time: unfinished runs show so far.\n\
-         cd {workdir} || exit 1\n\
-         exec {report} {out_q}/runs/*/metrics.jsonl -o {out_q}/report.html \"$@\"\n",
-        out = out.display(),
-        workdir = q(workdir),
-        report = report_command(sweep),
-        out_q = q(out),
+         # Every run of this sweep on one page, report.html beside this script,\n\
+         # the seeds of a configuration together (runs are labelled with their\n\
+         # grid values). Written by the sweep; run it at any time, from anywhere:\n\
+         # unfinished runs show so far. REPORT=path runs that report binary.\n\
+         cd \"$(dirname \"$0\")\" || exit 1\n\
+         if [ -n \"$REPORT\" ]; then\n\
+         \x20   exec \"$REPORT\" runs/*/metrics.jsonl -o report.html \"$@\"\n\
+         fi\n\
+         exec {report} runs/*/metrics.jsonl -o report.html \"$@\"\n",
     )
 }
 
