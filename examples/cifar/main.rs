@@ -304,9 +304,13 @@ fn run(args: Args) -> Result<ExitCode, String> {
     finish(&args, &mut trainer, &test, &settings, &label, &mut metrics)
 }
 
-/// A finished epoch: its checkpoint, its evaluation, and its accuracy line
-/// (with, the first time only, a note when the evaluation came right after a
-/// re-initialising mask update). `saved_any` and `warned` are updated.
+/// A finished epoch: its evaluation, its accuracy line (with, the first
+/// time only, a note when the evaluation came right after a re-initialising
+/// mask update), then its checkpoint. In that order a run killed at any
+/// point loses no accuracy line: killed before the save, it resumes from
+/// the last epoch's checkpoint and makes this epoch again, bit for bit,
+/// and a reader keeps the later of two lines for one epoch. `saved_any`
+/// and `warned` are updated.
 fn end_of_epoch(
     args: &Args,
     trainer: &mut Trainer,
@@ -315,10 +319,6 @@ fn end_of_epoch(
     metrics: &mut Metrics,
     (saved_any, warned): (&mut bool, &mut bool),
 ) -> Result<(), String> {
-    if let Some(p) = &args.checkpoint {
-        trainer.save(p, train_len).map_err(|e| e.to_string())?;
-        *saved_any = true;
-    }
     let eval = trainer.evaluate(test).map_err(|e| e.to_string())?;
     println!(
         "epoch {}: test accuracy {:.2} %",
@@ -336,7 +336,12 @@ fn end_of_epoch(
         );
     }
     let since = trainer.steps_since_update();
-    metrics.line(json!({"type": "epoch", "epoch": trainer.epoch, "step": trainer.global_step, "test_accuracy": eval.accuracy(), "steps_since_update": since}))
+    metrics.line(json!({"type": "epoch", "epoch": trainer.epoch, "step": trainer.global_step, "test_accuracy": eval.accuracy(), "steps_since_update": since}))?;
+    if let Some(p) = &args.checkpoint {
+        trainer.save(p, train_len).map_err(|e| e.to_string())?;
+        *saved_any = true;
+    }
+    Ok(())
 }
 
 /// The progress bar of one epoch (hidden with --quiet).
