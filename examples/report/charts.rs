@@ -8,7 +8,8 @@ use crate::export::{Export, Layer};
 use crate::grid::{heat_map, kernel_grid, GRID_MAX_CHANNELS};
 use crate::metrics::{across, mean_std, Group, Run};
 use crate::plural;
-use crate::svg::{colour, escape, nice_range, Plot, Stroke};
+use crate::svg::{colour, escape, Plot, Stroke};
+use crate::ticks::nice_range;
 
 /// Markers for every point when a series is short enough to read them.
 pub(crate) const DOTS_UP_TO: usize = 24;

@@ -10,17 +10,22 @@
 //! docs/report.md says what each chart shows.
 //!
 //! Files: `metrics.rs` reads the metrics files and groups the runs;
-//! `export.rs` reads export folders; `svg.rs` is the plot toolkit;
-//! `grid.rs` draws kernel grids and heat maps; `charts.rs` builds the loss,
+//! `export.rs` reads export folders; `svg.rs` is the plot toolkit (a
+//! [`svg::Plot`] and its marks), `draw.rs` how a plot becomes SVG,
+//! `frame.rs` where its values land on the page, `ticks.rs` its axes'
+//! ticks; `grid.rs` draws kernel grids and heat maps; `charts.rs` builds the loss,
 //! accuracy and export charts and the summary table; `updates.rs` the
 //! charts of the mask updates; this file reads the options and writes the
 //! page.
 
 mod charts;
+mod draw;
 mod export;
+mod frame;
 mod grid;
 mod metrics;
 mod svg;
+mod ticks;
 mod updates;
 
 use std::fmt::Write;
