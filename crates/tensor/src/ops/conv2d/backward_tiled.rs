@@ -41,7 +41,7 @@
 //! with no copy of either operand, when K is a whole number of tile rows
 //! and P of tile columns (as in every ResNet layer).
 
-use super::tile::{kernel, narrow_tile, tile, Start};
+use super::tile::{kernel, narrow_tile, tile, Start, Strided};
 use super::*;
 
 /// Layers with at least this many output channels per group take this
@@ -172,7 +172,18 @@ fn accumulate_chunk(
                             let a = &cols[i * mr * bp..][..mr * bp];
                             let out = &mut part_g[i * mr * opad + j * nr..];
                             let start = Start::Out;
-                            kernel(k, (mr, nr), bp, a, (bp, 1), panel, nr, start, out, opad);
+                            kernel(
+                                k,
+                                (mr, nr),
+                                bp,
+                                a,
+                                (bp, 1),
+                                panel,
+                                Strided(nr),
+                                start,
+                                out,
+                                opad,
+                            );
                         }
                     }
                 }
@@ -243,7 +254,7 @@ pub(super) fn input_cols_tiled(
                 a,
                 (1, kk),
                 b,
-                p,
+                Strided(p),
                 Start::Rows(&zero),
                 out,
                 p,

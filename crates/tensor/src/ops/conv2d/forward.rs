@@ -1,5 +1,5 @@
-//! The forward pass: the direct kernel image by image, or the packed
-//! product of `packed.rs`.
+//! The forward pass: the gathered product of `gathered.rs`, the direct
+//! kernel image by image, or the packed product of `packed.rs`.
 
 use super::*;
 use crate::isa::Isa;
@@ -20,9 +20,15 @@ pub fn conv2d_forward(s: &Conv2dShape, x: &[f32], w: &[f32], bias: Option<&[f32]
         s.out_channels,
         s.out_pixels(),
     );
+    let isa = Isa::best();
+    if gathered_applies(s, isa) {
+        // Stride 1, rows of whole vectors: the micro-kernel reading a
+        // padded copy of the input (gathered.rs).
+        return forward_gathered(s, x, w, bias, y, isa);
+    }
     if packed_applies(s) {
         // im2col into packed panels and our own micro-kernel (packed.rs).
-        return forward_packed(s, x, w, bias, y, Isa::best());
+        return forward_packed(s, x, w, bias, y, isa);
     }
     let ipc = images_per_chunk(s);
     for_each_chunk(y, ipc * o * p, run_parallel(s), |chunk, y_chunk| {
@@ -98,7 +104,7 @@ pub(super) fn forward_image(
 
 /// The (Cg, H, W) planes of `x` zero-padded into (Cg, H + 2·py, W + 2·px).
 /// OVERWRITES xp.
-fn pad_into(s: &Conv2dShape, x: &[f32], xp: &mut [f32]) {
+pub(super) fn pad_into(s: &Conv2dShape, x: &[f32], xp: &mut [f32]) {
     let (h, w, (py, px)) = (s.in_h, s.in_w, s.opts.padding);
     let wp = w + 2 * px;
     for (src, dst) in x

@@ -1,7 +1,8 @@
-//! conv2d: geometry, the fast kernels (forward by a direct wide-row kernel
-//! for stride 1 with no padding or dilation, or with padding on 8 to 16
-//! input channels, and otherwise by im2col into packed panels and our own
-//! micro-kernel; the weight gradient by im2col and the same micro-kernel
+//! conv2d: geometry, the fast kernels (forward, for stride 1 with output
+//! rows of whole vectors, by our own micro-kernel reading a padded copy of
+//! the input; else by a direct wide-row kernel for stride 1 with no
+//! padding or dilation, or with padding on 8 to 16 input channels, and
+//! otherwise by im2col into packed panels and the same micro-kernel; the weight gradient by im2col and the same micro-kernel
 //! (or a GEMM for layers of fewer than 16 output channels), the input
 //! gradient of a padded stride-1 layer as a forward convolution and of
 //! others by the micro-kernel (or a GEMM) and col2im; narrow stride-1
@@ -44,13 +45,15 @@
 //!   (all re-exported here), shared with `sparse_conv2d/`, whose kernels
 //!   this module calls for narrow layers (the dependency runs one way).
 //! * `im2col.rs`: [`im2col`] and [`col2im`].
-//! * `forward.rs`: [`conv2d_forward`], which picks the direct kernel or
-//!   the packed product.
+//! * `forward.rs`: [`conv2d_forward`], which picks the gathered product,
+//!   the direct kernel or the packed product.
 //! * `tile.rs`: the micro-kernel every product here runs on, an MR × NR
 //!   tile in registers with A read through strides (AVX-512, AVX2,
 //!   portable).
 //! * `packed.rs`: the forward pass's product: weights packed once per
 //!   call and im2col straight into panels.
+//! * `gathered.rs`: the same product for stride-1 layers with B read from
+//!   a padded copy of the input, no im2col (the same bits).
 //! * `direct.rs`: the direct wide-row forward kernel (AVX-512, AVX2 +
 //!   portable), and when it applies to a padded layer.
 //! * `backward.rs`: the weight (and coactivation) and input gradients,
@@ -77,6 +80,7 @@ mod backward_tiled;
 mod direct;
 mod forward;
 mod fused;
+mod gathered;
 mod im2col;
 mod packed;
 mod tile;
@@ -97,6 +101,7 @@ use direct::{
 };
 use forward::{forward_image, forward_scratch_len};
 use fused::with_full_layout;
+use gathered::{forward_gathered, gathered_applies};
 use im2col::{copy_short, im2col_rows, im2col_strided};
 use packed::{forward_image_packed, forward_packed, packed_applies, packed_scratch_len};
 

@@ -23,7 +23,7 @@
 //! needs, which none of our networks has.
 
 use super::im2col::{copy_short, shifted_rows, valid_range};
-use super::tile::{kernel, tile, Start};
+use super::tile::{kernel, tile, Start, Strided};
 use super::*;
 use crate::isa::Isa;
 
@@ -50,12 +50,8 @@ pub(super) fn forward_packed(
         s.out_pixels(),
     );
     let (cg, og, kk, groups) = (s.group_in(), s.group_out(), s.col_rows(), s.opts.groups);
-    let (a_len, b_len) = (og.div_ceil(mr) * mr * kk, p.div_ceil(nr) * nr * kk);
-    // The weights of every group, packed once for the whole batch.
-    let mut a = crate::buffers::take(groups * a_len);
-    for (g, a_g) in a.chunks_exact_mut(a_len).enumerate() {
-        pack_weights(&w[g * og * kk..][..og * kk], (og, kk), mr, a_g);
-    }
+    let b_len = p.div_ceil(nr) * nr * kk;
+    let (a, a_len) = pack_groups(s, w, mr);
     let ipc = images_per_chunk(s);
     for_each_chunk(y, ipc * o * p, run_parallel(s), |chunk, y_chunk| {
         with_scratch(b_len, |b| {
@@ -112,6 +108,19 @@ pub(super) fn forward_image_packed(
             k,
         );
     }
+}
+
+/// The weights of every group packed into panels of `mr` rows, for a
+/// whole batch: the buffer (from the free lists; give it back) and the
+/// floats of one group's panels.
+pub(super) fn pack_groups(s: &Conv2dShape, w: &[f32], mr: usize) -> (Vec<f32>, usize) {
+    let (og, kk) = (s.group_out(), s.col_rows());
+    let a_len = og.div_ceil(mr) * mr * kk;
+    let mut a = crate::buffers::take(s.opts.groups * a_len);
+    for (g, a_g) in a.chunks_exact_mut(a_len).enumerate() {
+        pack_weights(&w[g * og * kk..][..og * kk], (og, kk), mr, a_g);
+    }
+    (a, a_len)
 }
 
 /// W (rows × K, row-major) into panels of `mr` rows, k-major within a
@@ -262,7 +271,18 @@ fn multiply(
                 false => (&mut spill[..], nr),
             };
             let start = Start::Rows(&init);
-            kernel(k, (mr, nr), kk, a_i, (1, mr), b_j, nr, start, out, ldc);
+            kernel(
+                k,
+                (mr, nr),
+                kk,
+                a_i,
+                (1, mr),
+                b_j,
+                Strided(nr),
+                start,
+                out,
+                ldc,
+            );
             if !full {
                 for r in 0..tile_rows {
                     let dst = &mut y[(i * mr + r) * p + j * nr..][..cols];

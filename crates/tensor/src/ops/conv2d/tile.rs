@@ -3,22 +3,25 @@
 //! dimension streams past.
 //!
 //! ```text
-//! out[r·ldc + l] = start[r, l] + Σ_k a[r·a_rs + k·a_cs] · b[k·b_rs + l]     r < MR, l < NR
+//! out[r·ldc + l] = start[r, l] + Σ_k a[r·a_rs + k·a_cs] · b[rows.at(k, l / lanes) + l % lanes]     r < MR, l < NR
 //! ```
 //!
-//! B's NR values for one k are contiguous; A is read through strides, so
-//! that one kernel serves all its callers without copying an operand that
-//! is already in a usable order:
+//! A is read through strides and B's row k as NR/lanes vectors wherever
+//! [`BRows`] says, so that one kernel serves all its callers without
+//! copying an operand that is already in a usable order:
 //!
 //! * the forward pass (`packed.rs`): A is a packed weight panel
-//!   (`a_rs = 1, a_cs = MR`), B a packed im2col panel (`b_rs = NR`), and
-//!   the tile starts at the bias;
+//!   (`a_rs = 1, a_cs = MR`), B a packed im2col panel ([`Strided`], rows
+//!   NR apart), and the tile starts at the bias;
+//! * the forward pass of stride-1 layers (`gathered.rs`): A as above, B
+//!   read from a padded copy of the input itself ([`Gathered`]: row k, a
+//!   tap, at its offset, each vector at the offset of its output row);
 //! * the weight gradient (`backward_tiled.rs`): A is MR rows of the im2col
 //!   matrix itself (`a_rs = P, a_cs = 1`), B a panel of dY transposed, and
 //!   the tile starts at what `out` already holds, so that image after image
 //!   accumulates into it;
 //! * the input gradient of strided layers (`backward_tiled.rs`): A is Wᵀ read
-//!   in place (`a_rs = 1, a_cs = K`), B is dY itself (`b_rs = P`).
+//!   in place (`a_rs = 1, a_cs = K`), B is dY itself (rows P apart).
 //!
 //! Per k: NR/lanes loads of B and MR broadcasts of A feed MR·NR/lanes FMAs
 //! (AVX-512: 8 × 32 in 16 registers; AVX2 and the portable loop: 4 × 16).
@@ -48,6 +51,55 @@ pub(super) fn narrow_tile(k: Isa) -> (usize, usize) {
     }
 }
 
+/// Where B's row k lies: its NR values as vectors of `lanes` (the ISA's
+/// width), vector v from `at(k, v, lanes)` on.
+pub(super) trait BRows: Copy {
+    fn at(self, k: usize, v: usize, lanes: usize) -> usize;
+    /// One past the last value the tile reads from B, over its `kk` rows of
+    /// `nv` vectors: the bound its loads are checked against.
+    fn reach(self, kk: usize, nv: usize, lanes: usize) -> usize;
+}
+
+/// Rows `rs` floats apart, each NR contiguous values (a packed panel:
+/// `rs = NR`; a row-major matrix read in place: its row length).
+#[derive(Clone, Copy)]
+pub(super) struct Strided(pub(super) usize);
+
+impl BRows for Strided {
+    #[inline(always)]
+    fn at(self, k: usize, v: usize, lanes: usize) -> usize {
+        k * self.0 + v * lanes
+    }
+    fn reach(self, kk: usize, nv: usize, lanes: usize) -> usize {
+        if kk == 0 {
+            0
+        } else {
+            (kk - 1) * self.0 + nv * lanes
+        }
+    }
+}
+
+/// Row k at `offs[k]`, its vector v at `segs[v]` from there (at most two
+/// vectors a row): the taps of a convolution read from its padded input.
+#[derive(Clone, Copy)]
+pub(super) struct Gathered<'a> {
+    pub(super) offs: &'a [usize],
+    pub(super) segs: [usize; 2],
+}
+
+impl BRows for Gathered<'_> {
+    #[inline(always)]
+    fn at(self, k: usize, v: usize, _lanes: usize) -> usize {
+        self.offs[k] + self.segs[v]
+    }
+    fn reach(self, kk: usize, nv: usize, lanes: usize) -> usize {
+        let row = self.offs[..kk].iter().max();
+        row.map_or(0, |r| {
+            r + self.segs[..nv].iter().max().unwrap_or(&0) + lanes
+        })
+    }
+}
+
 /// Where a tile's sums start.
 #[derive(Clone, Copy)]
 pub(super) enum Start<'a> {
@@ -57,9 +109,19 @@ pub(super) enum Start<'a> {
     Out,
 }
 
+/// The floats per vector of B on `k` (16, or 8 for AVX2 and the portable
+/// loop, which reads B as AVX2 does).
+pub(super) fn lanes(k: Isa) -> usize {
+    if k.avx512() {
+        16
+    } else {
+        8
+    }
+}
+
 /// One MR × NR tile (see the module's formula; [`tile`] or
 /// [`narrow_tile`]) over `kk` steps of the inner dimension, A read at
-/// `a[r·a_rs + k·a_cs]` and B at `b[k·b_rs + l]`.
+/// `a[r·a_rs + k·a_cs]` and B's rows where `rows` says.
 #[allow(clippy::too_many_arguments)] // the formula's operands, one each
 pub(super) fn kernel(
     k: Isa,
@@ -68,7 +130,7 @@ pub(super) fn kernel(
     a: &[f32],
     (a_rs, a_cs): (usize, usize),
     b: &[f32],
-    b_rs: usize,
+    rows: impl BRows,
     start: Start,
     out: &mut [f32],
     ldc: usize,
@@ -78,8 +140,9 @@ pub(super) fn kernel(
         "tile kernel: no {mr} × {nr} tile on {k:?}"
     );
     let a_last = (mr - 1) * a_rs + kk.saturating_sub(1) * a_cs;
+    let lanes = lanes(k);
     assert!(
-        (kk == 0 || (a.len() > a_last && b.len() >= (kk - 1) * b_rs + nr))
+        (kk == 0 || (a.len() > a_last && b.len() >= rows.reach(kk, nr / lanes, lanes)))
             && out.len() >= (mr - 1) * ldc + nr
             && ldc >= nr,
         "tile kernel: operands too short"
@@ -96,9 +159,9 @@ pub(super) fn kernel(
         // (two vectors a row) or 16 × 16 (one).
         unsafe {
             if nr == 32 {
-                kernel_avx512::<8, 2>(kk, a, (a_rs, a_cs), (b, b_rs), init, out, ldc)
+                kernel_avx512::<8, 2, _>(kk, a, (a_rs, a_cs), (b, rows), init, out, ldc)
             } else {
-                kernel_avx512::<16, 1>(kk, a, (a_rs, a_cs), (b, b_rs), init, out, ldc)
+                kernel_avx512::<16, 1, _>(kk, a, (a_rs, a_cs), (b, rows), init, out, ldc)
             }
         };
         return;
@@ -112,7 +175,7 @@ pub(super) fn kernel(
                 kk,
                 a.as_ptr(),
                 (a_rs, a_cs),
-                (b.as_ptr(), b_rs),
+                (b.as_ptr(), rows),
                 init,
                 out.as_mut_ptr(),
                 ldc,
@@ -120,7 +183,7 @@ pub(super) fn kernel(
         };
         return;
     }
-    kernel_portable(kk, a, (a_rs, a_cs), (b, b_rs), init, out, ldc);
+    kernel_portable(kk, a, (a_rs, a_cs), (b, rows), init, out, ldc);
 }
 
 /// The portable tile, 4 × 16, in local arrays the compiler keeps in
@@ -129,7 +192,7 @@ fn kernel_portable(
     kk: usize,
     a: &[f32],
     (a_rs, a_cs): (usize, usize),
-    (b, b_rs): (&[f32], usize),
+    (b, rows): (&[f32], impl BRows),
     init: Option<&[f32]>,
     out: &mut [f32],
     ldc: usize,
@@ -144,10 +207,11 @@ fn kernel_portable(
         }
     }
     for kc in 0..kk {
-        let bk = &b[kc * b_rs..][..NR];
+        // B as AVX2 reads it: two vectors of 8.
+        let bk: [f32; NR] = std::array::from_fn(|l| b[rows.at(kc, l / 8, 8) + l % 8]);
         for (r, row) in acc.iter_mut().enumerate() {
             let av = a[r * a_rs + kc * a_cs];
-            for (c, &bv) in row.iter_mut().zip(bk) {
+            for (c, &bv) in row.iter_mut().zip(&bk) {
                 *c += av * bv;
             }
         }
@@ -161,7 +225,7 @@ fn kernel_portable(
 ///
 /// # Safety
 /// AVX2 and FMA; a + r·a_rs + k·a_cs is readable for r < 4, k < kk;
-/// b + k·b_rs + 16 for k < kk, and out + r·ldc + 16 is readable and writable for
+/// b + rows.at(k, v, 8) + 8 for k < kk, v < 2, and out + r·ldc + 16 is readable and writable for
 /// r < 4.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -169,7 +233,7 @@ unsafe fn kernel_avx2(
     kk: usize,
     a: *const f32,
     (a_rs, a_cs): (usize, usize),
-    (b, b_rs): (*const f32, usize),
+    (b, rows): (*const f32, impl BRows),
     init: Option<&[f32]>,
     out: *mut f32,
     ldc: usize,
@@ -186,11 +250,11 @@ unsafe fn kernel_avx2(
         },
     });
     for kc in 0..kk {
-        // SAFETY: kc < kk: b + b_rs·kc + 16 is inside.
+        // SAFETY: kc < kk: both vectors of row kc are inside.
         let (b0, b1) = unsafe {
             (
-                _mm256_loadu_ps(b.add(b_rs * kc)),
-                _mm256_loadu_ps(b.add(b_rs * kc + 8)),
+                _mm256_loadu_ps(b.add(rows.at(kc, 0, 8))),
+                _mm256_loadu_ps(b.add(rows.at(kc, 1, 8))),
             )
         };
         for (r, row) in acc.iter_mut().enumerate() {
@@ -214,15 +278,15 @@ unsafe fn kernel_avx2(
 ///
 /// # Safety
 /// AVX-512F; a + r·a_rs + k·a_cs is readable for r < MR, k < kk;
-/// b + k·b_rs + 16·NV for k < kk; init (if any) holds MR values, and
+/// b + rows.at(k, v, 16) + 16 for k < kk, v < NV; init (if any) holds MR values, and
 /// out + r·ldc + 16·NV is readable and writable for r < MR.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512<const MR: usize, const NV: usize>(
+unsafe fn kernel_avx512<const MR: usize, const NV: usize, B: BRows>(
     kk: usize,
     a: *const f32,
     (a_rs, a_cs): (usize, usize),
-    (b, b_rs): (*const f32, usize),
+    (b, rows): (*const f32, B),
     init: Option<&[f32]>,
     out: *mut f32,
     ldc: usize,
@@ -234,9 +298,9 @@ unsafe fn kernel_avx512<const MR: usize, const NV: usize>(
         None => std::array::from_fn(|v| unsafe { _mm512_loadu_ps(out.add(r * ldc + 16 * v)) }),
     });
     for kc in 0..kk {
-        // SAFETY: kc < kk: b + b_rs·kc + 16·NV is inside.
+        // SAFETY: kc < kk: every vector of row kc is inside.
         let bv: [__m512; NV] =
-            std::array::from_fn(|v| unsafe { _mm512_loadu_ps(b.add(b_rs * kc + 16 * v)) });
+            std::array::from_fn(|v| unsafe { _mm512_loadu_ps(b.add(rows.at(kc, v, 16))) });
         for (r, row) in acc.iter_mut().enumerate() {
             // SAFETY: r < MR and kc < kk: the caller's bound on a.
             let av = _mm512_set1_ps(unsafe { *a.add(r * a_rs + kc * a_cs) });
@@ -284,7 +348,7 @@ mod tests {
                         &a,
                         (a_rs, a_cs),
                         &b,
-                        b_rs,
+                        Strided(b_rs),
                         start,
                         &mut out,
                         ldc,
