@@ -1078,7 +1078,7 @@ fn sparse_pays_for_narrow_layers_always_and_others_below_the_crossover() {
     assert!(sparse_pays([16, 6, 5, 5], plain, 0.12));
     assert!(!sparse_pays([16, 6, 5, 5], plain, 1.0));
     let c = sparse_crossover_density(16 * 6 * 5 * 5, false);
-    assert!((0.68..1.0).contains(&c), "{c}");
+    assert!((0.6..1.0).contains(&c), "{c}");
     assert!(!sparse_pays([16, 6, 5, 5], plain, c));
     // ResNet-20's layers: sparse at every ERK density of --density 0.1,
     // dense at 60 % for the 64-channel layer, whose break-even is lower,
@@ -1094,7 +1094,7 @@ fn sparse_pays_for_narrow_layers_always_and_others_below_the_crossover() {
     }
     assert!(!sparse_pays([64, 64, 3, 3], pad1, 0.6));
     assert!(!sparse_pays([64, 32, 3, 3], stride2, 0.5));
-    assert!(sparse_pays([16, 16, 3, 3], pad1, 0.7));
+    assert!(sparse_pays([16, 16, 3, 3], pad1, 0.6));
     // Bigger layers cross lower, and strided ones lower than unstrided.
     assert!(sparse_crossover_density(36_864, false) < sparse_crossover_density(2_304, false));
     assert!(sparse_crossover_density(4_608, true) < sparse_crossover_density(4_608, false));

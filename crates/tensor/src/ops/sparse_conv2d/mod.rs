@@ -123,30 +123,32 @@ use rows::{dot_row_vectors, gather_fma_rows, multi_dot_rows, row_vectors};
 /// not: a line in log₂(weights), lower by 0.1 for a strided layer, fitted
 /// to the break-evens measured at batch 128 on ResNet-20's 3×3 layers
 /// (`RESNET_CONV_CROSSOVER=1 cargo bench --bench resnet_conv`, two runs
-/// against the packed dense product; docs/sparse-kernels.md) and on the
-/// LeNet's second conv at batch 4 and 64:
+/// against the dense kernels: the gathered product forward and the tiled
+/// weight gradient; docs/sparse-kernels.md) and on the LeNet's second conv
+/// at batch 4 and 64:
 ///
 /// ```text
 /// layer (O·Cg·KH·KW weights)       measured break-even   this rule
-/// LeNet conv2 16·6·5·5  (2,400)    0.68 – 1.0            0.92
-/// 16→16 3×3, 32×32      (2,304)    0.88 – 0.95           0.93
-/// 16→32 3×3 stride 2    (4,608)    0.66 – above 1        0.68
-/// 32→32 3×3, 16×16      (9,216)    0.67 – 0.68           0.64
-/// 32→64 3×3 stride 2   (18,432)    0.34 – 0.53           0.39
-/// 64→64 3×3, 8×8       (36,864)    0.30 – 0.36           0.35
+/// LeNet conv2 16·6·5·5  (2,400)    0.68 – 1.0            0.66
+/// 16→16 3×3, 32×32      (2,304)    0.61 – 0.63           0.66
+/// 16→32 3×3 stride 2    (4,608)    0.49 – 0.59           0.50
+/// 32→32 3×3, 16×16      (9,216)    0.53 – 0.61           0.54
+/// 32→64 3×3 stride 2   (18,432)    0.34                  0.38
+/// 64→64 3×3, 8×8       (36,864)    0.41                  0.42
 /// ```
 ///
 /// The gain falls as layers grow: the dense kernels reuse each loaded
-/// input across many output channels, and their GEMM's packing is spread
-/// over longer products, while the sparse loops reuse nothing across
-/// output channels. A strided layer crosses lower: the sparse loops run on
-/// its phase planes, a quarter of the pixels each, and the dense GEMM is
-/// as fast on it as on any other. The break-evens move with the machine's
-/// load (docs/sparse-kernels.md); the rule sits within 0.05 of every range
-/// but the strided 16→32 one, whose dense timing was the noisiest. Every density ERK gives ResNet-20 at 10 % or 5 %
-/// lies well below. The result is clamped to [0.2, 1].
+/// input across many output channels, while the sparse loops reuse nothing
+/// across output channels. A strided layer crosses lower: the sparse loops
+/// run on its phase planes, a quarter of the pixels each, and the dense
+/// product is as fast on it as on any other. The break-evens move with the
+/// machine's load and with the dense kernels (before the dense ResNet
+/// layers got their own kernels they were 0.66 to 0.95 for the smaller
+/// layers); the rule sits within 0.05 of every range. Every density ERK
+/// gives ResNet-20 at 10 % or 5 % lies well below. The result is clamped
+/// to [0.2, 1].
 pub fn sparse_crossover_density(weights: usize, strided: bool) -> f64 {
-    let line = 2.56 - 0.146 * (weights.max(1) as f64).log2();
+    let line = 1.33 - 0.06 * (weights.max(1) as f64).log2();
     (line - if strided { 0.1 } else { 0.0 }).clamp(0.2, 1.0)
 }
 
