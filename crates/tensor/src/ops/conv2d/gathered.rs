@@ -65,7 +65,7 @@ pub(super) fn forward_gathered(
             }
         }
     }
-    let lanes = lanes(k);
+    let (lanes, taps) = (lanes(k), Gathered::new(&offs));
     // The padded input offset of the pixel q of the output.
     let seg = |q: usize| (q / ow) * wp + q % ow;
     let ipc = images_per_chunk(s);
@@ -79,10 +79,7 @@ pub(super) fn forward_gathered(
                     let a_g = &a[g * a_len..][..a_len];
                     let y_bg = &mut y_b[g * og * p..][..og * p];
                     for q0 in (0..p).step_by(nr) {
-                        let rows = Gathered {
-                            offs: &offs,
-                            segs: [seg(q0), seg(q0 + lanes)],
-                        };
+                        let rows = taps.at([seg(q0), seg(q0 + lanes)]);
                         for ib in 0..og.div_ceil(mr) {
                             let tile_rows = mr.min(og - ib * mr);
                             let mut init = [0f32; 8];

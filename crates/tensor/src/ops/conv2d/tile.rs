@@ -81,10 +81,30 @@ impl BRows for Strided {
 
 /// Row k at `offs[k]`, its vector v at `segs[v]` from there (at most two
 /// vectors a row): the taps of a convolution read from its padded input.
+/// Made once per call ([`Gathered::new`], which finds the largest offset
+/// for the bound check) and moved from tile to tile ([`Gathered::at`]).
 #[derive(Clone, Copy)]
 pub(super) struct Gathered<'a> {
-    pub(super) offs: &'a [usize],
-    pub(super) segs: [usize; 2],
+    offs: &'a [usize],
+    max_off: usize,
+    segs: [usize; 2],
+}
+
+impl<'a> Gathered<'a> {
+    pub(super) fn new(offs: &'a [usize]) -> Gathered<'a> {
+        let max_off = offs.iter().copied().max().unwrap_or(0);
+        Gathered {
+            offs,
+            max_off,
+            segs: [0; 2],
+        }
+    }
+
+    /// The rows for a tile whose vectors start `segs` after each row's
+    /// offset.
+    pub(super) fn at(self, segs: [usize; 2]) -> Gathered<'a> {
+        Gathered { segs, ..self }
+    }
 }
 
 impl BRows for Gathered<'_> {
@@ -93,10 +113,11 @@ impl BRows for Gathered<'_> {
         self.offs[k] + self.segs[v]
     }
     fn reach(self, kk: usize, nv: usize, lanes: usize) -> usize {
-        let row = self.offs[..kk].iter().max();
-        row.map_or(0, |r| {
-            r + self.segs[..nv].iter().max().unwrap_or(&0) + lanes
-        })
+        // Every offset, not just the first kk: a bound at least as high.
+        match kk {
+            0 => 0,
+            _ => self.max_off + self.segs[..nv].iter().max().unwrap_or(&0) + lanes,
+        }
     }
 }
 
