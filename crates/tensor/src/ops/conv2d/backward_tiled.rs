@@ -204,21 +204,27 @@ fn pack_transposed(
     panels: &mut [f32],
 ) {
     let bp = qs.len();
-    for (o, src) in dy.chunks_exact(p).take(rows).enumerate() {
-        let src = &src[qs.clone()];
+    let f = |v: f32| map.map_or(v, |m| m(v));
+    // Eight rows at a time where a panel holds them: each pixel's eight
+    // values then go out as one contiguous store, instead of eight stores a
+    // panel row apart.
+    let whole = if nr.is_multiple_of(8) {
+        rows / 8 * 8
+    } else {
+        0
+    };
+    for o0 in (0..whole).step_by(8) {
+        let src: [&[f32]; 8] = std::array::from_fn(|i| &dy[(o0 + i) * p..][qs.clone()]);
+        let panel = &mut panels[(o0 / nr) * bp * nr..][..bp * nr];
+        for (q, dst) in panel.chunks_exact_mut(nr).enumerate() {
+            let v: [f32; 8] = std::array::from_fn(|i| f(src[i][q]));
+            dst[o0 % nr..][..8].copy_from_slice(&v);
+        }
+    }
+    for (o, src) in dy.chunks_exact(p).enumerate().take(rows).skip(whole) {
         let panel = &mut panels[(o / nr) * bp * nr..][..bp * nr];
-        let l = o % nr;
-        match map {
-            None => {
-                for (q, &v) in src.iter().enumerate() {
-                    panel[q * nr + l] = v;
-                }
-            }
-            Some(f) => {
-                for (q, &v) in src.iter().enumerate() {
-                    panel[q * nr + l] = f(v);
-                }
-            }
+        for (q, &v) in src[qs.clone()].iter().enumerate() {
+            panel[q * nr + o % nr] = f(v);
         }
     }
 }
