@@ -8,19 +8,18 @@
 //!
 //! ```text
 //! dW_gᵀ (K, O/g) = Σ_b cols_b,g (K, P) · dY_b,gᵀ (P, O/g)
-//! A = MR rows of cols, read where im2col wrote them:   a[r·P + q] = cols[i·MR + r, q]
-//! B panel j = NR output channels of dY, transposed:     b[j][q·NR + l] = dY[j·NR + l, q]   (0 past O/g)
+//! A = MR rows of cols, read from the padded input:   a(r, q) = xp[taps[i·MR + r] + segs[q]]
+//! B panel j = NR output channels of dY, transposed:  b[j][q·NR + l] = dY[j·NR + l, q]   (0 past O/g)
 //! ```
 //!
 //! Both of the product's operands run along the pixels q, and a GEMM
-//! library would pack both, transposing the im2col matrix. Here A needs no
-//! copy, since the micro-kernel broadcasts its values one at a time and so
-//! can read MR rows in place. Only dY is transposed into panels, which is
-//! about K/MR times less data than the product reads. The im2col matrix
-//! is made a block of output rows at a time ([`BLOCK_FLOATS`]), so that
-//! the tiles find it in cache; blocks follow each other in pixel order and
-//! each tile resumes from what the last left in memory, so the blocks do
-//! not change a single bit.
+//! library would pack both, transposing the im2col matrix. Here im2col is
+//! not made at all: the micro-kernel broadcasts A one value at a time, so
+//! it reads cols[(c, ki, kj), q] where it lies in a padded copy of the
+//! input, at the tap's offset c·Hp·Wp + ki·dy·Wp + kj·dx plus the pixel's
+//! oy·sy·Wp + ox·sx ([`super::tile::AGathered`]), for any stride and
+//! dilation. Only dY is transposed into panels, O/g·P values an image
+//! against the product's K·O/g·P.
 //!
 //! The batch is cut into at most [`WEIGHT_GRAD_CHUNKS`] chunks of whole
 //! images (a function of the batch only). Each chunk's tiles start at what
@@ -41,7 +40,8 @@
 //! with no copy of either operand, when K is a whole number of tile rows
 //! and P of tile columns (as in every ResNet layer).
 
-use super::tile::{kernel, narrow_tile, tile, Start, Strided};
+use super::forward::pad_into;
+use super::tile::{kernel, narrow_tile, tile, AGathered, Start, Strided};
 use super::*;
 
 /// Layers with at least this many output channels per group take this
@@ -62,11 +62,6 @@ fn weight_grad_tile(s: &Conv2dShape, k: Isa) -> (usize, usize) {
 /// The most partial gradients a batch is split into: enough to share the
 /// work among the cores, few enough that adding them up costs little.
 pub(super) const WEIGHT_GRAD_CHUNKS: usize = 16;
-
-/// The im2col matrix is made a block of output rows at a time, of about
-/// this many floats (192 KB), so that it is still in cache when the tiles
-/// read it: a whole image's is 590 KB for a 16-channel layer over 32×32.
-const BLOCK_FLOATS: usize = 48 * 1024;
 
 /// Whether `backward_weight_core` takes this path.
 pub(super) fn tiled_weight_grad_applies(s: &Conv2dShape) -> bool {
@@ -137,13 +132,29 @@ fn accumulate_chunk(
     );
     let (cg, og, kk) = (s.group_in(), s.group_out(), s.col_rows());
     let (kpad, opad) = (kk.div_ceil(mr) * mr, og.div_ceil(nr) * nr);
-    let (oh, ow) = (s.out_h(), s.out_w());
-    let block_rows = (BLOCK_FLOATS / (kpad * ow).max(1)).clamp(1, oh.max(1));
-    let bmax = block_rows * ow; // pixels in a block
+    let ((py, px), (sy, sx), (dy_, dx_)) = (s.opts.padding, s.opts.stride, s.opts.dilation);
+    let (hp, wp, ow) = (s.in_h + 2 * py, s.in_w + 2 * px, s.out_w());
+    // Row r of im2col's matrix (tap (c, ki, kj)) in the padded input, and
+    // the rows past K at the first (their sums land in rows of dWᵀ that
+    // are never read).
+    let mut taps = Vec::with_capacity(kpad);
+    for ci in 0..cg {
+        for ki in 0..s.kernel_h {
+            for kj in 0..s.kernel_w {
+                taps.push(ci * hp * wp + ki * dy_ * wp + kj * dx_);
+            }
+        }
+    }
+    taps.resize(kpad, taps.first().copied().unwrap_or(0));
+    // Output pixel q's offset from a tap's.
+    let segs: Vec<usize> = (0..p).map(|q| (q / ow) * sy * wp + (q % ow) * sx).collect();
+    let a_rows = AGathered::new(&segs);
     let mapped_len = if map.is_some() { cg * hw } else { 0 };
-    with_scratch(kpad * bmax + opad * bmax + mapped_len, |buf| {
-        let (cols, rest) = buf.split_at_mut(kpad * bmax); // (kpad, pixels)
-        let (panels, x_mapped) = rest.split_at_mut(opad * bmax); // opad/NR × (pixels, NR); (Cg, H, W)
+    with_scratch(cg * hp * wp + opad * p + mapped_len, |buf| {
+        let (xp, rest) = buf.split_at_mut(cg * hp * wp); // (Cg, Hp, Wp)
+        let (panels, x_mapped) = rest.split_at_mut(opad * p); // opad/NR × (P, NR); (Cg, H, W)
+                                                              // Channels past O/g stay zero for every image.
+        panels.fill(0.0);
         for b in images {
             for g in 0..s.opts.groups {
                 let x_bg = &x[(b * c + g * cg) * hw..][..cg * hw]; // (Cg, H, W)
@@ -154,37 +165,16 @@ fn accumulate_chunk(
                         &*x_mapped
                     }
                 };
+                pad_into(s, x_bg, xp);
                 let dy_bg = &dy[(b * o + g * og) * p..][..og * p]; // (O/g, P)
+                pack_transposed(dy_bg, (og, p), 0..p, nr, map, panels);
                 let part_g = &mut part[g * kpad * opad..][..kpad * opad];
-                for oy in (0..oh).step_by(block_rows) {
-                    // The block's pixels q0 .. q0 + bp, in order.
-                    let rows = oy..(oy + block_rows).min(oh);
-                    let (q0, bp) = (rows.start * ow, rows.len() * ow);
-                    im2col_rows(s, x_bg, rows, cols, bp);
-                    // Rows past K, and channels past O/g, are zero.
-                    cols[kk * bp..kpad * bp].fill(0.0);
-                    if og != opad {
-                        panels[..opad * bp].fill(0.0);
-                    }
-                    pack_transposed(dy_bg, (og, p), q0..q0 + bp, nr, map, panels);
-                    for (j, panel) in panels[..opad * bp].chunks_exact(bp * nr).enumerate() {
-                        for i in 0..kpad / mr {
-                            let a = &cols[i * mr * bp..][..mr * bp];
-                            let out = &mut part_g[i * mr * opad + j * nr..];
-                            let start = Start::Out;
-                            kernel(
-                                k,
-                                (mr, nr),
-                                bp,
-                                a,
-                                (bp, 1),
-                                panel,
-                                Strided(nr),
-                                start,
-                                out,
-                                opad,
-                            );
-                        }
+                for (j, panel) in panels.chunks_exact(p * nr).enumerate() {
+                    for i in 0..kpad / mr {
+                        let a = a_rows.rows(&taps[i * mr..][..mr]);
+                        let out = &mut part_g[i * mr * opad + j * nr..];
+                        let (b_rows, start) = (Strided(nr), Start::Out);
+                        kernel(k, (mr, nr), p, xp, a, panel, b_rows, start, out, opad);
                     }
                 }
             }
@@ -281,22 +271,25 @@ mod tests {
     #[test]
     fn tiled_weight_grad_matches_the_oracle() {
         // Input and weight shapes, stride, padding, groups.
-        type Case = ([usize; 4], [usize; 4], usize, usize, usize);
-        let cases: [Case; 7] = [
-            ([3, 32, 16, 16], [32, 32, 3, 3], 1, 1, 1),
-            ([2, 16, 32, 32], [16, 16, 3, 3], 1, 1, 1),
-            ([2, 3, 8, 8], [20, 3, 3, 3], 1, 1, 1),
-            ([2, 16, 16, 16], [32, 16, 3, 3], 2, 1, 1),
-            ([2, 64, 8, 8], [64, 64, 3, 3], 1, 1, 1),
-            ([35, 5, 7, 9], [33, 5, 3, 2], 1, 0, 1),
-            ([2, 6, 9, 8], [70, 3, 3, 3], 2, 1, 2),
+        // Input and weight shapes, stride, padding, groups, dilation.
+        type Case = ([usize; 4], [usize; 4], usize, usize, usize, usize);
+        let cases: [Case; 9] = [
+            ([3, 32, 16, 16], [32, 32, 3, 3], 1, 1, 1, 1),
+            ([2, 16, 32, 32], [16, 16, 3, 3], 1, 1, 1, 1),
+            ([2, 3, 8, 8], [20, 3, 3, 3], 1, 1, 1, 1),
+            ([2, 16, 16, 16], [32, 16, 3, 3], 2, 1, 1, 1),
+            ([2, 64, 8, 8], [64, 64, 3, 3], 1, 1, 1, 1),
+            ([35, 5, 7, 9], [33, 5, 3, 2], 1, 0, 1, 1),
+            ([2, 6, 9, 8], [70, 3, 3, 3], 2, 1, 2, 1),
+            ([2, 4, 12, 11], [18, 4, 3, 3], 1, 2, 1, 2),
+            ([1, 8, 15, 13], [16, 8, 1, 1], 2, 0, 1, 1),
         ];
-        for (i, (input, weight, stride, pad, groups)) in cases.into_iter().enumerate() {
+        for (i, (input, weight, stride, pad, groups, dil)) in cases.into_iter().enumerate() {
             let opts = Conv2dOptions {
                 stride: (stride, stride),
                 padding: (pad, pad),
                 groups,
-                ..Conv2dOptions::default()
+                dilation: (dil, dil),
             };
             let s = Conv2dShape::new(&input, &weight, opts).unwrap();
             assert!(tiled_weight_grad_applies(&s), "case {i}");

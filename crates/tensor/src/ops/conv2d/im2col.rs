@@ -71,7 +71,7 @@ pub(super) fn im2col_strided(s: &Conv2dShape, x: &[f32], cols: &mut [f32], ld: u
 /// `rows.start·OW .. rows.end·OW`), row r of the matrix written at
 /// `cols[r·ld ..][.. rows.len()·OW]`: a block of the matrix small enough
 /// to stay in cache while it is used.
-pub(super) fn im2col_rows(
+fn im2col_rows(
     s: &Conv2dShape,
     x: &[f32],
     rows: std::ops::Range<usize>,

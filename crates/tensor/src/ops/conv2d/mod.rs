@@ -102,7 +102,7 @@ use direct::{
 use forward::{forward_image, forward_scratch_len};
 use fused::with_full_layout;
 use gathered::{forward_gathered, gathered_applies};
-use im2col::{copy_short, im2col_rows, im2col_strided};
+use im2col::{copy_short, im2col_strided};
 use packed::{forward_image_packed, forward_packed, packed_applies, packed_scratch_len};
 
 // ---------------------------------------------------------------------------

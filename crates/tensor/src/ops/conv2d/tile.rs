@@ -3,11 +3,11 @@
 //! dimension streams past.
 //!
 //! ```text
-//! out[r·ldc + l] = start[r, l] + Σ_k a[r·a_rs + k·a_cs] · b[rows.at(k, l / lanes) + l % lanes]     r < MR, l < NR
+//! out[r·ldc + l] = start[r, l] + Σ_k a[arows.at(r, k)] · b[rows.at(k, l / lanes) + l % lanes]     r < MR, l < NR
 //! ```
 //!
-//! A is read through strides and B's row k as NR/lanes vectors wherever
-//! [`BRows`] says, so that one kernel serves all its callers without
+//! A is read wherever [`ARows`] says (through strides, or gathered) and
+//! B's row k as NR/lanes vectors wherever [`BRows`] says, so that one kernel serves all its callers without
 //! copying an operand that is already in a usable order:
 //!
 //! * the forward pass (`packed.rs`): A is a packed weight panel
@@ -17,9 +17,9 @@
 //!   read from a padded copy of the input itself ([`Gathered`]: row k, a
 //!   tap, at its offset, each vector at the offset of its output row);
 //! * the weight gradient (`backward_tiled.rs`): A is MR rows of the im2col
-//!   matrix itself (`a_rs = P, a_cs = 1`), B a panel of dY transposed, and
-//!   the tile starts at what `out` already holds, so that image after image
-//!   accumulates into it;
+//!   matrix read where they lie in the padded input ([`AGathered`]), B a
+//!   panel of dY transposed, and the tile starts at what `out` already
+//!   holds, so that image after image accumulates into it;
 //! * the input gradient of strided layers (`backward_tiled.rs`): A is Wᵀ read
 //!   in place (`a_rs = 1, a_cs = K`), B is dY itself (rows P apart).
 //!
@@ -48,6 +48,70 @@ pub(super) fn narrow_tile(k: Isa) -> (usize, usize) {
         (16, 16)
     } else {
         (4, 16)
+    }
+}
+
+/// Where A's value (r, k) lies: `at(r, k)`.
+pub(super) trait ARows: Copy {
+    fn at(self, r: usize, k: usize) -> usize;
+    /// One past the last value the tile reads from A over its `mr` rows and
+    /// `kk` steps: the bound its loads are checked against.
+    fn reach(self, mr: usize, kk: usize) -> usize;
+}
+
+/// A through strides: (r, k) at `r·rs + k·cs`.
+impl ARows for (usize, usize) {
+    #[inline(always)]
+    fn at(self, r: usize, k: usize) -> usize {
+        r * self.0 + k * self.1
+    }
+    fn reach(self, mr: usize, kk: usize) -> usize {
+        match kk {
+            0 => 0,
+            _ => (mr - 1) * self.0 + (kk - 1) * self.1 + 1,
+        }
+    }
+}
+
+/// A gathered: (r, k) at `rows[r] + segs[k]`, the im2col matrix's row r
+/// (a tap's offset in the padded input) at output pixel k (the pixel's
+/// offset there), read in place. Made once per call ([`AGathered::new`],
+/// which finds the largest pixel offset) and given each tile's rows
+/// ([`AGathered::rows`]).
+#[derive(Clone, Copy)]
+pub(super) struct AGathered<'a> {
+    rows: &'a [usize],
+    segs: &'a [usize],
+    max_seg: usize,
+}
+
+impl<'a> AGathered<'a> {
+    pub(super) fn new(segs: &'a [usize]) -> AGathered<'a> {
+        let max_seg = segs.iter().copied().max().unwrap_or(0);
+        AGathered {
+            rows: &[],
+            segs,
+            max_seg,
+        }
+    }
+
+    pub(super) fn rows(self, rows: &'a [usize]) -> AGathered<'a> {
+        AGathered { rows, ..self }
+    }
+}
+
+impl ARows for AGathered<'_> {
+    #[inline(always)]
+    fn at(self, r: usize, k: usize) -> usize {
+        self.rows[r] + self.segs[k]
+    }
+    fn reach(self, mr: usize, kk: usize) -> usize {
+        // Every pixel, not just the first kk: a bound at least as high.
+        let row = self.rows[..mr].iter().max();
+        match kk {
+            0 => 0,
+            _ => row.map_or(0, |r| r + self.max_seg + 1),
+        }
     }
 }
 
@@ -141,15 +205,16 @@ pub(super) fn lanes(k: Isa) -> usize {
 }
 
 /// One MR × NR tile (see the module's formula; [`tile`] or
-/// [`narrow_tile`]) over `kk` steps of the inner dimension, A read at
-/// `a[r·a_rs + k·a_cs]` and B's rows where `rows` says.
+/// [`narrow_tile`]) over `kk` steps of the inner dimension, A read where
+/// `arows` says (strides `(rs, cs)`, or [`AGathered`]) and B's rows where
+/// `rows` says.
 #[allow(clippy::too_many_arguments)] // the formula's operands, one each
 pub(super) fn kernel(
     k: Isa,
     (mr, nr): (usize, usize),
     kk: usize,
     a: &[f32],
-    (a_rs, a_cs): (usize, usize),
+    arows: impl ARows,
     b: &[f32],
     rows: impl BRows,
     start: Start,
@@ -160,10 +225,10 @@ pub(super) fn kernel(
         (mr, nr) == tile(k) || (mr, nr) == narrow_tile(k),
         "tile kernel: no {mr} × {nr} tile on {k:?}"
     );
-    let a_last = (mr - 1) * a_rs + kk.saturating_sub(1) * a_cs;
     let lanes = lanes(k);
     assert!(
-        (kk == 0 || (a.len() > a_last && b.len() >= rows.reach(kk, nr / lanes, lanes)))
+        (kk == 0
+            || (a.len() >= arows.reach(mr, kk) && b.len() >= rows.reach(kk, nr / lanes, lanes)))
             && out.len() >= (mr - 1) * ldc + nr
             && ldc >= nr,
         "tile kernel: operands too short"
@@ -180,9 +245,9 @@ pub(super) fn kernel(
         // (two vectors a row) or 16 × 16 (one).
         unsafe {
             if nr == 32 {
-                kernel_avx512::<8, 2, _>(kk, a, (a_rs, a_cs), (b, rows), init, out, ldc)
+                kernel_avx512::<8, 2, _, _>(kk, (a, arows), (b, rows), init, out, ldc)
             } else {
-                kernel_avx512::<16, 1, _>(kk, a, (a_rs, a_cs), (b, rows), init, out, ldc)
+                kernel_avx512::<16, 1, _, _>(kk, (a, arows), (b, rows), init, out, ldc)
             }
         };
         return;
@@ -194,8 +259,7 @@ pub(super) fn kernel(
         unsafe {
             kernel_avx2(
                 kk,
-                a.as_ptr(),
-                (a_rs, a_cs),
+                (a.as_ptr(), arows),
                 (b.as_ptr(), rows),
                 init,
                 out.as_mut_ptr(),
@@ -204,15 +268,14 @@ pub(super) fn kernel(
         };
         return;
     }
-    kernel_portable(kk, a, (a_rs, a_cs), (b, rows), init, out, ldc);
+    kernel_portable(kk, (a, arows), (b, rows), init, out, ldc);
 }
 
 /// The portable tile, 4 × 16, in local arrays the compiler keeps in
 /// vector registers; each product rounded, then added.
 fn kernel_portable(
     kk: usize,
-    a: &[f32],
-    (a_rs, a_cs): (usize, usize),
+    (a, arows): (&[f32], impl ARows),
     (b, rows): (&[f32], impl BRows),
     init: Option<&[f32]>,
     out: &mut [f32],
@@ -231,7 +294,7 @@ fn kernel_portable(
         // B as AVX2 reads it: two vectors of 8.
         let bk: [f32; NR] = std::array::from_fn(|l| b[rows.at(kc, l / 8, 8) + l % 8]);
         for (r, row) in acc.iter_mut().enumerate() {
-            let av = a[r * a_rs + kc * a_cs];
+            let av = a[arows.at(r, kc)];
             for (c, &bv) in row.iter_mut().zip(&bk) {
                 *c += av * bv;
             }
@@ -245,15 +308,14 @@ fn kernel_portable(
 /// The AVX2 tile, 4 rows × 16 columns in 8 registers.
 ///
 /// # Safety
-/// AVX2 and FMA; a + r·a_rs + k·a_cs is readable for r < 4, k < kk;
+/// AVX2 and FMA; a + arows.at(r, k) is readable for r < 4, k < kk;
 /// b + rows.at(k, v, 8) + 8 for k < kk, v < 2, and out + r·ldc + 16 is readable and writable for
 /// r < 4.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel_avx2(
     kk: usize,
-    a: *const f32,
-    (a_rs, a_cs): (usize, usize),
+    (a, arows): (*const f32, impl ARows),
     (b, rows): (*const f32, impl BRows),
     init: Option<&[f32]>,
     out: *mut f32,
@@ -280,7 +342,7 @@ unsafe fn kernel_avx2(
         };
         for (r, row) in acc.iter_mut().enumerate() {
             // SAFETY: r < 4 and kc < kk: the caller's bound on a.
-            let av = _mm256_set1_ps(unsafe { *a.add(r * a_rs + kc * a_cs) });
+            let av = _mm256_set1_ps(unsafe { *a.add(arows.at(r, kc)) });
             row[0] = _mm256_fmadd_ps(av, b0, row[0]);
             row[1] = _mm256_fmadd_ps(av, b1, row[1]);
         }
@@ -298,15 +360,14 @@ unsafe fn kernel_avx2(
 /// registers: 8 × 32 or 16 × 16.
 ///
 /// # Safety
-/// AVX-512F; a + r·a_rs + k·a_cs is readable for r < MR, k < kk;
+/// AVX-512F; a + arows.at(r, k) is readable for r < MR, k < kk;
 /// b + rows.at(k, v, 16) + 16 for k < kk, v < NV; init (if any) holds MR values, and
 /// out + r·ldc + 16·NV is readable and writable for r < MR.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512<const MR: usize, const NV: usize, B: BRows>(
+unsafe fn kernel_avx512<const MR: usize, const NV: usize, A: ARows, B: BRows>(
     kk: usize,
-    a: *const f32,
-    (a_rs, a_cs): (usize, usize),
+    (a, arows): (*const f32, A),
     (b, rows): (*const f32, B),
     init: Option<&[f32]>,
     out: *mut f32,
@@ -324,7 +385,7 @@ unsafe fn kernel_avx512<const MR: usize, const NV: usize, B: BRows>(
             std::array::from_fn(|v| unsafe { _mm512_loadu_ps(b.add(rows.at(kc, v, 16))) });
         for (r, row) in acc.iter_mut().enumerate() {
             // SAFETY: r < MR and kc < kk: the caller's bound on a.
-            let av = _mm512_set1_ps(unsafe { *a.add(r * a_rs + kc * a_cs) });
+            let av = _mm512_set1_ps(unsafe { *a.add(arows.at(r, kc)) });
             for (c, &bc) in row.iter_mut().zip(&bv) {
                 *c = _mm512_fmadd_ps(av, bc, *c);
             }
