@@ -4,8 +4,17 @@
 
 use std::cell::RefCell;
 
+/// The least a thread-local scratch buffer grows to: 64K floats (256 KB),
+/// more than any kernel of a ResNet-20 step asks for. A buffer grows to a
+/// power of two at least this big, so that the first kernel to use it on a
+/// thread sizes it for the others too: which kernels run on which of the
+/// pool's threads changes from step to step, and a buffer grown only for
+/// the small ones would otherwise be grown again, steps later, by a big one.
+const SCRATCH_MIN: usize = 1 << 16;
+
 /// Runs `f` on `len` floats of the thread-local buffer `key`, grown as
-/// needed and reused across calls; contents unspecified.
+/// needed (see [`SCRATCH_MIN`]) and reused across calls; contents
+/// unspecified.
 pub(crate) fn scratch_in<R>(
     key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
     len: usize,
@@ -14,7 +23,7 @@ pub(crate) fn scratch_in<R>(
     key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut v) => {
             if v.len() < len {
-                v.resize(len, 0.0);
+                v.resize(len.next_power_of_two().max(SCRATCH_MIN), 0.0);
             }
             f(&mut v[..len])
         }

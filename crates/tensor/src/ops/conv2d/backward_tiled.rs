@@ -89,12 +89,14 @@ pub(super) fn weight_grad_tiled(
         dw.fill(0.0);
         return;
     }
+    let (taps, segs) = gathered_cols(s, kpad);
+    let a_rows = AGathered::new(&segs);
     let mut partials = crate::buffers::take(n_chunks * part_len); // zeroed below
     let parallel = run_parallel(s) && n_chunks > 1;
     for_each_chunk(&mut partials, part_len, parallel, |chunk, part| {
         part.fill(0.0);
         let images = chunk * ipc..((chunk + 1) * ipc).min(s.batch);
-        accumulate_chunk(s, x, dy, images, map, k, part);
+        accumulate_chunk(s, (x, dy), images, map, (k, &taps, a_rows), part);
     });
     // Fixed-order reduction, transposing dWᵀ back: chunk 0, + chunk 1, ...
     for (c, part) in partials.chunks_exact(part_len).enumerate() {
@@ -112,15 +114,37 @@ pub(super) fn weight_grad_tiled(
     crate::buffers::give(partials);
 }
 
+/// Where im2col's matrix lies in a padded copy of the input (see the
+/// module doc): row r (tap (c, ki, kj)) at `taps[r]`, the rows past K at
+/// the first one (their sums land in rows of dWᵀ that are never read), and
+/// output pixel q `segs[q]` further.
+fn gathered_cols(s: &Conv2dShape, kpad: usize) -> (Vec<usize>, Vec<usize>) {
+    let ((py, px), (sy, sx), (dy, dx)) = (s.opts.padding, s.opts.stride, s.opts.dilation);
+    let (hp, wp, ow) = (s.in_h + 2 * py, s.in_w + 2 * px, s.out_w());
+    let mut taps = Vec::with_capacity(kpad);
+    for ci in 0..s.group_in() {
+        for ki in 0..s.kernel_h {
+            for kj in 0..s.kernel_w {
+                taps.push(ci * hp * wp + ki * dy * wp + kj * dx);
+            }
+        }
+    }
+    taps.resize(kpad, taps.first().copied().unwrap_or(0));
+    let segs = (0..s.out_pixels())
+        .map(|q| (q / ow) * sy * wp + (q % ow) * sx)
+        .collect();
+    (taps, segs)
+}
+
 /// Adds the images `images` into `part`, the chunk's dWᵀ of every group
 /// (groups × kpad × opad, as [`weight_grad_tiled`] lays it out).
+/// `taps` and `a_rows` place im2col's rows and pixels ([`gathered_cols`]).
 fn accumulate_chunk(
     s: &Conv2dShape,
-    x: &[f32],
-    dy: &[f32],
+    (x, dy): (&[f32], &[f32]),
     images: std::ops::Range<usize>,
     map: Option<&(impl Fn(f32) -> f32 + Sync)>,
-    k: Isa,
+    (k, taps, a_rows): (Isa, &[usize], AGathered),
     part: &mut [f32],
 ) {
     let (mr, nr) = weight_grad_tile(s, k);
@@ -132,28 +156,13 @@ fn accumulate_chunk(
     );
     let (cg, og, kk) = (s.group_in(), s.group_out(), s.col_rows());
     let (kpad, opad) = (kk.div_ceil(mr) * mr, og.div_ceil(nr) * nr);
-    let ((py, px), (sy, sx), (dy_, dx_)) = (s.opts.padding, s.opts.stride, s.opts.dilation);
-    let (hp, wp, ow) = (s.in_h + 2 * py, s.in_w + 2 * px, s.out_w());
-    // Row r of im2col's matrix (tap (c, ki, kj)) in the padded input, and
-    // the rows past K at the first (their sums land in rows of dWᵀ that
-    // are never read).
-    let mut taps = Vec::with_capacity(kpad);
-    for ci in 0..cg {
-        for ki in 0..s.kernel_h {
-            for kj in 0..s.kernel_w {
-                taps.push(ci * hp * wp + ki * dy_ * wp + kj * dx_);
-            }
-        }
-    }
-    taps.resize(kpad, taps.first().copied().unwrap_or(0));
-    // Output pixel q's offset from a tap's.
-    let segs: Vec<usize> = (0..p).map(|q| (q / ow) * sy * wp + (q % ow) * sx).collect();
-    let a_rows = AGathered::new(&segs);
+    let (hp, wp) = (s.in_h + 2 * s.opts.padding.0, s.in_w + 2 * s.opts.padding.1);
     let mapped_len = if map.is_some() { cg * hw } else { 0 };
     with_scratch(cg * hp * wp + opad * p + mapped_len, |buf| {
         let (xp, rest) = buf.split_at_mut(cg * hp * wp); // (Cg, Hp, Wp)
-        let (panels, x_mapped) = rest.split_at_mut(opad * p); // opad/NR × (P, NR); (Cg, H, W)
-                                                              // Channels past O/g stay zero for every image.
+                                                         // opad/NR panels of (P, NR), and the mapped input (Cg, H, W).
+        let (panels, x_mapped) = rest.split_at_mut(opad * p);
+        // Channels past O/g stay zero for every image.
         panels.fill(0.0);
         for b in images {
             for g in 0..s.opts.groups {
