@@ -159,8 +159,9 @@ fn accumulate_chunk(
     let (hp, wp) = (s.in_h + 2 * s.opts.padding.0, s.in_w + 2 * s.opts.padding.1);
     let mapped_len = if map.is_some() { cg * hw } else { 0 };
     with_scratch(cg * hp * wp + opad * p + mapped_len, |buf| {
-        let (xp, rest) = buf.split_at_mut(cg * hp * wp); // (Cg, Hp, Wp)
-                                                         // opad/NR panels of (P, NR), and the mapped input (Cg, H, W).
+        // The padded input (Cg, Hp, Wp), opad/NR panels of (P, NR), and
+        // the mapped input (Cg, H, W).
+        let (xp, rest) = buf.split_at_mut(cg * hp * wp);
         let (panels, x_mapped) = rest.split_at_mut(opad * p);
         // Channels past O/g stay zero for every image.
         panels.fill(0.0);

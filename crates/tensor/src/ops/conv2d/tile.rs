@@ -7,8 +7,9 @@
 //! ```
 //!
 //! A is read wherever [`ARows`] says (through strides, or gathered) and
-//! B's row k as NR/lanes vectors wherever [`BRows`] says, so that one kernel serves all its callers without
-//! copying an operand that is already in a usable order:
+//! B's row k as NR/lanes vectors wherever [`BRows`] says, so that one
+//! kernel serves all its callers without copying an operand that is
+//! already in a usable order:
 //!
 //! * the forward pass (`packed.rs`): A is a packed weight panel
 //!   (`a_rs = 1, a_cs = MR`), B a packed im2col panel ([`Strided`], rows
