@@ -316,6 +316,19 @@ fn an_interrupted_sweep_resumes_and_each_run_has_one_summary() {
         "{stdout}"
     );
     assert_eq!(summaries(&out_dir, "seed-0"), 0);
+    // --status says how far the stopped run got.
+    let status = sweep()
+        .arg("--out")
+        .arg(&out_dir)
+        .arg("--status")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        said.contains("0 seed-0: resumable from its checkpoint; epoch ")
+            && said.contains(" done, test accuracy "),
+        "{said}"
+    );
 
     let out = start().wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));

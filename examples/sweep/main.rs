@@ -260,9 +260,15 @@ fn list(args: &Args, manifest: &Manifest) {
 fn status(out: &Path, manifest: &Manifest) -> ExitCode {
     let mut finished = 0;
     for (i, run) in manifest.runs.iter().enumerate() {
-        let state = RunDir::new(out, run).state();
+        let dir = RunDir::new(out, run);
+        let state = dir.state();
         finished += matches!(state, State::Finished(_)) as usize;
-        println!("{i} {}: {}", run.name, describe(state));
+        let progress = match state {
+            State::Resumable => dir.progress(),
+            _ => String::new(),
+        };
+        let sep = if progress.is_empty() { "" } else { "; " };
+        println!("{i} {}: {}{sep}{progress}", run.name, describe(state));
     }
     println!("{finished} of {} runs finished", manifest.runs.len());
     if finished == manifest.runs.len() {

@@ -146,6 +146,30 @@ fn summary(metrics: &Path) -> Option<Option<f64>> {
         .map(|v| v["test_accuracy"].as_f64())
 }
 
+/// The last epoch a metrics file reports and its test accuracy, if any
+/// (lines that are not whole JSON are skipped).
+fn last_epoch(metrics: &Path) -> Option<(u64, Option<f64>)> {
+    let text = std::fs::read_to_string(metrics).ok()?;
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["type"] == "epoch")
+        .and_then(|v| Some((v["epoch"].as_u64()?, v["test_accuracy"].as_f64())))
+}
+
+impl RunDir {
+    /// How far a run that has not finished got, in a few words ("epoch 7
+    /// done, test accuracy 72.00 %"), from its metrics; empty when they
+    /// report no epoch yet.
+    pub fn progress(&self) -> String {
+        match last_epoch(&self.metrics()) {
+            Some((e, Some(acc))) => format!("epoch {e} done, test accuracy {:.2} %", 100.0 * acc),
+            Some((e, None)) => format!("epoch {e} done"),
+            None => String::new(),
+        }
+    }
+}
+
 /// A state in a few words, for the sweep's lines.
 pub fn describe(state: State) -> String {
     match state {
