@@ -302,13 +302,27 @@ pub fn sparse_conv2d_backward_weight(
     backward_weight_wide(s, l, &l.plan(s), x, Dy::Plain(dy), dw, None, k);
 }
 
+/// Images whose per-tap dot products [`backward_weight_wide`] holds at once
+/// before adding them into dW: 16, enough to keep the threads busy between
+/// two additions, or fewer where a block would pass 4 MB (a WideResNet's
+/// 640-channel layers have millions of taps per image at high density).
+/// Any block gives the same bits.
+fn weight_images(per_image: usize) -> usize {
+    ((1 << 20) / per_image.max(1)).clamp(2, 16)
+}
+
 /// The weight gradient with dY in the wide layout: per active tap, the dot
 /// product of dY's data rows (zeros in the Wp − OW gap columns) with the
-/// input planes shifted by the tap's offset. One task per block of output
-/// channels: image by image, it lays out each of its channels' dY plane in
-/// turn, and each channel sums over the images in order. With `db`, it also
-/// adds up each channel's planes' sums (from [`Dy::plane_into`]) into
-/// db[oc], image by image.
+/// input planes shifted by the tap's offset. With `db`, also each
+/// channel's sum of its dY planes (from [`Dy::plane_into`]) into db[oc].
+///
+/// The images are the tasks: each task prepares its image's input planes
+/// and dY planes in its own scratch, where they stay in cache, and writes
+/// the dot product of every active tap for that image (each image's input
+/// is read once, however many output channels there are). A block of
+/// images ([`weight_images`]) is then added into dW image by image, so every
+/// tap sums its images in order: the bits do not depend on the blocks or
+/// the threads.
 #[allow(clippy::too_many_arguments)] // the operands and both outputs
 pub(super) fn backward_weight_wide(
     s: &Conv2dShape,
@@ -320,57 +334,56 @@ pub(super) fn backward_weight_wide(
     db: Option<&mut [f32]>,
     k: Isa,
 ) {
-    let c = s.in_channels;
+    let o = s.out_channels;
     let kk = s.group_in() * s.kernel_h * s.kernel_w; // weights per output channel
-    let plane_p = plan.plane();
-    let padded = needs_planes(s, plan);
-    let pad_len = if padded { s.batch * c * plane_p } else { 0 };
-    let mut sums = vec![0.0f32; if db.is_some() { s.out_channels } else { 0 }];
-    with_scratch(&BATCH_SCRATCH, pad_len, |xpad| {
-        // The whole batch padded once, shared by the channel tasks.
-        let xs: &[f32] = if padded {
-            // Image by image, on the pool when the op is: a copy, so the
-            // split does not change a bit.
-            let one = Conv2dShape { batch: 1, ..*s };
-            let image = |(xb, xpb): (&[f32], &mut [f32])| prepare_planes(&one, plan, xb, xpb, k);
-            let (xi, xo) = (c * s.in_h * s.in_w, c * plane_p);
-            if run_parallel(s, l) {
-                x.par_chunks_exact(xi)
-                    .zip(xpad.par_chunks_exact_mut(xo))
+    let taps = l.by_output.len();
+    // Per image: the taps' dot products, then (with db) the planes' sums.
+    let per_image = taps + if db.is_some() { o } else { 0 };
+    let x_image = s.in_channels * s.in_h * s.in_w;
+    let parallel = run_parallel(s, l);
+    let mut sums = vec![0.0f32; if db.is_some() { o } else { 0 }];
+    dw.fill(0.0);
+    if per_image == 0 {
+        return; // no active tap, and no bias gradient asked for
+    }
+    let images = weight_images(per_image);
+    let block_len = images.min(s.batch) * per_image;
+    with_scratch(&BATCH_SCRATCH, block_len, |block| {
+        for b0 in (0..s.batch).step_by(images) {
+            let n = images.min(s.batch - b0);
+            let block = &mut block[..n * per_image];
+            let image = |(i, out): (usize, &mut [f32])| {
+                let b = b0 + i;
+                let x_b = &x[b * x_image..][..x_image];
+                weight_image(s, l, plan, &dy, x_b, b, out, k);
+            };
+            if parallel {
+                block
+                    .par_chunks_exact_mut(per_image)
+                    .enumerate()
                     .for_each(image);
             } else {
-                x.chunks_exact(xi)
-                    .zip(xpad.chunks_exact_mut(xo))
+                block
+                    .chunks_exact_mut(per_image)
+                    .enumerate()
                     .for_each(image);
             }
-            xpad
-        } else {
-            x
-        };
-        // A task owns a block of output channels and goes through the
-        // images in the outer loop, so that its channels read each image's
-        // input planes while they are in cache (one channel at a time would
-        // read the whole batch's input once per channel). Each channel
-        // still sums its images in order: the bits do not depend on the
-        // blocks or the threads.
-        let per_task = s.out_channels.div_ceil(4).max(1);
-        let task = |t: usize, dw_t: &mut [f32], sums_t: Option<&mut [f32]>| {
-            weight_task(s, l, plan, &dy, xs, t * per_task, dw_t, sums_t, k);
-        };
-        let parallel = run_parallel(s, l);
-        let block = per_task * kk;
-        if sums.is_empty() {
-            for_each_chunk(dw, block, parallel, |t, dw_t| task(t, dw_t, None));
-        } else if parallel {
-            let items = dw.par_chunks_mut(block).zip(sums.par_chunks_mut(per_task));
-            items
-                .enumerate()
-                .for_each(|(t, (dw_t, sums_t))| task(t, dw_t, Some(sums_t)));
-        } else {
-            let items = dw.chunks_mut(block).zip(sums.chunks_mut(per_task));
-            items
-                .enumerate()
-                .for_each(|(t, (dw_t, sums_t))| task(t, dw_t, Some(sums_t)));
+            // Each output channel adds its taps' dots image by image (the
+            // channels apart on the pool: they share nothing).
+            let block = &*block;
+            for_each_chunk(dw, kk, parallel, |oc, dw_o| {
+                let r = l.out_range(oc);
+                for dots in block.chunks_exact(per_image) {
+                    for (t, &d) in l.by_output[r.clone()].iter().zip(&dots[r.clone()]) {
+                        dw_o[t.wi - oc * kk] += d;
+                    }
+                }
+            });
+            for dots in block.chunks_exact(per_image) {
+                for (sum, &d) in sums.iter_mut().zip(&dots[taps..]) {
+                    *sum += d;
+                }
+            }
         }
     });
     if let Some(db) = db {
@@ -378,97 +391,102 @@ pub(super) fn backward_weight_wide(
     }
 }
 
-/// One task of [`backward_weight_wide`]: the weight gradient of output
-/// channels oc0.. (`dw_t`, kk weights each, overwritten) over the whole
-/// batch, image by image, from the prepared input planes `xs`; with
-/// `sums_t`, also their dY planes' sums.
-#[allow(clippy::too_many_arguments)] // the operands, the block and its outputs
-fn weight_task(
+/// One task of [`backward_weight_wide`]: image b's dot product for every
+/// active tap, into out[..taps] in `by_output`'s order, and with a bias
+/// gradient wanted (out longer than that), its dY planes' sums after them.
+/// `x_b` is the image's (C, H, W) input.
+#[allow(clippy::too_many_arguments)] // the operands, the image and its outputs
+fn weight_image(
     s: &Conv2dShape,
     l: &SparseLayout,
     plan: &Plan,
     dy: &Dy,
-    xs: &[f32],
-    oc0: usize,
-    dw_t: &mut [f32],
-    mut sums_t: Option<&mut [f32]>,
+    x_b: &[f32],
+    b: usize,
+    out: &mut [f32],
     k: Isa,
 ) {
     let (c, o) = (s.in_channels, s.out_channels);
     let (cg, og) = (s.group_in(), s.group_out());
-    let kk = cg * s.kernel_h * s.kernel_w; // weights per output channel
     let (q, start) = (plan.q_plane, plan.data_start());
     let rows = s.out_h() * plan.wp; // dY's data rows, gap columns included
     let wide = rows - (plan.wp - s.out_w()); // up to the last value
-                                             // Rows of whole vectors: dot products over their values only.
+    let (dots, plane_sums) = out.split_at_mut(l.by_output.len());
+    let want_sum = !plane_sums.is_empty();
+    // Rows of whole vectors: dot products over their values only.
     let rv = dot_row_vectors(s.out_w(), k);
+    // On rows, a plain dY is read where it lies (rows OW apart): the dot
+    // products skip the gap columns that the wide layout would add.
+    let in_place = rv.is_some() && matches!(dy, Dy::Plain(_)) && !want_sum;
     let plane_p = plan.plane();
-    // Within an image, when its input planes outgrow L1 (32 KB), they go a
-    // few channels at a time (about 12 KB, read from L2 once), each chunk
-    // meeting every channel of the block while it sits in L1 beside their
-    // dY planes, instead of each output channel reading all of them in
-    // turn. A tap's dot product is its own whatever the order, so no bit
-    // changes.
+    let padded = needs_planes(s, plan);
+    // Within the image, when its input planes outgrow L1 (32 KB), they go
+    // a few channels at a time (about 12 KB), each chunk meeting every
+    // output channel while it sits in L1 beside their dY planes, instead
+    // of each output channel reading all of them in turn. A tap's dot
+    // product is its own whatever the order, so no bit changes.
     let chunk = if cg * plane_p <= 8192 {
         cg
     } else {
         (3072 / plane_p).clamp(1, cg)
     };
-    dw_t.fill(0.0);
-    let n_o = dw_t.len() / kk;
-    let want_sum = sums_t.is_some();
-    // A laid-out dY is read in place; others are laid out here.
-    let own = if matches!(dy, Dy::Wide(_)) {
+    // A laid-out or in-place dY is read where it is; others are laid out
+    // here, every channel of the image.
+    let own = if matches!(dy, Dy::Wide(_)) || in_place {
         0
     } else {
-        n_o * rows
+        o * rows
     };
-    with_scratch(&SCRATCH, own + l.max_taps(), |buf| {
-        let (dyw, dots) = buf.split_at_mut(own);
+    let pad = if padded { c * plane_p } else { 0 };
+    with_scratch(&SCRATCH, pad + own, |buf| {
+        let (xpad, dyw) = buf.split_at_mut(pad);
+        let xs: &[f32] = if padded {
+            let one = Conv2dShape { batch: 1, ..*s };
+            prepare_planes(&one, plan, x_b, xpad, k);
+            xpad
+        } else {
+            x_b
+        };
         // Gap columns stay zero for a plain dY (only values are copied); a
         // pooled dY writes whole rows.
         dyw.fill(0.0);
-        for b in 0..s.batch {
-            for (i, plane) in dyw.chunks_exact_mut(rows).enumerate() {
-                let oc = oc0 + i;
-                if l.out_range(oc).is_empty() && !want_sum {
+        for (oc, plane) in dyw.chunks_exact_mut(rows).enumerate() {
+            if l.out_range(oc).is_empty() && !want_sum {
+                continue;
+            }
+            let plane_sum = dy.plane_into(s, plan, b, oc, plane, want_sum, k);
+            if want_sum {
+                plane_sums[oc] = plane_sum;
+            }
+        }
+        let p = s.out_pixels();
+        let dy_plane = |oc: usize| -> &[f32] {
+            match dy {
+                Dy::Wide(all) => &all[(b * o + oc) * q + start..][..wide],
+                Dy::Plain(plain) if in_place => &plain[(b * o + oc) * p..][..p],
+                _ => &dyw[oc * rows..][..wide],
+            }
+        };
+        let dy_stride = if in_place { s.out_w() } else { plan.wp };
+        for c0 in (0..cg).step_by(chunk) {
+            let c1 = (c0 + chunk).min(cg);
+            for oc in 0..o {
+                let r = l.out_range(oc);
+                let taps = &l.by_output[r.clone()];
+                // The taps of channels c0..c1 (sorted by channel).
+                let lo = taps.partition_point(|t| t.ch < c0);
+                let hi = taps.partition_point(|t| t.ch < c1);
+                if lo == hi {
                     continue;
                 }
-                let plane_sum = dy.plane_into(s, plan, b, oc, plane, want_sum, k);
-                if let Some(sums_t) = sums_t.as_deref_mut() {
-                    sums_t[i] += plane_sum;
-                }
-            }
-            let dy_plane = |i: usize| -> &[f32] {
-                match dy {
-                    Dy::Wide(all) => &all[(b * o + oc0 + i) * q + start..][..wide],
-                    _ => &dyw[i * rows..][..wide],
-                }
-            };
-            for c0 in (0..cg).step_by(chunk) {
-                let c1 = (c0 + chunk).min(cg);
-                for (i, dw_o) in dw_t.chunks_exact_mut(kk).enumerate() {
-                    let oc = oc0 + i;
-                    let r = l.out_range(oc);
-                    let taps = &l.by_output[r.clone()];
-                    // The taps of channels c0..c1 (sorted by channel).
-                    let lo = taps.partition_point(|t| t.ch < c0);
-                    let hi = taps.partition_point(|t| t.ch < c1);
-                    if lo == hi {
-                        continue;
-                    }
-                    let x_bg = &xs[(b * c + (oc / og) * cg) * plane_p..][..cg * plane_p];
-                    let offs = &plan.fwd_offs[r.start + lo..r.start + hi];
-                    let dots = &mut dots[..hi - lo];
-                    if let Some(rv) = rv {
-                        let (ow, oh) = (s.out_w(), s.out_h());
-                        multi_dot_rows(dy_plane(i), x_bg, offs, dots, plan.wp, ow, oh, rv);
-                    } else {
-                        multi_dot(dy_plane(i), x_bg, offs, dots, k);
-                    }
-                    for (t, &d) in taps[lo..hi].iter().zip(dots.iter()) {
-                        dw_o[t.wi - oc * kk] += d;
-                    }
+                let x_g = &xs[(oc / og) * cg * plane_p..][..cg * plane_p];
+                let offs = &plan.fwd_offs[r.start + lo..r.start + hi];
+                let d = &mut dots[r.start + lo..r.start + hi];
+                if let Some(rv) = rv {
+                    let (ow, oh) = (s.out_w(), s.out_h());
+                    multi_dot_rows(dy_plane(oc), dy_stride, x_g, offs, d, plan.wp, ow, oh, rv);
+                } else {
+                    multi_dot(dy_plane(oc), x_g, offs, d, k);
                 }
             }
         }

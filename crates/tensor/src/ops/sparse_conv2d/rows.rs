@@ -272,9 +272,10 @@ unsafe fn block_avx512<const V: usize, const R: usize>(
     }
 }
 
-/// `out[t] = Σ_{r < rows, x < len} a[r·stride + x] · src[offs[t] + r·stride + x]`:
-/// [`multi_dot`] over `rows` rows of `len` values, rows `stride` apart in
-/// both `a` and `src`, skipping what lies between. Element x of a row goes
+/// `out[t] = Σ_{r < rows, x < len} a[r·a_stride + x] · src[offs[t] + r·stride + x]`:
+/// [`multi_dot`] over `rows` rows of `len` values, rows `a_stride` apart in
+/// `a` and `stride` apart in `src`, skipping what lies between (so a plain
+/// dY, rows `len` apart, is read where it lies). Element x of a row goes
 /// to lane x mod 16 of the tap's accumulator (rows in order); the 16 lanes
 /// are then summed as the wide loop sums its own (`lanes[j] + lanes[j + 8]`,
 /// then [`sum8`](super::loops::sum8)'s tree). `rv` comes from
@@ -282,6 +283,7 @@ unsafe fn block_avx512<const V: usize, const R: usize>(
 #[allow(clippy::too_many_arguments)] // multi_dot's operands and the row geometry
 pub(super) fn multi_dot_rows(
     a: &[f32],
+    a_stride: usize,
     src: &[f32],
     offs: &[usize],
     out: &mut [f32],
@@ -297,18 +299,21 @@ pub(super) fn multi_dot_rows(
     );
     let lanes = if rv.zmm { 16 } else { 8 };
     assert!(
-        len == rv.per_row * lanes && len <= stride,
-        "multi_dot_rows: rows of {len} in {stride}"
+        len == rv.per_row * lanes && len <= stride && len <= a_stride,
+        "multi_dot_rows: rows of {len} in {stride} and {a_stride}"
     );
     if rows == 0 {
         out.fill(0.0);
         return;
     }
-    let span = (rows - 1) * stride + len;
-    let reach = offs.iter().max().map_or(0, |&m| m + span);
+    let a_span = (rows - 1) * a_stride + len;
+    let reach = offs
+        .iter()
+        .max()
+        .map_or(0, |&m| m + (rows - 1) * stride + len);
     assert!(
-        span <= a.len() && reach <= src.len(),
-        "multi_dot_rows: reads {span} of {} and up to {reach} of {}",
+        a_span <= a.len() && reach <= src.len(),
+        "multi_dot_rows: reads {a_span} of {} and up to {reach} of {}",
         a.len(),
         src.len()
     );
@@ -318,7 +323,7 @@ pub(super) fn multi_dot_rows(
         let (group, zmm) = if rv.zmm { (8, true) } else { (4, false) };
         for r in tap_groups(offs.len(), group) {
             let (o, d) = (&offs[r.clone()], &mut out[r]);
-            let geom = (stride, len, rows);
+            let geom = (a_stride, stride, len, rows);
             // SAFETY (every arm): the bounds were asserted above for every
             // tap; `row_vectors` handed out zmm only where AVX-512F is
             // present and ymm only where AVX2 and FMA are, and rows of 8
@@ -366,9 +371,9 @@ fn sum8_avx(v: std::arch::x86_64::__m256) -> f32 {
 /// the G taps.
 ///
 /// # Safety
-/// AVX2 and FMA; `offs.len() == out.len() == G`; with (stride, len, rows)
-/// = `geom`, len a multiple of 8, (rows − 1)·stride + len ≤ a.len() and
-/// offs[t] + (rows − 1)·stride + len ≤ src.len() for every t.
+/// AVX2 and FMA; `offs.len() == out.len() == G`; with (a_stride, stride,
+/// len, rows) = `geom`, len a multiple of 8, (rows − 1)·a_stride + len ≤
+/// a.len() and offs[t] + (rows − 1)·stride + len ≤ src.len() for every t.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_rows_avx2<const G: usize>(
@@ -376,21 +381,21 @@ unsafe fn dot_rows_avx2<const G: usize>(
     src: &[f32],
     offs: &[usize],
     out: &mut [f32],
-    (stride, len, rows): (usize, usize, usize),
+    (a_stride, stride, len, rows): (usize, usize, usize, usize),
 ) {
     use std::arch::x86_64::*;
     let (ap, sp) = (a.as_ptr(), src.as_ptr());
     let o: [usize; G] = std::array::from_fn(|t| offs[t]);
     let mut lo = [_mm256_setzero_ps(); G];
     let mut hi = [_mm256_setzero_ps(); G];
-    // SAFETY (every load): with p = r·stride + x and x + 8 <= len (x + 16
-    // for the pair), p + 8 <= (rows − 1)·stride + len <= a.len(), and
-    // off + p + 8 <= src.len(), the caller's bounds.
+    // SAFETY (every load): with q = r·a_stride + x, p = r·stride + x and
+    // x + 8 <= len (x + 16 for the pair), q + 8 <= (rows − 1)·a_stride +
+    // len <= a.len(), and off + p + 8 <= src.len(), the caller's bounds.
     for r in 0..rows {
         let mut x = 0;
         while x + 16 <= len {
-            let p = r * stride + x;
-            let (a0, a1) = unsafe { (_mm256_loadu_ps(ap.add(p)), _mm256_loadu_ps(ap.add(p + 8))) };
+            let (p, q) = (r * stride + x, r * a_stride + x);
+            let (a0, a1) = unsafe { (_mm256_loadu_ps(ap.add(q)), _mm256_loadu_ps(ap.add(q + 8))) };
             for ((l, h), &off) in lo.iter_mut().zip(hi.iter_mut()).zip(&o) {
                 let (x0, x1) = unsafe {
                     (
@@ -405,8 +410,8 @@ unsafe fn dot_rows_avx2<const G: usize>(
         }
         if x < len {
             // The last 8 of a row of 8, 24, ... go to the low lanes.
-            let p = r * stride + x;
-            let a0 = unsafe { _mm256_loadu_ps(ap.add(p)) };
+            let (p, q) = (r * stride + x, r * a_stride + x);
+            let a0 = unsafe { _mm256_loadu_ps(ap.add(q)) };
             for (l, &off) in lo.iter_mut().zip(&o) {
                 let x0 = unsafe { _mm256_loadu_ps(sp.add(off + p)) };
                 *l = _mm256_fmadd_ps(a0, x0, *l);
@@ -431,7 +436,7 @@ unsafe fn dot_rows_avx512<const G: usize>(
     src: &[f32],
     offs: &[usize],
     out: &mut [f32],
-    (stride, len, rows): (usize, usize, usize),
+    (a_stride, stride, len, rows): (usize, usize, usize, usize),
 ) {
     use std::arch::x86_64::*;
     let (ap, sp) = (a.as_ptr(), src.as_ptr());
@@ -439,9 +444,9 @@ unsafe fn dot_rows_avx512<const G: usize>(
     let mut acc = [_mm512_setzero_ps(); G];
     for r in 0..rows {
         for x in (0..len).step_by(16) {
-            let p = r * stride + x;
-            // SAFETY: p + 16 <= (rows − 1)·stride + len <= a.len().
-            let av = unsafe { _mm512_loadu_ps(ap.add(p)) };
+            let (p, q) = (r * stride + x, r * a_stride + x);
+            // SAFETY: q + 16 <= (rows − 1)·a_stride + len <= a.len().
+            let av = unsafe { _mm512_loadu_ps(ap.add(q)) };
             for (s, &off) in acc.iter_mut().zip(&o) {
                 // SAFETY: off + p + 16 <= src.len(), the caller's bound.
                 let xv = unsafe { _mm512_loadu_ps(sp.add(off + p)) };
@@ -474,7 +479,9 @@ mod tests {
             .collect();
         for len in [8, 16, 32, 64] {
             for (rows, gap) in [(1, 0), (3, 2), (8, 2), (13, 5), (32, 2)] {
+                // a's rows are packed (plain dY) or as far apart as src's.
                 let stride = len + gap;
+                let a_stride = if rows % 2 == 0 { len } else { stride };
                 for taps in [1, 3, 4, 5, 8, 9, 17] {
                     let offs: Vec<usize> = (0..taps).map(|t| (t * 37) % 300).collect();
                     let mut results = Vec::new();
@@ -491,11 +498,14 @@ mod tests {
                             "{k:?} {len}"
                         );
                         let mut out = vec![f32::NAN; taps];
-                        multi_dot_rows(&a, &src, &offs, &mut out, stride, len, rows, rv);
+                        multi_dot_rows(&a, a_stride, &src, &offs, &mut out, stride, len, rows, rv);
                         for (t, (&g, &off)) in out.iter().zip(&offs).enumerate() {
                             let want: f64 = (0..rows)
-                                .flat_map(|r| (0..len).map(move |x| r * stride + x))
-                                .map(|p| a[p] as f64 * src[off + p] as f64)
+                                .flat_map(|r| (0..len).map(move |x| (r, x)))
+                                .map(|(r, x)| {
+                                    let (p, q) = (r * stride + x, r * a_stride + x);
+                                    a[q] as f64 * src[off + p] as f64
+                                })
                                 .sum();
                             assert!(
                                 (g as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
