@@ -33,47 +33,10 @@ pub fn sparse_conv2d_backward_input(
 pub(super) enum Dy<'a> {
     Plain(&'a [f32]),
     Pooled(PooledGrad<'a>),
-    /// The whole batch laid out already ([`lay_out_wide`]): B·O planes of
-    /// `q_plane` floats, which both gradients read in place.
+    /// Planes laid out already, B·O of `q_plane` floats, which both
+    /// gradients read in place ([`backward_both_wide`] lays out one
+    /// image's and hands them on as a batch of one).
     Wide(&'a [f32]),
-}
-
-/// dY (B, O, OH, OW) laid out for the wide kernels, every plane whole:
-/// `lead` zeros and `top` zero rows, the OH rows of Wp floats (OW values,
-/// then zeros), and zero rows to `q_plane` ([`Plan::data_start`]). Images
-/// in parallel when `parallel` (a copy: the same bits). OVERWRITES out
-/// (B·O·q_plane floats).
-pub(super) fn lay_out_wide(
-    s: &Conv2dShape,
-    plan: &Plan,
-    dy: &[f32],
-    out: &mut [f32],
-    parallel: bool,
-    k: Isa,
-) {
-    let (o, oh, ow, wp, q) = (s.out_channels, s.out_h(), s.out_w(), plan.wp, plan.q_plane);
-    let (start, p) = (plan.data_start(), s.out_pixels());
-    check_len("lay_out_wide", "out", s.batch * o * q, out.len());
-    let image = |(dy_b, out_b): (&[f32], &mut [f32])| {
-        for (src, plane) in dy_b.chunks_exact(p).zip(out_b.chunks_exact_mut(q)) {
-            plane[..start].fill(0.0);
-            let rows = &mut plane[start..][..oh * wp];
-            copy_rows(rows, wp, src, ow, oh, ow, k);
-            for r in rows.chunks_exact_mut(wp) {
-                r[ow..].fill(0.0);
-            }
-            plane[start + oh * wp..].fill(0.0);
-        }
-    };
-    if parallel {
-        dy.par_chunks_exact(o * p)
-            .zip(out.par_chunks_exact_mut(o * q))
-            .for_each(image);
-    } else {
-        dy.chunks_exact(o * p)
-            .zip(out.chunks_exact_mut(o * q))
-            .for_each(image);
-    }
 }
 
 /// The fused op's saved tensors and pooled gradient, all (B, O, PH, PW).
@@ -201,31 +164,14 @@ pub(super) fn backward_input_wide(
     k: Isa,
 ) {
     let (c, hw, o) = (s.in_channels, s.in_h * s.in_w, s.out_channels);
-    let (cg, og) = (s.group_in(), s.group_out());
+    let og = s.group_out();
     let ipc = images_per_chunk(s, l);
-    let padded = needs_planes(s, plan);
-    let pplane = plan.hp * plan.wp; // one phase plane, [iy·Wp + ix]
-                                    // Padded stride-1 planes whose rows are whole vectors go straight into
-                                    // dx, without their border: dx[iy, ix] is the padded plane at
-                                    // (iy + py)·Wp + ix + px.
-    let (py, px) = s.opts.padding;
-    let rv = (padded && plan.phases == 1)
-        .then(|| row_vectors(s.in_w, k))
-        .flatten();
-    let dxw_len = if padded && rv.is_none() {
-        plan.plane()
-    } else {
-        0
-    };
-    let max_taps = l.max_taps();
     let (q_plane, start, rows) = (plan.q_plane, plan.data_start(), s.out_h() * plan.wp);
     for_each_chunk(dx, ipc * c * hw, run_parallel(s, l), |chunk, dx_chunk| {
-        with_scratch(&SCRATCH, og * q_plane + dxw_len + max_taps, |buf| {
-            let (dyq_bg, rest) = buf.split_at_mut(og * q_plane); // (O/g, q_plane)
-            let (dxw, ws) = rest.split_at_mut(dxw_len);
-            // The borders stay zero: each image writes only the data rows.
-            let laid_out = matches!(dy, Dy::Wide(_));
-            if !laid_out {
+        with_scratch(&DY_SCRATCH, og * q_plane, |dyq_bg| {
+            // (O/g, q_plane). The borders stay zero: each image writes only
+            // the data rows.
+            if !matches!(dy, Dy::Wide(_)) {
                 dyq_bg.fill(0.0);
             }
             for (i, dx_b) in dx_chunk.chunks_mut(c * hw).enumerate() {
@@ -242,37 +188,114 @@ pub(super) fn backward_input_wide(
                             &*dyq_bg
                         }
                     };
-                    for ci in g * cg..(g + 1) * cg {
-                        let dx_c = &mut dx_b[ci * hw..(ci + 1) * hw]; // (H, W)
-                                                                      // One phase plane at a time; without padding or
-                                                                      // stride the one plane is dx_c itself.
-                        for ph in 0..plan.phases {
-                            let r = plan.bwd_range(ci * plan.phases + ph);
-                            let ws = &mut ws[..r.len()];
-                            for (wv, &i) in ws.iter_mut().zip(&plan.bwd_taps[r.clone()]) {
-                                *wv = w[l.by_input[i].wi];
-                            }
-                            let offs = &plan.bwd_offs[r];
-                            if let Some(rv) = rv {
-                                let src = &dyq_bg[py * plan.wp + px..];
-                                gather_fma_rows(src, plan.wp, offs, ws, 0.0, dx_c, s.in_w, rv);
-                                continue;
-                            }
-                            let out = if padded {
-                                &mut dxw[ph * pplane..][..pplane]
-                            } else {
-                                &mut *dx_c
-                            };
-                            gather_fma(dyq_bg, offs, ws, 0.0, out, k);
-                        }
-                        if padded && rv.is_none() {
-                            unprepare_plane(s, plan, dxw, dx_c, k);
-                        }
-                    }
+                    input_group(s, l, plan, w, dyq_bg, g, dx_b, k);
                 }
             }
         });
     });
+}
+
+/// Group g's input planes of one image, `dx_b` (C, H, W), from `dyq_bg`,
+/// the group's O/g dY planes of that image laid out wide.
+#[allow(clippy::too_many_arguments)] // the operands and the group
+fn input_group(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    plan: &Plan,
+    w: &[f32],
+    dyq_bg: &[f32],
+    g: usize,
+    dx_b: &mut [f32],
+    k: Isa,
+) {
+    let (hw, cg) = (s.in_h * s.in_w, s.group_in());
+    let padded = needs_planes(s, plan);
+    let pplane = plan.hp * plan.wp; // one phase plane, [iy·Wp + ix]
+                                    // Padded stride-1 planes whose rows are whole vectors go straight into
+                                    // dx, without their border: dx[iy, ix] is the padded plane at
+                                    // (iy + py)·Wp + ix + px.
+    let (py, px) = s.opts.padding;
+    let rv = (padded && plan.phases == 1)
+        .then(|| row_vectors(s.in_w, k))
+        .flatten();
+    let dxw_len = if padded && rv.is_none() {
+        plan.plane()
+    } else {
+        0
+    };
+    with_scratch(&SCRATCH, dxw_len + l.max_taps(), |buf| {
+        let (dxw, ws) = buf.split_at_mut(dxw_len);
+        for ci in g * cg..(g + 1) * cg {
+            let dx_c = &mut dx_b[ci * hw..(ci + 1) * hw]; // (H, W)
+                                                          // One phase plane at a time; without padding or stride the one
+                                                          // plane is dx_c itself.
+            for ph in 0..plan.phases {
+                let r = plan.bwd_range(ci * plan.phases + ph);
+                let ws = &mut ws[..r.len()];
+                for (wv, &i) in ws.iter_mut().zip(&plan.bwd_taps[r.clone()]) {
+                    *wv = w[l.by_input[i].wi];
+                }
+                let offs = &plan.bwd_offs[r];
+                if let Some(rv) = rv {
+                    let src = &dyq_bg[py * plan.wp + px..];
+                    gather_fma_rows(src, plan.wp, offs, ws, 0.0, dx_c, s.in_w, rv);
+                    continue;
+                }
+                let out = if padded {
+                    &mut dxw[ph * pplane..][..pplane]
+                } else {
+                    &mut *dx_c
+                };
+                gather_fma(dyq_bg, offs, ws, 0.0, out, k);
+            }
+            if padded && rv.is_none() {
+                unprepare_plane(s, plan, dxw, dx_c, k);
+            }
+        }
+    });
+}
+
+/// Both gradients of the autograd op from a plain dY, image by image: each
+/// task lays out its image's dY planes wide in its own scratch, where they
+/// stay in cache, and runs the input gradient's gathers and the weight
+/// gradient's dot products over them ([`backward_weight_wide`]'s blocks
+/// and order, so the same bits as the two kernels run one after the
+/// other). No full-size wide dY is written.
+#[allow(clippy::too_many_arguments)] // the operands and both outputs
+pub(super) fn backward_both_wide(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    plan: &Plan,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    dx: &mut [f32],
+    k: Isa,
+) {
+    let dx_image = s.in_channels * s.in_h * s.in_w;
+    let (o, q, start, rows) = (
+        s.out_channels,
+        plan.q_plane,
+        plan.data_start(),
+        s.out_h() * plan.wp,
+    );
+    let image = |b: usize, x_b: &[f32], dots: &mut [f32], dx_b: &mut [f32]| {
+        with_scratch(&DY_SCRATCH, o * q, |dyq| {
+            dyq.fill(0.0);
+            for (oc, plane) in dyq.chunks_exact_mut(q).enumerate() {
+                let plane = &mut plane[start..][..rows];
+                Dy::Plain(dy).plane_into(s, plan, b, oc, plane, false, k);
+            }
+            for g in 0..s.opts.groups {
+                let og = s.group_out();
+                input_group(s, l, plan, w, &dyq[g * og * q..][..og * q], g, dx_b, k);
+            }
+            // The laid-out planes are image 0 of a one-image wide dY.
+            weight_image(s, l, plan, &Dy::Wide(dyq), x_b, 0, dots, k);
+        });
+    };
+    by_images(s, l, x, dw, None, Some((dx, dx_image)), &image);
 }
 
 // ---------------------------------------------------------------------------
@@ -334,6 +357,30 @@ pub(super) fn backward_weight_wide(
     db: Option<&mut [f32]>,
     k: Isa,
 ) {
+    let image = |b: usize, x_b: &[f32], out: &mut [f32], _: &mut [f32]| {
+        weight_image(s, l, plan, &dy, x_b, b, out, k);
+    };
+    by_images(s, l, x, dw, db, None, &image);
+}
+
+/// An image's task for [`by_images`]: (b, its input, its dots and plane
+/// sums, its dx or nothing).
+type ImageTask<'a> = dyn Fn(usize, &[f32], &mut [f32], &mut [f32]) + Sync + 'a;
+
+/// The weight gradient's driver: runs `image` on every image, a block at
+/// a time (in parallel when the op is big enough), each writing its taps'
+/// dot products (and, with `db`, its planes' sums) into the block and,
+/// with `dx` ((dx, floats per image)), its part of dx; then adds the
+/// block into dW (and db) image by image.
+fn by_images(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    x: &[f32],
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+    dx: Option<(&mut [f32], usize)>,
+    image: &ImageTask,
+) {
     let o = s.out_channels;
     let kk = s.group_in() * s.kernel_h * s.kernel_w; // weights per output channel
     let taps = l.by_output.len();
@@ -343,44 +390,57 @@ pub(super) fn backward_weight_wide(
     let parallel = run_parallel(s, l);
     let mut sums = vec![0.0f32; if db.is_some() { o } else { 0 }];
     dw.fill(0.0);
-    if per_image == 0 {
+    let (mut dx, dx_image) = match dx {
+        Some((dx, n)) => (Some(dx), n),
+        None => (None, 0),
+    };
+    if per_image == 0 && dx.is_none() {
         return; // no active tap, and no bias gradient asked for
     }
-    let images = weight_images(per_image);
-    let block_len = images.min(s.batch) * per_image;
-    with_scratch(&BATCH_SCRATCH, block_len, |block| {
+    let images = weight_images(per_image.max(1));
+    // At least one float per image, so that the block splits into images
+    // even without a tap.
+    let stride = per_image.max(1);
+    with_scratch(&BATCH_SCRATCH, images.min(s.batch) * stride, |block| {
         for b0 in (0..s.batch).step_by(images) {
             let n = images.min(s.batch - b0);
-            let block = &mut block[..n * per_image];
-            let image = |(i, out): (usize, &mut [f32])| {
-                let b = b0 + i;
-                let x_b = &x[b * x_image..][..x_image];
-                weight_image(s, l, plan, &dy, x_b, b, out, k);
+            let block = &mut block[..n * stride];
+            let dx_block: &mut [f32] = match dx.as_deref_mut() {
+                Some(dx) => &mut dx[b0 * dx_image..(b0 + n) * dx_image],
+                None => &mut [],
             };
-            if parallel {
-                block
-                    .par_chunks_exact_mut(per_image)
-                    .enumerate()
-                    .for_each(image);
-            } else {
-                block
-                    .chunks_exact_mut(per_image)
-                    .enumerate()
-                    .for_each(image);
+            let task = |(i, (out, dx_b)): (usize, (&mut [f32], &mut [f32]))| {
+                let b = b0 + i;
+                image(b, &x[b * x_image..][..x_image], &mut out[..per_image], dx_b);
+            };
+            let none = |(i, out): (usize, &mut [f32])| task((i, (out, &mut [][..])));
+            match (parallel, dx_block.is_empty()) {
+                (true, false) => {
+                    let parts = block.par_chunks_mut(stride);
+                    let dx_parts = dx_block.par_chunks_mut(dx_image);
+                    parts.zip(dx_parts).enumerate().for_each(task);
+                }
+                (true, true) => block.par_chunks_mut(stride).enumerate().for_each(none),
+                (false, false) => {
+                    let parts = block.chunks_mut(stride);
+                    let dx_parts = dx_block.chunks_mut(dx_image);
+                    parts.zip(dx_parts).enumerate().for_each(task);
+                }
+                (false, true) => block.chunks_mut(stride).enumerate().for_each(none),
             }
             // Each output channel adds its taps' dots image by image (the
             // channels apart on the pool: they share nothing).
             let block = &*block;
             for_each_chunk(dw, kk, parallel, |oc, dw_o| {
                 let r = l.out_range(oc);
-                for dots in block.chunks_exact(per_image) {
+                for dots in block.chunks_exact(stride) {
                     for (t, &d) in l.by_output[r.clone()].iter().zip(&dots[r.clone()]) {
                         dw_o[t.wi - oc * kk] += d;
                     }
                 }
             });
-            for dots in block.chunks_exact(per_image) {
-                for (sum, &d) in sums.iter_mut().zip(&dots[taps..]) {
+            for dots in block.chunks_exact(stride) {
+                for (sum, &d) in sums.iter_mut().zip(&dots[taps..per_image]) {
                     *sum += d;
                 }
             }

@@ -113,7 +113,7 @@ pub use fused::{
 };
 pub use layout::SparseLayout;
 
-use backward::{backward_input_wide, backward_weight_wide, lay_out_wide, Dy, PooledGrad};
+use backward::{backward_both_wide, backward_input_wide, backward_weight_wide, Dy, PooledGrad};
 use layout::Plan;
 use loops::{gather_fma, multi_dot};
 use rows::{dot_row_vectors, gather_fma_rows, multi_dot_rows, row_vectors};
@@ -233,10 +233,14 @@ where
 thread_local! {
     /// Per-task scratch (padded planes, wide rows), reused across calls.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// Scratch of the calling thread for a whole padded batch (weight
-    /// gradient with padding), separate so tasks run on this thread can
+    /// Scratch of the calling thread for the weight gradient's block of
+    /// per-image dot products, separate so tasks run on this thread can
     /// still take `SCRATCH`.
     static BATCH_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// A task's dY planes laid out wide (the input gradient, and both
+    /// gradients at once), separate so the kernels it calls can still
+    /// take `SCRATCH`.
+    static DY_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Copies the (C', H, W) planes of `x` into the middle of the zeroed
@@ -524,18 +528,15 @@ pub fn conv2d_sparse(
     Tensor::from_op(y, &out_shape, &inputs, move |dy, grads| {
         let k = Isa::best();
         if wc.needs_grad() && xc.needs_grad() {
-            // Both gradients read dY in the wide layout: lay it out once.
+            // Both gradients, image by image, from one wide layout of
+            // each image's dY.
             let plan = l.plan(&s);
-            let mut wide = crate::buffers::take(s.batch * s.out_channels * plan.q_plane);
-            lay_out_wide(&s, &plan, dy, &mut wide, run_parallel(&s, &l), k);
             let (mut dw, mut dx) = (
                 crate::buffers::take(wc.numel()),
                 crate::buffers::take(xc.numel()),
             );
             let (x, w) = (&xc.data(), &wc.data());
-            backward_weight_wide(&s, &l, &plan, x, Dy::Wide(&wide), &mut dw, None, k);
-            backward_input_wide(&s, &l, &plan, w, Dy::Wide(&wide), &mut dx, k);
-            crate::buffers::give(wide);
+            backward_both_wide(&s, &l, &plan, x, w, dy, &mut dw, &mut dx, k);
             grads.add_owned(&wc, dw);
             grads.add_owned(&xc, dx);
         } else if wc.needs_grad() {
