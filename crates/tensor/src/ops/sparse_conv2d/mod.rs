@@ -66,16 +66,20 @@
 //!
 //! * `layout.rs`: [`SparseLayout`], the tap lists built once per mask, and
 //!   the per-input-size offsets of the wide trick.
-//! * `loops.rs`: the inner loops, `gather_fma` (forward and input gradient;
-//!   portable, AVX2 and AVX-512) and `multi_dot` (weight gradient; portable,
-//!   AVX2 and AVX-512).
-//! * `rows.rs`: the same loops on rows of whole vectors (the ResNets' 32,
-//!   16 and 8): `gather_fma_rows`, written straight into compact rows with
-//!   no wide rows to copy out, and `multi_dot_rows`, over the rows' values
-//!   only (AVX2 and AVX-512; the portable path keeps the wide loops).
+//! * `loops.rs`: the inner loop of forward and input gradient,
+//!   `gather_fma` (portable, AVX2 and AVX-512).
+//! * `dots.rs`: the inner loop of the weight gradient, `multi_dot`
+//!   (portable, AVX2 and AVX-512).
+//! * `rows.rs`: the gather on rows of whole vectors (the ResNets' 32, 16
+//!   and 8), `gather_fma_rows`, written straight into compact rows with no
+//!   wide rows to copy out (AVX2 and AVX-512; the portable path keeps the
+//!   wide loops).
+//! * `row_dots.rs`: the weight gradient's dots on such rows,
+//!   `multi_dot_rows`, over the rows' values only.
 //! * `forward.rs`: [`sparse_conv2d_forward`].
 //! * `backward.rs`: [`sparse_conv2d_backward_input`] and
-//!   [`sparse_conv2d_backward_weight`], and `Dy`, where their tasks find dY.
+//!   [`sparse_conv2d_backward_weight`], both at once for the autograd op
+//!   (image by image), and `Dy`, where their tasks find dY.
 //! * `fused.rs`: the fused conv → relu → max-pool op
 //!   ([`conv2d_sparse_relu_max_pool2d`]) and its slice kernels.
 //! * this file: the crossover rule, work splitting and scratch shared by
@@ -98,10 +102,12 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 mod backward;
+mod dots;
 mod forward;
 mod fused;
 mod layout;
 mod loops;
+mod row_dots;
 mod rows;
 
 pub use backward::{sparse_conv2d_backward_input, sparse_conv2d_backward_weight};
@@ -114,9 +120,11 @@ pub use fused::{
 pub use layout::SparseLayout;
 
 use backward::{backward_both_wide, backward_input_wide, backward_weight_wide, Dy, PooledGrad};
+use dots::multi_dot;
 use layout::Plan;
-use loops::{gather_fma, multi_dot};
-use rows::{dot_row_vectors, gather_fma_rows, multi_dot_rows, row_vectors};
+use loops::gather_fma;
+use row_dots::{dot_row_vectors, multi_dot_rows};
+use rows::{gather_fma_rows, row_vectors};
 
 /// The density (active taps / all taps) below which these kernels beat the
 /// dense ones on the masked weight for a training step (forward and both
