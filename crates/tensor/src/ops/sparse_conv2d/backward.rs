@@ -306,8 +306,8 @@ pub(super) fn backward_both_wide(
 /// at the active taps, and exactly 0.0 elsewhere. OVERWRITES dw.
 /// x is (B, C, H, W), dy is (B, O, OH, OW), dw is (O, C/groups, KH, KW).
 ///
-/// One task per block of output channels (a quarter of them), each channel
-/// summing over the images in order: bitwise the same for any thread count.
+/// One task per image, each writing its taps' dot products; every tap then
+/// sums its images in order: bitwise the same for any thread count.
 pub fn sparse_conv2d_backward_weight(
     s: &Conv2dShape,
     l: &SparseLayout,
