@@ -467,7 +467,6 @@ fn weight_image(
     k: Isa,
 ) {
     let (c, o) = (s.in_channels, s.out_channels);
-    let (cg, og) = (s.group_in(), s.group_out());
     let (q, start) = (plan.q_plane, plan.data_start());
     let rows = s.out_h() * plan.wp; // dY's data rows, gap columns included
     let wide = rows - (plan.wp - s.out_w()); // up to the last value
@@ -480,16 +479,6 @@ fn weight_image(
     let in_place = rv.is_some() && matches!(dy, Dy::Plain(_)) && !want_sum;
     let plane_p = plan.plane();
     let padded = needs_planes(s, plan);
-    // Within the image, when its input planes outgrow L1 (32 KB), they go
-    // a few channels at a time (about 12 KB), each chunk meeting every
-    // output channel while it sits in L1 beside their dY planes, instead
-    // of each output channel reading all of them in turn. A tap's dot
-    // product is its own whatever the order, so no bit changes.
-    let chunk = if cg * plane_p <= 8192 {
-        cg
-    } else {
-        (3072 / plane_p).clamp(1, cg)
-    };
     // A laid-out or in-place dY is read where it is; others are laid out
     // here, every channel of the image.
     let own = if matches!(dy, Dy::Wide(_)) || in_place {
@@ -528,29 +517,60 @@ fn weight_image(
             }
         };
         let dy_stride = if in_place { s.out_w() } else { plan.wp };
-        for c0 in (0..cg).step_by(chunk) {
-            let c1 = (c0 + chunk).min(cg);
-            for oc in 0..o {
-                let r = l.out_range(oc);
-                let taps = &l.by_output[r.clone()];
-                // The taps of channels c0..c1 (sorted by channel).
-                let lo = taps.partition_point(|t| t.ch < c0);
-                let hi = taps.partition_point(|t| t.ch < c1);
-                if lo == hi {
-                    continue;
-                }
-                let x_g = &xs[(oc / og) * cg * plane_p..][..cg * plane_p];
-                let offs = &plan.fwd_offs[r.start + lo..r.start + hi];
-                let d = &mut dots[r.start + lo..r.start + hi];
-                if let Some(rv) = rv {
-                    let (ow, oh) = (s.out_w(), s.out_h());
-                    multi_dot_rows(dy_plane(oc), dy_stride, x_g, offs, d, plan.wp, ow, oh, rv);
-                } else {
-                    multi_dot(dy_plane(oc), x_g, offs, d, k);
-                }
+        tap_dots(s, l, plan, xs, &dy_plane, dy_stride, dots, k);
+    });
+}
+
+/// The dot products of one image's every active tap (into `dots`, in
+/// `by_output`'s order) of its dY planes (`dy_plane(oc)`, rows `dy_stride`
+/// apart on rows of whole vectors, wide otherwise) with its prepared input
+/// planes `xs`.
+#[allow(clippy::too_many_arguments)] // the image's operands and its output
+fn tap_dots<'a>(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    plan: &Plan,
+    xs: &[f32],
+    dy_plane: &dyn Fn(usize) -> &'a [f32],
+    dy_stride: usize,
+    dots: &mut [f32],
+    k: Isa,
+) {
+    let (cg, og) = (s.group_in(), s.group_out());
+    let plane_p = plan.plane();
+    let rv = dot_row_vectors(s.out_w(), k);
+    // When the image's input planes outgrow L1 (32 KB), they go a few
+    // channels at a time (about 12 KB), each chunk meeting every output
+    // channel while it sits in L1 beside their dY planes, instead of each
+    // output channel reading all of them in turn. A tap's dot product is
+    // its own whatever the order, so no bit changes.
+    let chunk = if cg * plane_p <= 8192 {
+        cg
+    } else {
+        (3072 / plane_p).clamp(1, cg)
+    };
+    for c0 in (0..cg).step_by(chunk) {
+        let c1 = (c0 + chunk).min(cg);
+        for oc in 0..s.out_channels {
+            let r = l.out_range(oc);
+            let taps = &l.by_output[r.clone()];
+            // The taps of channels c0..c1 (sorted by channel).
+            let lo = taps.partition_point(|t| t.ch < c0);
+            let hi = taps.partition_point(|t| t.ch < c1);
+            if lo == hi {
+                continue;
+            }
+            let x_g = &xs[(oc / og) * cg * plane_p..][..cg * plane_p];
+            let offs = &plan.fwd_offs[r.start + lo..r.start + hi];
+            let d = &mut dots[r.start + lo..r.start + hi];
+            if let Some(rv) = rv {
+                let (ow, oh) = (s.out_w(), s.out_h());
+                multi_dot_rows(dy_plane(oc), dy_stride, x_g, offs, d, plan.wp, ow, oh, rv);
+            } else {
+                multi_dot(dy_plane(oc), x_g, offs, d, k);
             }
         }
-    });
+    }
 }
 
 /// Asks the CPU to bring `v` into the cache (no effect on results; nothing
