@@ -28,7 +28,7 @@ pass (batches of 250, no gradient).
 DATA_DIR holds data_batch_1.bin .. data_batch_5.bin and test_batch.bin.
 Prints one line per epoch and a summary line "training: N images/s ...
 evaluation: M images/s", and with --metrics FILE writes the per-epoch
-accuracies as JSON lines. With --checkpoint FILE it saves its whole state
+accuracies as JSON lines, and a summary line when the last epoch is done. With --checkpoint FILE it saves its whole state
 after every epoch and, started again with the same command, continues from
 there (a 30-epoch run takes hours on two cores).
 """
@@ -226,6 +226,12 @@ def main():
             torch.save(state, args.checkpoint + ".tmp")
             os.replace(args.checkpoint + ".tmp", args.checkpoint)
 
+    if out and first_epoch < args.epochs:
+        # The end of the run, as the cifar example's metrics end theirs.
+        out.write(json.dumps({"type": "summary", "test_accuracy": acc, "framework": "pytorch",
+                              "seed": args.seed, "train_seconds": train_seconds,
+                              "train_images_per_second": train_done / max(train_seconds, 1e-9)}) + "\n")
+        out.flush()
     print(
         f"training: {train_done / train_seconds:.0f} images/s "
         f"({train_done} images in {train_seconds:.1f} s); "

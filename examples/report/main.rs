@@ -15,14 +15,15 @@
 //! `frame.rs` where its values land on the page, `ticks.rs` its axes'
 //! ticks; `grid.rs` draws kernel grids and heat maps; `charts.rs` builds the loss,
 //! accuracy and export charts and the summary table; `updates.rs` the
-//! charts of the mask updates; this file reads the options and writes the
-//! page.
+//! charts of the mask updates; `markdown.rs` the accuracy tables for
+//! docs (`--markdown`); this file reads the options and writes the page.
 
 mod charts;
 mod draw;
 mod export;
 mod frame;
 mod grid;
+mod markdown;
 mod metrics;
 mod svg;
 mod ticks;
@@ -59,6 +60,11 @@ struct Args {
     /// title (for pages that embed images, such as markdown)
     #[arg(long, value_name = "DIR")]
     svg_dir: Option<PathBuf>,
+    /// Also write the final test accuracy of each group (every seed, mean
+    /// ± std) and every run's test accuracy per epoch as markdown tables
+    /// here, for docs that quote them ("-" prints them)
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -99,6 +105,16 @@ fn run(args: &Args) -> Result<(), String> {
     if let Some(dir) = &args.svg_dir {
         let n = write_svgs(&html, dir)?;
         println!("wrote {} to {}", plural(n, "chart"), dir.display());
+    }
+    if let Some(path) = &args.markdown {
+        let tables = markdown::tables(&groups);
+        if path.as_os_str() == "-" {
+            print!("{tables}");
+        } else {
+            std::fs::write(path, tables)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            println!("wrote the tables to {}", path.display());
+        }
     }
     println!(
         "wrote {} ({} in {}, {})",

@@ -242,6 +242,14 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Run>, String> {
             "epoch" => {
                 let epoch = count(obj, "epoch", &at)?;
                 let run = open(&mut current);
+                // The PyTorch reference scripts write epoch lines only,
+                // each naming its framework and seed.
+                if run.mode.is_none() && run.label.is_none() {
+                    run.label = text(obj, "framework");
+                }
+                if run.seed.is_none() {
+                    run.seed = obj.get("seed").and_then(Value::as_u64);
+                }
                 if let Some(step) = obj.get("step").and_then(Value::as_u64) {
                     run.epoch_steps.insert(epoch, step);
                 }

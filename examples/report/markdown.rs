@@ -1,0 +1,106 @@
+//! The numbers of a study as markdown tables, for the docs that quote
+//! them, so that every number there is remade by one command: the final
+//! test accuracy of each group (every seed, and mean ± std over the
+//! finished runs), and the test accuracy of every run at every epoch.
+
+use std::collections::BTreeSet;
+use std::fmt::Write;
+
+use crate::metrics::{mean_std, Group, Run};
+
+/// Both tables, one after the other.
+pub fn tables(groups: &[Group]) -> String {
+    format!("{}\n{}", final_table(groups), epoch_table(groups))
+}
+
+/// `| group | seed 0 | seed 1 | … | mean ± std |`: a finished run's final
+/// test accuracy, an unfinished one's last epoch in parentheses with the
+/// epoch; the mean and (sample) standard deviation over finished runs.
+pub fn final_table(groups: &[Group]) -> String {
+    let seeds: BTreeSet<Option<u64>> = groups
+        .iter()
+        .flat_map(|g| g.runs.iter().map(|r| r.seed))
+        .collect();
+    let mut s = String::from("| group |");
+    for seed in &seeds {
+        let _ = write!(s, " {} |", seed_title(*seed));
+    }
+    s.push_str(" mean ± std |\n|---|");
+    s.push_str(&"---:|".repeat(seeds.len() + 1));
+    s.push('\n');
+    for g in groups {
+        let _ = write!(s, "| {} |", g.name);
+        for seed in &seeds {
+            let cells: Vec<String> = g
+                .runs
+                .iter()
+                .filter(|r| r.seed == *seed)
+                .map(|r| final_cell(r))
+                .collect();
+            let _ = write!(s, " {} |", cells.join(", "));
+        }
+        let finished: Vec<f64> = g
+            .runs
+            .iter()
+            .filter(|r| r.summary.is_some())
+            .filter_map(|r| r.final_accuracy())
+            .map(|a| 100.0 * a)
+            .collect();
+        let stat = match (finished.len(), mean_std(&finished)) {
+            (0, _) | (_, None) => "–".to_string(),
+            (1, Some((m, _))) => format!("{m:.2}% (1 run)"),
+            (n, Some((m, sd))) => format!("**{m:.2} ± {sd:.2}%** ({n} runs)"),
+        };
+        let _ = writeln!(s, " {stat} |");
+    }
+    s
+}
+
+/// `| run | 1 | 2 | … |`: every run's test accuracy (%) at the end of
+/// each epoch, one row per run, grouped as the groups are.
+pub fn epoch_table(groups: &[Group]) -> String {
+    let epochs = groups
+        .iter()
+        .flat_map(|g| g.runs.iter())
+        .filter_map(|r| r.accuracy.keys().next_back().copied())
+        .max()
+        .unwrap_or(0);
+    let mut s = String::from("| epoch |");
+    for e in 1..=epochs {
+        let _ = write!(s, " {e} |");
+    }
+    s.push_str("\n|---|");
+    s.push_str(&"---:|".repeat(epochs as usize));
+    s.push('\n');
+    for g in groups {
+        for r in &g.runs {
+            let _ = write!(s, "| {}, {} |", g.name, seed_title(r.seed));
+            for e in 1..=epochs {
+                match r.accuracy.get(&e) {
+                    Some(a) => {
+                        let _ = write!(s, " {:.1} |", 100.0 * a);
+                    }
+                    None => s.push_str(" |"),
+                }
+            }
+            s.push('\n');
+        }
+    }
+    s
+}
+
+fn seed_title(seed: Option<u64>) -> String {
+    seed.map_or("seed ?".to_string(), |s| format!("seed {s}"))
+}
+
+/// A finished run's final accuracy; an unfinished one's last epoch.
+fn final_cell(r: &Run) -> String {
+    match (&r.summary, r.final_accuracy()) {
+        (Some(_), Some(a)) => format!("{:.2}%", 100.0 * a),
+        (None, Some(a)) => {
+            let epoch = r.accuracy.keys().next_back().copied().unwrap_or(0);
+            format!("({:.2}%, epoch {epoch})", 100.0 * a)
+        }
+        (_, None) => "–".to_string(),
+    }
+}
