@@ -1,7 +1,8 @@
 //! The report's `--markdown` tables: from fixture metrics (one mode with
 //! two finished seeds, one with an unfinished run, and a PyTorch reference
 //! file with epoch lines only), the final accuracy of every seed, mean ±
-//! std over the finished runs, and every run's accuracy per epoch.
+//! std over the finished runs, every run's accuracy per epoch, and the
+//! connection changes of the mask updates per layer.
 
 mod common;
 
@@ -42,7 +43,13 @@ fn markdown_tables_give_each_seed_and_the_mean_and_std() {
     let files = [
         ("a0.jsonl", ours("static", 0, &[0.5, 0.80], true)),
         ("a1.jsonl", ours("static", 1, &[0.6, 0.82], true)),
-        ("b0.jsonl", ours("set", 0, &[0.55, 0.7], false)),
+        (
+            "b0.jsonl",
+            ours("set", 0, &[0.55, 0.7], false)
+                + "{\"type\":\"progress\",\"step\":100,\"layer\":\"conv1\",\"dropped\":10,\"regrown\":10,\"revived\":0,\"kept\":90,\"reset\":2,\"active\":100}\n\
+                   {\"type\":\"progress\",\"step\":200,\"layer\":\"conv1\",\"dropped\":20,\"regrown\":20,\"revived\":0,\"kept\":80,\"reset\":0,\"active\":100}\n\
+                   {\"type\":\"progress\",\"step\":100,\"layer\":\"conv2\",\"dropped\":5,\"regrown\":5,\"revived\":0,\"active\":50}\n",
+        ),
         (
             "torch.jsonl",
             "{\"type\": \"epoch\", \"epoch\": 1, \"step\": 100, \"test_accuracy\": 0.4, \"framework\": \"pytorch\", \"seed\": 3}\n\
@@ -106,6 +113,12 @@ fn markdown_tables_give_each_seed_and_the_mean_and_std() {
         line("| pytorch, seed 3 |"),
         "| pytorch, seed 3 | 40.0 | 75.0 |"
     );
+
+    // Only the mode that updates masks: turnover (10% and 20%: 15.0%) and
+    // regrown where dropped (2 of 30); a layer whose lines do not say.
+    assert_eq!(line("| layer "), "| layer | mode=set |");
+    assert_eq!(line("| conv1 |"), "| conv1 | 15.0% · 7% |");
+    assert_eq!(line("| conv2 |"), "| conv2 | 10.0% · – |");
 
     // "-" prints them instead.
     let out = Command::new(common::example_named("report"))

@@ -1,16 +1,23 @@
 //! The numbers of a study as markdown tables, for the docs that quote
 //! them, so that every number there is remade by one command: the final
 //! test accuracy of each group (every seed, and mean ± std over the
-//! finished runs), and the test accuracy of every run at every epoch.
+//! finished runs), the test accuracy of every run at every epoch, and the
+//! mask updates' connection changes per layer.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
 use crate::metrics::{mean_std, Group, Run};
 
-/// Both tables, one after the other.
+/// The tables, one after the other (the connection changes only if some
+/// group updates masks).
 pub fn tables(groups: &[Group]) -> String {
-    format!("{}\n{}", final_table(groups), epoch_table(groups))
+    let mut s = format!("{}\n{}", final_table(groups), epoch_table(groups));
+    if let Some(t) = changes_table(groups) {
+        s.push('\n');
+        s.push_str(&t);
+    }
+    s
 }
 
 /// `| group | seed 0 | seed 1 | … | mean ± std |`: a finished run's final
@@ -103,4 +110,58 @@ fn final_cell(r: &Run) -> String {
         }
         (_, None) => "–".to_string(),
     }
+}
+
+/// `| layer | group | … |` for the groups whose runs update masks: per
+/// layer, the mean turnover of an update (the share of the layer's active
+/// connections it drops) and, over all updates, the share of the regrown
+/// connections that the same update had dropped (`reset / regrown`; "–"
+/// where the metrics do not say). `None` without any mask update.
+pub fn changes_table(groups: &[Group]) -> Option<String> {
+    let updating: Vec<&Group> = groups.iter().filter(|g| !g.layers().is_empty()).collect();
+    let mut layers: Vec<String> = Vec::new();
+    for g in &updating {
+        for l in g.layers() {
+            if !layers.contains(&l) {
+                layers.push(l);
+            }
+        }
+    }
+    if layers.is_empty() {
+        return None;
+    }
+    let mut s = String::from("| layer |");
+    for g in &updating {
+        let _ = write!(s, " {} |", g.name);
+    }
+    s.push_str("\n|---|");
+    s.push_str(&"---:|".repeat(updating.len()));
+    s.push('\n');
+    for layer in &layers {
+        let _ = write!(s, "| {layer} |");
+        for g in &updating {
+            let updates: Vec<_> = g
+                .runs
+                .iter()
+                .filter_map(|r| r.layer(layer))
+                .flat_map(|steps| steps.values())
+                .collect();
+            let turnover: Vec<f64> = updates
+                .iter()
+                .filter(|p| p.active_before() > 0.0)
+                .map(|p| 100.0 * p.dropped / p.active_before())
+                .collect();
+            let regrown: f64 = updates.iter().map(|p| p.regrown).sum();
+            let reset: Option<f64> = updates.iter().map(|p| p.reset).sum();
+            let turnover =
+                mean_std(&turnover).map_or("–".to_string(), |(m, _)| format!("{m:.1}%"));
+            let reset = match reset {
+                Some(r) if regrown > 0.0 => format!("{:.0}%", 100.0 * r / regrown),
+                _ => "–".to_string(),
+            };
+            let _ = write!(s, " {turnover} · {reset} |");
+        }
+        s.push('\n');
+    }
+    Some(s)
 }
