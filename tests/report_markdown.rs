@@ -128,5 +128,7 @@ fn markdown_tables_give_each_seed_and_the_mean_and_std() {
         .args(["--markdown", "-"])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&text));
+    // Exactly the tables: what was written is said on stderr.
+    assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrote"));
 }

@@ -102,27 +102,36 @@ fn run(args: &Args) -> Result<(), String> {
     let html = page(&args.title, &sources, &runs, &groups, &exports);
     std::fs::write(&args.output, &html)
         .map_err(|e| format!("cannot write {}: {e}", args.output.display()))?;
+    // With the tables on standard output, what was written goes to stderr.
+    let to_stdout = args.markdown.as_ref().is_some_and(|p| p.as_os_str() == "-");
+    let say = |line: String| {
+        if to_stdout {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     if let Some(dir) = &args.svg_dir {
         let n = write_svgs(&html, dir)?;
-        println!("wrote {} to {}", plural(n, "chart"), dir.display());
+        say(format!("wrote {} to {}", plural(n, "chart"), dir.display()));
     }
     if let Some(path) = &args.markdown {
         let tables = markdown::tables(&groups);
-        if path.as_os_str() == "-" {
+        if to_stdout {
             print!("{tables}");
         } else {
             std::fs::write(path, tables)
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            println!("wrote the tables to {}", path.display());
+            say(format!("wrote the tables to {}", path.display()));
         }
     }
-    println!(
+    say(format!(
         "wrote {} ({} in {}, {})",
         args.output.display(),
         plural(runs.len(), "run"),
         plural(groups.len(), "group"),
         plural(exports.len(), "export")
-    );
+    ));
     Ok(())
 }
 
