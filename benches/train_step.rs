@@ -1,7 +1,7 @@
 //! The notebook's LeNet end to end, without data loading: one training step
 //! (forward, cross-entropy, backward, SGD with momentum, masks held) at
 //! batch 4 and 64, and one evaluation forward pass (no tape) at batch 100
-//! and at the example's evaluation batch (`EVAL_BATCH_SIZE`, 250),
+//! and at the example's evaluation batch (`Model::eval_batch_size`, 250),
 //! for the dense model and for a sparse one at 12 % conv density (the static
 //! mask: 3 of 25 taps per kernel, drawn at construction, on the sparse
 //! kernels). Throughput is reported in images per second. Everything runs
@@ -51,7 +51,7 @@ fn train_step(c: &mut Criterion) {
 
 fn eval_forward(c: &mut Criterion) {
     let mut group = c.benchmark_group("lenet_eval");
-    for (batch, sparse) in [100, hebbsparse::train::EVAL_BATCH_SIZE]
+    for (batch, sparse) in [100, model(false, &mut Rng::seed(1)).eval_batch_size()]
         .into_iter()
         .flat_map(|b| [(b, false), (b, true)])
     {

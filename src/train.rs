@@ -22,13 +22,6 @@ use crate::config::{fingerprint_diff, LrSchedule, TrainConfig};
 use crate::export::{json_str, load_masks};
 use crate::state::{read_state, write_state};
 
-/// Images per batch in evaluation. Each image's logits do not depend on the
-/// batch (see [`Trainer::logits`]), so this is chosen for speed alone:
-/// batches of 250 amortise each op's fork/join and the packing of the
-/// first linear layer's weight over more images than batches of 100, and
-/// still fit the caches (docs/benchmarks.md measures both).
-pub const EVAL_BATCH_SIZE: usize = 250;
-
 #[derive(Debug)]
 pub enum TrainError {
     Config(String),
@@ -370,10 +363,10 @@ impl Trainer {
 
     /// Accuracy on `test`, per class, in evaluation mode (no tape, no
     /// strength, batch norm by its running statistics), in batches of
-    /// [`EVAL_BATCH_SIZE`].
+    /// the network's [`Model::eval_batch_size`].
     pub fn evaluate(&mut self, test: &Split) -> Result<Evaluation, TrainError> {
         let start = Instant::now();
-        let logits = self.logits(test, EVAL_BATCH_SIZE)?;
+        let logits = self.logits(test, self.net.eval_batch_size())?;
         self.eval_seconds += start.elapsed().as_secs_f64();
         self.eval_images += test.len() as u64;
         let classes = self.net.num_classes();

@@ -257,3 +257,26 @@ fn sparse_and_dense_kernels_train_the_same_resnet() {
         common::paths::assert_paths_agree(&config, &train, 4, 1e-3);
     }
 }
+
+/// The ResNet evaluates in batches of 32 for speed (its activations are
+/// large); an image's logits must not depend on that choice, on the dense
+/// kernels or the sparse ones.
+#[test]
+fn resnet_logits_do_not_depend_on_the_evaluation_batch() {
+    let (_, test) = sample();
+    let test = test.take(96);
+    for mode in [Mode::Dense, Mode::Static] {
+        let mut t = Trainer::new(config(8, mode)).unwrap();
+        let bits = |t: &mut Trainer, b: usize| -> Vec<u32> {
+            let logits = t.logits(&test, b).unwrap();
+            assert_eq!(logits.len(), 10 * test.len());
+            logits.into_iter().map(f32::to_bits).collect()
+        };
+        let whole = bits(&mut t, test.len());
+        let eval = t.net.eval_batch_size();
+        assert!(eval < test.len() && test.len() % eval == 0);
+        for b in [eval, 48] {
+            assert!(bits(&mut t, b) == whole, "{mode:?}: batches of {b} differ");
+        }
+    }
+}

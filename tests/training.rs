@@ -517,7 +517,7 @@ fn logits_do_not_depend_on_the_evaluation_batch() {
         };
         let whole = bits(&mut t, test.len());
         // (None of these leaves a last batch of 8 images or fewer.)
-        for b in [20, 100, hebbsparse::train::EVAL_BATCH_SIZE] {
+        for b in [20, 100, t.net.eval_batch_size()] {
             assert!(b > SMALL_BATCH_ROWS && test.len() % b == 0);
             assert!(bits(&mut t, b) == whole, "{mode:?}: batches of {b} differ");
         }

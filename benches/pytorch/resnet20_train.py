@@ -20,7 +20,8 @@ whole test set after each epoch.
 Same timing rule as `cargo run --release --example cifar`: the training clock
 runs only around each step (forward, loss, backward, optimiser step), not
 around batch preparation; the evaluation clock runs around the whole test
-pass (batches of 250, no gradient).
+pass (batches of 32 as the engine's ResNet evaluation, --eval-batch to
+change it; no gradient).
 
     python3 benches/pytorch/resnet20_train.py DATA_DIR --seed 0
     python3 benches/pytorch/resnet20_train.py DATA_DIR --epochs 1 --limit-train 12800 --threads 2
@@ -46,7 +47,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 RECORD = 1 + 3 * 32 * 32
-EVAL_BATCH = 250  # the engine's EVAL_BATCH_SIZE
 MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32).reshape(1, 3, 1, 1)
 STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32).reshape(1, 3, 1, 1)
 
@@ -135,6 +135,7 @@ def main():
     p.add_argument("--depth", type=int, default=20)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--eval-batch", type=int, default=32, help="images per evaluation batch (the engine's ResNet: 32)")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
     p.add_argument("--limit-test", type=int, default=None, help="use only the first N test images")
@@ -143,6 +144,8 @@ def main():
     p.add_argument("--metrics", default=None, help="append per-epoch accuracy here as JSON lines")
     p.add_argument("--checkpoint", default=None, help="save after each epoch here; resume from it if present")
     args = p.parse_args()
+    if args.eval_batch < 1:
+        p.error("--eval-batch must be at least 1")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -202,9 +205,10 @@ def main():
         correct = 0
         t = time.perf_counter()
         with torch.no_grad():
-            for start in range(0, len(x_test), EVAL_BATCH):
-                logits = net(x_test[start : start + EVAL_BATCH])
-                correct += (logits.argmax(1) == y_test[start : start + EVAL_BATCH]).sum().item()
+            eb = args.eval_batch
+            for start in range(0, len(x_test), eb):
+                logits = net(x_test[start : start + eb])
+                correct += (logits.argmax(1) == y_test[start : start + eb]).sum().item()
         eval_seconds += time.perf_counter() - t
         eval_done += len(x_test)
         acc = correct / max(len(x_test), 1)

@@ -42,6 +42,17 @@ pub trait Model {
     /// Training or evaluation mode, for every module.
     fn set_training(&mut self, on: bool);
 
+    /// Images per batch in evaluation. An image's logits do not depend on
+    /// the batch (above 8 images: the training loop's `Trainer::logits`
+    /// says why), so this is chosen for speed alone: enough images to
+    /// amortise each op's fork/join, few enough that a layer's input and
+    /// output stay in the cache for the next layer. The default suits
+    /// networks whose activations are small, like the LeNet's (18 KiB an
+    /// image at most).
+    fn eval_batch_size(&self) -> usize {
+        250
+    }
+
     /// Every parameter with its name, in a fixed order: the optimiser's.
     fn named_parameters(&self) -> Vec<(String, Tensor)>;
 
