@@ -119,8 +119,10 @@ pub fn loss(groups: &[Group]) -> Option<String> {
     any.then(|| plot.finish())
 }
 
-/// Final test accuracy per group: a bar at the mean, a dot per run, and
-/// the chance line.
+/// Final test accuracy per group: a bar at the mean over the finished
+/// runs, a dot per run (grey, at its last epoch, for a run still going),
+/// and the chance line. A group with no finished run gets a bar at the
+/// mean of where its runs are, labelled "so far".
 pub fn accuracy_bars(groups: &[Group]) -> Option<String> {
     let names = groups.iter().map(|g| g.name.clone()).collect();
     let mut plot = Plot::new(
@@ -139,24 +141,33 @@ pub fn accuracy_bars(groups: &[Group]) -> Option<String> {
             .iter()
             .filter_map(|r| r.final_accuracy().map(|a| (*r, 100.0 * a)))
             .collect();
-        let values: Vec<f64> = accs.iter().map(|&(_, a)| a).collect();
-        let Some((mean, _)) = mean_std(&values) else {
-            continue;
+        let finished: Vec<f64> = accs
+            .iter()
+            .filter(|(r, _)| r.summary.is_some())
+            .map(|&(_, a)| a)
+            .collect();
+        let all: Vec<f64> = accs.iter().map(|&(_, a)| a).collect();
+        let (bar, label) = match (mean_std(&finished), mean_std(&all)) {
+            (Some((mean, _)), _) => (mean, format!("{mean:.1}%")),
+            (None, Some((mean, _))) => (mean, format!("{mean:.1}% so far")),
+            (None, None) => continue,
         };
         any = true;
         let c = colour(i);
         let x = i as f64;
-        plot.bar(x + 0.2, x + 0.8, mean, c, &format!("{mean:.1}%"));
+        plot.bar(x + 0.2, x + 0.8, bar, c, &label);
         // Spread the dots a little so equal seeds stay visible.
         let n = accs.len() as f64;
         for (j, (run, a)) in accs.iter().enumerate() {
             let dx = (j as f64 - (n - 1.0) / 2.0) * (0.5 / n.max(2.0));
-            plot.dot(
-                x + 0.5 + dx,
-                *a,
-                "#222222",
-                &format!("{}: {a:.2}%", run.seed_name()),
-            );
+            let (ink, tip) = match (&run.summary, run.accuracy.keys().next_back()) {
+                (None, Some(epoch)) => (
+                    "#9a9a9a",
+                    format!("{}: {a:.2}% at epoch {epoch}, unfinished", run.seed_name()),
+                ),
+                _ => ("#222222", format!("{}: {a:.2}%", run.seed_name())),
+            };
+            plot.dot(x + 0.5 + dx, *a, ink, &tip);
         }
     }
     let chance = chance_percent(groups);

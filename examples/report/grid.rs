@@ -266,6 +266,8 @@ pub fn heat_map(
         );
     }
     let largest = values.iter().copied().fold(0.0f64, f64::max);
+    // The cells' common stroke once, on a group (maps of hundreds of cells).
+    s.push_str(r##"<g stroke="#d0d0d0" stroke-width="0.5">"##);
     for r in 0..rows {
         for c in 0..cols {
             let v = values[r * cols + c];
@@ -274,7 +276,7 @@ pub fn heat_map(
                 // No value here: an empty cell.
                 let _ = write!(
                     s,
-                    r##"<rect class="tap" x="{x:.1}" y="{y:.1}" width="{cell:.1}" height="{cell:.1}" fill="#f2f2f2" stroke="#d0d0d0" stroke-width="0.5"><title>{}: no data</title></rect>"##,
+                    r##"<rect class="tap" x="{x:.1}" y="{y:.1}" width="{cell:.1}" height="{cell:.1}" fill="#f2f2f2"><title>{}: no data</title></rect>"##,
                     escape(&name_of(r, c))
                 );
                 continue;
@@ -283,7 +285,7 @@ pub fn heat_map(
             let ink = if shade > 0.55 { "#ffffff" } else { "#222222" };
             let _ = write!(
                 s,
-                r##"<rect class="tap" x="{x:.1}" y="{y:.1}" width="{cell:.1}" height="{cell:.1}" fill="{}" stroke="#d0d0d0" stroke-width="0.5"><title>{}: {:.1}%</title></rect>"##,
+                r##"<rect class="tap" x="{x:.1}" y="{y:.1}" width="{cell:.1}" height="{cell:.1}" fill="{}"><title>{}: {:.1}%</title></rect>"##,
                 mix(WHITE, NAVY, shade),
                 escape(&name_of(r, c)),
                 100.0 * v
@@ -291,7 +293,7 @@ pub fn heat_map(
             if cell >= 24.0 {
                 let _ = write!(
                     s,
-                    r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10" fill="{ink}">{:.0}</text>"#,
+                    r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10" fill="{ink}" stroke="none">{:.0}</text>"#,
                     x + cell / 2.0,
                     y + cell / 2.0 + 3.5,
                     100.0 * v
@@ -299,6 +301,7 @@ pub fn heat_map(
             }
         }
     }
+    s.push_str("</g>");
     let key_y = top + cell * rows as f64 + 12.0;
     colour_scale(
         &mut s,

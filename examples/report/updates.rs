@@ -2,7 +2,7 @@
 //! layers (the LeNet's two), a chart per layer of the connections dropped,
 //! regrown and revived at each update, and one of every layer's turnover;
 //! for more (ResNet-20's 18), whose charts would fill pages, two heat maps
-//! with a row per layer and a column per update: the turnover, and the
+//! with a row per layer and a column per update (or run of updates): the turnover, and the
 //! share of the regrown connections that the same update had dropped (the
 //! `reset` count: a rule that regrows what it prunes moves nothing).
 
@@ -149,11 +149,19 @@ pub fn progress(group: &Group) -> Vec<String> {
     charts
 }
 
+/// At most this many columns in a heat map of updates: a 30-epoch
+/// ResNet run makes hundreds of updates, and a column each would draw a
+/// map several thousand pixels wide (and write a quarter of a megabyte of
+/// SVG); past it, each column is a run of consecutive updates.
+const UPDATE_COLUMNS_UP_TO: usize = 60;
+
 /// The heat maps of [`progress`] for many layers: per layer (row) and
 /// update (column), the mean over the group's runs of the share of the
 /// layer's active connections dropped, and of the regrown ones that the
 /// same update had dropped (`reset`, written by the cifar example since it
-/// counts it; a cell without data is drawn empty).
+/// counts it; a cell without data is drawn empty). Past
+/// [`UPDATE_COLUMNS_UP_TO`] updates, a column is the mean over a run of
+/// consecutive updates, all of the same length but the last.
 fn progress_maps(group: &Group, layers: &[String]) -> Vec<String> {
     let steps: Vec<u64> = layers
         .iter()
@@ -165,14 +173,21 @@ fn progress_maps(group: &Group, layers: &[String]) -> Vec<String> {
     if steps.is_empty() {
         return Vec::new();
     }
+    let columns: Vec<&[u64]> = steps
+        .chunks(steps.len().div_ceil(UPDATE_COLUMNS_UP_TO))
+        .collect();
     let values = |share: &dyn Fn(&Progress) -> Option<f64>| -> Vec<f64> {
-        let mut v = Vec::with_capacity(layers.len() * steps.len());
+        let mut v = Vec::with_capacity(layers.len() * columns.len());
         for layer in layers {
-            for step in &steps {
-                let at: Vec<f64> = group
-                    .runs
+            for column in &columns {
+                let at: Vec<f64> = column
                     .iter()
-                    .filter_map(|r| r.layer(layer)?.get(step))
+                    .flat_map(|step| {
+                        group
+                            .runs
+                            .iter()
+                            .filter_map(move |r| r.layer(layer)?.get(step))
+                    })
                     .filter_map(share)
                     .collect();
                 // NaN: no run has a value there.
@@ -186,17 +201,29 @@ fn progress_maps(group: &Group, layers: &[String]) -> Vec<String> {
         (before > 0.0).then(|| p.dropped / before)
     });
     let reset = values(&|p| Some(p.reset? / p.regrown).filter(|_| p.regrown > 0.0));
-    let name_of = |r: usize, c: usize| format!("{} at step {}", layers[r], steps[c]);
-    let span = format!(
+    let name_of = |r: usize, c: usize| match columns[c] {
+        [step] => format!("{} at step {step}", layers[r]),
+        run => format!(
+            "{} at steps {} to {} ({} updates)",
+            layers[r],
+            run[0],
+            run[run.len() - 1],
+            run.len()
+        ),
+    };
+    let mut span = format!(
         "{} updates, steps {} to {}",
         steps.len(),
         steps[0],
         steps[steps.len() - 1]
     );
+    if columns[0].len() > 1 {
+        span += &format!(", {} a column", columns[0].len());
+    }
     vec![
         heat_map(
             &format!("Turnover by layer ({})", group.name),
-            (layers.len(), steps.len()),
+            (layers.len(), columns.len()),
             ("layer", &span),
             &turnover,
             &name_of,
@@ -205,7 +232,7 @@ fn progress_maps(group: &Group, layers: &[String]) -> Vec<String> {
         ),
         heat_map(
             &format!("Regrown where dropped, by layer ({})", group.name),
-            (layers.len(), steps.len()),
+            (layers.len(), columns.len()),
             ("layer", &span),
             &reset,
             &name_of,

@@ -1,0 +1,123 @@
+//! The report on a study as it is made, with runs still going and runs of
+//! hundreds of mask updates: an unfinished run does not move a group's
+//! bar, and a heat map of many updates puts a run of them in each column.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A fresh folder for this test's files.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("report-study-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A run of `mode` and `seed` that reached `accs` (fractions) at the end of
+/// its epochs, with its summary line if `finished`.
+fn run(mode: &str, seed: u64, accs: &[f64], finished: bool) -> String {
+    let mut s = format!("{{\"type\":\"config\",\"mode\":\"{mode}\",\"seed\":{seed}}}\n");
+    for (i, a) in accs.iter().enumerate() {
+        s += &format!(
+            "{{\"type\":\"epoch\",\"epoch\":{},\"step\":{},\"test_accuracy\":{a}}}\n",
+            i + 1,
+            100 * (i + 1)
+        );
+    }
+    if finished {
+        let last = accs.last().unwrap();
+        s += &format!("{{\"type\":\"summary\",\"mode\":\"{mode}\",\"test_accuracy\":{last}}}\n");
+    }
+    s
+}
+
+/// Writes `files` into `dir`, runs the report on them, returns the page.
+fn page(dir: &Path, files: &[(&str, String)]) -> String {
+    let mut args = Vec::new();
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        args.push(path);
+    }
+    let html = dir.join("report.html");
+    let out = Command::new(common::example_named("report"))
+        .args(&args)
+        .arg("-o")
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(&html).unwrap()
+}
+
+/// The `<svg>…</svg>` block of `html` whose title is `title`.
+fn chart<'a>(html: &'a str, title: &str) -> &'a str {
+    let at = html
+        .find(&format!("<title>{title}</title>"))
+        .unwrap_or_else(|| panic!("no chart titled {title:?}"));
+    let start = html[..at].rfind("<svg").unwrap();
+    let end = at + html[at..].find("</svg>").unwrap();
+    &html[start..end]
+}
+
+#[test]
+fn an_unfinished_run_does_not_move_the_bar() {
+    let dir = scratch("bars");
+    let html = page(
+        &dir,
+        &[
+            ("s0.jsonl", run("static", 0, &[0.5, 0.80], true)),
+            ("s1.jsonl", run("static", 1, &[0.6, 0.82], true)),
+            // Still going, far below: it must not pull the mean to 74%.
+            ("s2.jsonl", run("static", 2, &[0.6], false)),
+            // Nothing finished: a bar of where it is, said so.
+            ("t0.jsonl", run("set", 0, &[0.3, 0.4], false)),
+        ],
+    );
+    let bars = chart(&html, "Test accuracy per mode");
+    assert!(bars.contains(">81.0%<"), "{bars}");
+    assert!(!bars.contains(">74.0%<"));
+    assert!(bars.contains("seed 2: 60.00% at epoch 1, unfinished"));
+    assert!(bars.contains("seed 0: 80.00%<"));
+    assert!(bars.contains(">40.0% so far<"), "{bars}");
+}
+
+/// One progress line: `dropped` of `layer`'s 100 active connections at
+/// `step`, all regrown elsewhere.
+fn progress(step: u64, layer: &str, dropped: u64) -> String {
+    format!(
+        "{{\"type\":\"progress\",\"step\":{step},\"layer\":\"{layer}\",\"dropped\":{dropped},\"regrown\":{dropped},\"revived\":0,\"kept\":{},\"reset\":0,\"active\":100}}\n",
+        100 - dropped
+    )
+}
+
+#[test]
+fn a_heat_map_of_many_updates_puts_a_run_of_them_in_each_column() {
+    let dir = scratch("updates");
+    let layers: Vec<String> = (0..8).map(|i| format!("layer{i}")).collect();
+    // 150 updates: columns of 3 (50 columns); the updates drop 10, 20 and
+    // 60 of 100 in turn, so each column's mean is 30%.
+    let mut text = run("set", 0, &[0.5], false);
+    for k in 0..150u64 {
+        for l in &layers {
+            text += &progress(100 * (k + 1), l, [10, 20, 60][k as usize % 3]);
+        }
+    }
+    text += "{\"type\":\"summary\",\"mode\":\"set\",\"test_accuracy\":0.5}\n";
+    let html = page(&dir, &[("set.jsonl", text)]);
+    let map = chart(&html, "Turnover by layer (set)");
+    assert_eq!(map.matches(r#"class="tap""#).count(), 8 * 50);
+    assert!(map.contains("150 updates, steps 100 to 15000, 3 a column"));
+    assert!(
+        map.contains("<title>layer0 at steps 100 to 300 (3 updates): 30.0%</title>"),
+        "{map:.2000}"
+    );
+    assert!(map.contains("<title>layer7 at steps 14800 to 15000 (3 updates): 30.0%</title>"));
+    assert!(!map.contains(": 10.0%</title>"));
+}
