@@ -2,18 +2,12 @@
 //! hundreds of mask updates: an unfinished run does not move a group's
 //! bar, and a heat map of many updates puts a run of them in each column.
 
-mod common;
+mod report_fixture;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-/// A fresh folder for this test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("report-study-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use report_fixture::{chart, example, scratch};
 
 /// A run of `mode` and `seed` that reached `accs` (fractions) at the end of
 /// its epochs, with its summary line if `finished`.
@@ -42,7 +36,7 @@ fn page(dir: &Path, files: &[(&str, String)]) -> String {
         args.push(path);
     }
     let html = dir.join("report.html");
-    let out = Command::new(common::example_named("report"))
+    let out = Command::new(example())
         .args(&args)
         .arg("-o")
         .arg(&html)
@@ -56,19 +50,9 @@ fn page(dir: &Path, files: &[(&str, String)]) -> String {
     std::fs::read_to_string(&html).unwrap()
 }
 
-/// The `<svg>…</svg>` block of `html` whose title is `title`.
-fn chart<'a>(html: &'a str, title: &str) -> &'a str {
-    let at = html
-        .find(&format!("<title>{title}</title>"))
-        .unwrap_or_else(|| panic!("no chart titled {title:?}"));
-    let start = html[..at].rfind("<svg").unwrap();
-    let end = at + html[at..].find("</svg>").unwrap();
-    &html[start..end]
-}
-
 #[test]
 fn an_unfinished_run_does_not_move_the_bar() {
-    let dir = scratch("bars");
+    let dir = scratch("study-bars");
     let html = page(
         &dir,
         &[
@@ -99,7 +83,7 @@ fn progress(step: u64, layer: &str, dropped: u64) -> String {
 
 #[test]
 fn a_heat_map_of_many_updates_puts_a_run_of_them_in_each_column() {
-    let dir = scratch("updates");
+    let dir = scratch("study-updates");
     let layers: Vec<String> = (0..8).map(|i| format!("layer{i}")).collect();
     // 150 updates: columns of 3 (50 columns); the updates drop 10, 20 and
     // 60 of 100 in turn, so each column's mean is 30%.
