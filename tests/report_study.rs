@@ -105,3 +105,77 @@ fn a_heat_map_of_many_updates_puts_a_run_of_them_in_each_column() {
     assert!(map.contains("<title>layer7 at steps 14800 to 15000 (3 updates): 30.0%</title>"));
     assert!(!map.contains(": 10.0%</title>"));
 }
+
+/// An export of one layer `conv` of shape [4, 4, 3, 3] whose mask is
+/// `active(o, c, tap)`, the index naming `mode` and `seed`.
+fn write_mask_export(
+    dir: &Path,
+    mode: &str,
+    seed: u64,
+    active: &dyn Fn(usize, usize, usize) -> bool,
+) {
+    use hebbsparse::tensor::npy::write_npy;
+    use hebbsparse::tensor::tensor::Tensor;
+    std::fs::create_dir_all(dir).unwrap();
+    let shape = [4, 4, 3, 3];
+    let mask: Vec<f32> = (0..144)
+        .map(|i| f32::from(active(i / 36, (i / 9) % 4, i % 9)))
+        .collect();
+    for kind in ["weight", "mask"] {
+        write_npy(
+            dir.join(format!("conv.{kind}.npy")),
+            &Tensor::from_vec(mask.clone(), &shape),
+        )
+        .unwrap();
+    }
+    let index = format!(
+        r#"{{"step":10,"epoch":1,"settings":{{"mode":"{mode}","seed":"{seed}"}},"layers":[{{"name":"conv","shape":[4,4,3,3],"weight":"conv.weight.npy","mask":"conv.mask.npy"}}]}}"#
+    );
+    std::fs::write(dir.join("index.json"), index).unwrap();
+}
+
+/// The spread tables: a mask that reads every input channel through one
+/// corner tap, against one whose filters all read input channel 0 alone,
+/// at the centre: the share of input channels a filter reads, the share of
+/// taps on the busiest quarter of the inputs and at the centre, and the
+/// inputs no tap reads.
+#[test]
+fn markdown_says_where_the_exported_masks_taps_sit() {
+    let dir = scratch("study-spread");
+    write_mask_export(&dir.join("even"), "set", 0, &|_, _, t| t == 0);
+    write_mask_export(&dir.join("gathered"), "hebbian-grow", 1, &|_, c, t| {
+        c == 0 && t == 4
+    });
+    let metrics = dir.join("m.jsonl");
+    std::fs::write(&metrics, run("set", 0, &[0.5], true)).unwrap();
+    let out = Command::new(example())
+        .arg(&metrics)
+        .args(["--export"])
+        .arg(dir.join("even"))
+        .args(["--export"])
+        .arg(dir.join("gathered"))
+        .arg("-o")
+        .arg(dir.join("r.html"))
+        .args(["--markdown", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("| conv |")).collect();
+    // Density 1/9 (the first export's): a uniform mask reads 1 − (8/9)^9 = 65%.
+    assert_eq!(
+        lines,
+        [
+            "| conv | 11.1% | 65% | 100% | 25% |",
+            "| conv | 25% · 0% | 100% · 100% · 3 unread |",
+        ],
+        "{text}"
+    );
+    assert!(
+        text.contains("| layer | density | uniform mask | set, seed 0 | hebbian-grow, seed 1 |")
+    );
+}

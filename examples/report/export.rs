@@ -38,6 +38,62 @@ impl Layer {
         let active = self.mask.iter().filter(|&&m| m != 0.0).count();
         active as f64 / self.mask.len().max(1) as f64
     }
+
+    /// How the active taps spread over the input channels and the kernel
+    /// positions (see [`Spread`]).
+    pub fn spread(&self) -> Spread {
+        let [o, c, kh, kw] = self.shape;
+        let taps = kh * kw;
+        // Active taps per (output, input) kernel, and per input channel.
+        let per_kernel: Vec<usize> = self
+            .mask
+            .chunks_exact(taps)
+            .map(|k| k.iter().filter(|&&m| m != 0.0).count())
+            .collect();
+        let mut per_input = vec![0usize; c];
+        for (i, &n) in per_kernel.iter().enumerate() {
+            per_input[i % c] += n;
+        }
+        let read = per_kernel.iter().filter(|&&n| n > 0).count();
+        let active: usize = per_input.iter().sum();
+        per_input.sort_unstable_by(|a, b| b.cmp(a));
+        let quarter: usize = per_input[..c.div_ceil(4)].iter().sum();
+        let centre = (kh / 2) * kw + kw / 2;
+        let at_centre = self
+            .mask
+            .chunks_exact(taps)
+            .filter(|k| k[centre] != 0.0)
+            .count();
+        let share = |n: usize| n as f64 / active.max(1) as f64;
+        Spread {
+            reach: read as f64 / (o * c).max(1) as f64,
+            uniform_reach: 1.0 - (1.0 - self.density()).powi(taps as i32),
+            busiest_quarter: share(quarter),
+            unread_inputs: per_input.iter().filter(|&&n| n == 0).count(),
+            centre: share(at_centre),
+        }
+    }
+}
+
+/// Where a layer's active taps sit: whether a rule spreads its connections
+/// over the inputs as a uniformly drawn mask does, or gathers them on some
+/// input channels (a Hebbian score grows where units are often active) or
+/// kernel positions.
+pub struct Spread {
+    /// The share of the (output, input) kernels with an active tap: on
+    /// average, the share of its input channels a filter reads.
+    pub reach: f64,
+    /// The same for a mask drawn uniformly at the layer's density, about
+    /// 1 − (1 − density)^(KH·KW).
+    pub uniform_reach: f64,
+    /// The share of the active taps on the busiest quarter of the input
+    /// channels (a little over a quarter, for a uniform mask).
+    pub busiest_quarter: f64,
+    /// Input channels no active tap reads: features the layer ignores.
+    pub unread_inputs: usize,
+    /// The share of the active taps at the kernel's centre (1/(KH·KW) for a
+    /// uniform mask).
+    pub centre: f64,
 }
 
 pub struct Export {

@@ -15,8 +15,8 @@
 //! `frame.rs` where its values land on the page, `ticks.rs` its axes'
 //! ticks; `grid.rs` draws kernel grids and heat maps; `charts.rs` builds the loss,
 //! accuracy and export charts and the summary table; `updates.rs` the
-//! charts of the mask updates; `markdown.rs` the accuracy tables for
-//! docs (`--markdown`); this file reads the options and writes the page.
+//! charts of the mask updates; `markdown.rs` the tables for docs
+//! (`--markdown`); this file reads the options and writes the page.
 
 mod charts;
 mod draw;
@@ -61,8 +61,9 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     svg_dir: Option<PathBuf>,
     /// Also write the final test accuracy of each group (every seed, mean
-    /// ± std) and every run's test accuracy per epoch as markdown tables
-    /// here, for docs that quote them ("-" prints them)
+    /// ± std), every run's test accuracy per epoch, the connection changes
+    /// per layer and, with exports, where their masks' taps sit, as markdown
+    /// tables here, for docs that quote them ("-" prints them)
     #[arg(long, value_name = "FILE")]
     markdown: Option<PathBuf>,
 }
@@ -116,7 +117,7 @@ fn run(args: &Args) -> Result<(), String> {
         say(format!("wrote {} to {}", plural(n, "chart"), dir.display()));
     }
     if let Some(path) = &args.markdown {
-        let tables = markdown::tables(&groups);
+        let tables = markdown::tables(&groups, &exports);
         if to_stdout {
             print!("{tables}");
         } else {

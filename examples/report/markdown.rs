@@ -1,21 +1,27 @@
 //! The numbers of a study as markdown tables, for the docs that quote
 //! them, so that every number there is remade by one command: the final
 //! test accuracy of each group (every seed, and mean ± std over the
-//! finished runs), the test accuracy of every run at every epoch, and the
-//! mask updates' connection changes per layer.
+//! finished runs), the test accuracy of every run at every epoch, the
+//! mask updates' connection changes per layer, and where the exported
+//! masks' active taps sit.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
+use crate::export::Export;
 use crate::metrics::{mean_std, Group, Run};
 
 /// The tables, one after the other (the connection changes only if some
-/// group updates masks).
-pub fn tables(groups: &[Group]) -> String {
+/// group updates masks, the masks' spread only with exports).
+pub fn tables(groups: &[Group], exports: &[Export]) -> String {
     let mut s = format!("{}\n{}", final_table(groups), epoch_table(groups));
     if let Some(t) = changes_table(groups) {
         s.push('\n');
         s.push_str(&t);
+    }
+    if !exports.is_empty() {
+        s.push('\n');
+        s.push_str(&spread_tables(exports));
     }
     s
 }
@@ -164,4 +170,75 @@ pub fn changes_table(groups: &[Group]) -> Option<String> {
         s.push('\n');
     }
     Some(s)
+}
+
+/// Two tables over the exports' layers (by name, in the first export's
+/// order): the share of its input channels a filter reads, beside a
+/// uniformly drawn mask's at the first export's density; and the share of
+/// the active taps on the busiest quarter of the input channels and at the
+/// kernel centre, with the input channels no tap reads when there are any.
+pub fn spread_tables(exports: &[Export]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for e in exports {
+        for l in &e.layers {
+            if !names.contains(&l.name.as_str()) {
+                names.push(&l.name);
+            }
+        }
+    }
+    let header = |first: &str| {
+        let mut h = format!("| layer |{first}");
+        for e in exports {
+            let label = e.mode.as_deref().unwrap_or("export");
+            let _ = write!(h, " {label}, {} |", seed_title(e.seed));
+        }
+        let columns = exports.len() + first.matches('|').count();
+        h.push_str("\n|---|");
+        h.push_str(&"---:|".repeat(columns));
+        h.push('\n');
+        h
+    };
+    let layer =
+        |e: &Export, name: &str| e.layers.iter().find(|l| l.name == name).map(|l| l.spread());
+    let mut reach = header(" density | uniform mask |");
+    let mut gather = header("");
+    for name in &names {
+        let first = exports
+            .iter()
+            .find_map(|e| e.layers.iter().find(|l| l.name == *name));
+        let (density, uniform) = first.map_or((f64::NAN, f64::NAN), |l| {
+            (l.density(), l.spread().uniform_reach)
+        });
+        let _ = write!(
+            reach,
+            "| {name} | {:.1}% | {:.0}% |",
+            100.0 * density,
+            100.0 * uniform
+        );
+        let _ = write!(gather, "| {name} |");
+        for e in exports {
+            match layer(e, name) {
+                Some(sp) => {
+                    let _ = write!(reach, " {:.0}% |", 100.0 * sp.reach);
+                    let _ = write!(
+                        gather,
+                        " {:.0}% · {:.0}%",
+                        100.0 * sp.busiest_quarter,
+                        100.0 * sp.centre
+                    );
+                    if sp.unread_inputs > 0 {
+                        let _ = write!(gather, " · {} unread", sp.unread_inputs);
+                    }
+                    gather.push_str(" |");
+                }
+                None => {
+                    reach.push_str(" |");
+                    gather.push_str(" |");
+                }
+            }
+        }
+        reach.push('\n');
+        gather.push('\n');
+    }
+    format!("{reach}\n{gather}")
 }
