@@ -4,42 +4,22 @@
 //! std over the finished runs, every run's accuracy per epoch, and the
 //! connection changes of the mask updates per layer.
 
-mod common;
+mod report_fixture;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A fresh folder for this test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("report-md-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use report_fixture::{epoch_run, example, scratch};
 
-/// A run of `mode` and `seed` that reached `accs` (fractions) at the end of
-/// its epochs, with its summary line if `finished`.
+/// A run of `mode` and `seed`, labelled `mode=MODE` as the sweep labels
+/// it, that reached `accs` (fractions) at the end of its epochs, with its
+/// summary line if `finished`.
 fn ours(mode: &str, seed: u64, accs: &[f64], finished: bool) -> String {
-    let mut s = format!(
-        "{{\"type\":\"config\",\"mode\":\"{mode}\",\"label\":\"mode={mode}\",\"seed\":{seed}}}\n"
-    );
-    for (i, a) in accs.iter().enumerate() {
-        s += &format!(
-            "{{\"type\":\"epoch\",\"epoch\":{},\"step\":{},\"test_accuracy\":{a}}}\n",
-            i + 1,
-            100 * (i + 1)
-        );
-    }
-    if finished {
-        let last = accs.last().unwrap();
-        s += &format!("{{\"type\":\"summary\",\"mode\":\"{mode}\",\"test_accuracy\":{last}}}\n");
-    }
-    s
+    epoch_run(mode, seed, Some(&format!("mode={mode}")), accs, finished)
 }
 
 #[test]
 fn markdown_tables_give_each_seed_and_the_mean_and_std() {
-    let dir = scratch("tables");
+    let dir = scratch("md-tables");
     let files = [
         ("a0.jsonl", ours("static", 0, &[0.5, 0.80], true)),
         ("a1.jsonl", ours("static", 1, &[0.6, 0.82], true)),
@@ -65,7 +45,7 @@ fn markdown_tables_give_each_seed_and_the_mean_and_std() {
         args.push(path);
     }
     let md = dir.join("tables.md");
-    let out = Command::new(common::example_named("report"))
+    let out = Command::new(example())
         .args(&args)
         .arg("-o")
         .arg(dir.join("report.html"))
@@ -121,7 +101,7 @@ fn markdown_tables_give_each_seed_and_the_mean_and_std() {
     assert_eq!(line("| conv2 |"), "| conv2 | 10.0% · – |");
 
     // "-" prints them instead.
-    let out = Command::new(common::example_named("report"))
+    let out = Command::new(example())
         .args(&args)
         .arg("-o")
         .arg(dir.join("report.html"))

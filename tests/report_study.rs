@@ -7,28 +7,17 @@ mod report_fixture;
 use std::path::Path;
 use std::process::Command;
 
-use report_fixture::{chart, example, scratch};
+use report_fixture::{chart, epoch_run, example, scratch};
 
 /// A run of `mode` and `seed` that reached `accs` (fractions) at the end of
 /// its epochs, with its summary line if `finished`.
 fn run(mode: &str, seed: u64, accs: &[f64], finished: bool) -> String {
-    let mut s = format!("{{\"type\":\"config\",\"mode\":\"{mode}\",\"seed\":{seed}}}\n");
-    for (i, a) in accs.iter().enumerate() {
-        s += &format!(
-            "{{\"type\":\"epoch\",\"epoch\":{},\"step\":{},\"test_accuracy\":{a}}}\n",
-            i + 1,
-            100 * (i + 1)
-        );
-    }
-    if finished {
-        let last = accs.last().unwrap();
-        s += &format!("{{\"type\":\"summary\",\"mode\":\"{mode}\",\"test_accuracy\":{last}}}\n");
-    }
-    s
+    epoch_run(mode, seed, None, accs, finished)
 }
 
-/// Writes `files` into `dir`, runs the report on them, returns the page.
-fn page(dir: &Path, files: &[(&str, String)]) -> String {
+/// Writes `files` into `dir`, runs the report on them with `extra`
+/// options, returns the page and the standard output.
+fn page_with(dir: &Path, files: &[(&str, String)], extra: &[&str]) -> (String, String) {
     let mut args = Vec::new();
     for (name, text) in files {
         let path = dir.join(name);
@@ -38,6 +27,7 @@ fn page(dir: &Path, files: &[(&str, String)]) -> String {
     let html = dir.join("report.html");
     let out = Command::new(example())
         .args(&args)
+        .args(extra)
         .arg("-o")
         .arg(&html)
         .output()
@@ -47,7 +37,12 @@ fn page(dir: &Path, files: &[(&str, String)]) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::read_to_string(&html).unwrap()
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    (std::fs::read_to_string(&html).unwrap(), stdout)
+}
+
+fn page(dir: &Path, files: &[(&str, String)]) -> String {
+    page_with(dir, files, &[]).0
 }
 
 #[test]
@@ -146,25 +141,13 @@ fn markdown_says_where_the_exported_masks_taps_sit() {
     write_mask_export(&dir.join("gathered"), "hebbian-grow", 1, &|_, c, t| {
         c == 0 && t == 4
     });
-    let metrics = dir.join("m.jsonl");
-    std::fs::write(&metrics, run("set", 0, &[0.5], true)).unwrap();
-    let out = Command::new(example())
-        .arg(&metrics)
-        .args(["--export"])
-        .arg(dir.join("even"))
-        .args(["--export"])
-        .arg(dir.join("gathered"))
-        .arg("-o")
-        .arg(dir.join("r.html"))
-        .args(["--markdown", "-"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (even, gathered) = (dir.join("even"), dir.join("gathered"));
+    let (even, gathered) = (even.to_str().unwrap(), gathered.to_str().unwrap());
+    let (_, text) = page_with(
+        &dir,
+        &[("m.jsonl", run("set", 0, &[0.5], true))],
+        &["--export", even, "--export", gathered, "--markdown", "-"],
     );
-    let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("| conv |")).collect();
     // Density 1/9 (the first export's): a uniform mask reads 1 − (8/9)^9 = 65%.
     assert_eq!(

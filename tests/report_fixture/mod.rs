@@ -28,6 +28,32 @@ pub fn example() -> PathBuf {
     bin
 }
 
+/// A run of `mode` and `seed` with only its epochs' test accuracies
+/// (`accs`, fractions) and, if `finished`, its summary line; labelled
+/// `label` if given.
+pub fn epoch_run(
+    mode: &str,
+    seed: u64,
+    label: Option<&str>,
+    accs: &[f64],
+    finished: bool,
+) -> String {
+    let label = label.map_or(String::new(), |l| format!(",\"label\":\"{l}\""));
+    let mut s = format!("{{\"type\":\"config\",\"mode\":\"{mode}\"{label},\"seed\":{seed}}}\n");
+    for (i, a) in accs.iter().enumerate() {
+        s += &format!(
+            "{{\"type\":\"epoch\",\"epoch\":{},\"step\":{},\"test_accuracy\":{a}}}\n",
+            i + 1,
+            100 * (i + 1)
+        );
+    }
+    if finished {
+        let last = accs.last().unwrap();
+        s += &format!("{{\"type\":\"summary\",\"mode\":\"{mode}\",\"test_accuracy\":{last}}}\n");
+    }
+    s
+}
+
 /// A fresh folder for one test's files, kept after the run for inspection.
 pub fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("report-{name}"));
