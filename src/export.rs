@@ -4,7 +4,7 @@
 //! back in, a mask made elsewhere loaded from such files ([`load_masks`]).
 //!
 //! ```text
-//! DIR/index.json            {"step", "epoch", "settings": {...}, "layers": [...]}
+//! DIR/index.json            {"step", "epoch", "label", "settings": {...}, "layers": [...]}
 //! DIR/LAYER.weight.npy      (O, C, KH, KW) float32
 //! DIR/LAYER.mask.npy        (O, C, KH, KW) float32, 1 = active
 //! DIR/LAYER.strength.npy    (O, C, KH, KW) float32, Hebbian strength (below)
@@ -170,7 +170,7 @@ pub fn export_layers(
     dir: &Path,
     names: &[&str],
     layers: &[&DSConv2d],
-    settings: &[(&str, Setting)],
+    (settings, label): (&[(&str, Setting)], &str),
     step: u64,
     epoch: usize,
 ) -> io::Result<()> {
@@ -178,7 +178,7 @@ pub fn export_layers(
     let tmp = dir.join(".export.tmp");
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
-    let result = write_export(&tmp, names, layers, settings, step, epoch)
+    let result = write_export(&tmp, names, layers, (settings, label), step, epoch)
         .and_then(|files| move_into(&tmp, dir, &files));
     let _ = fs::remove_dir_all(&tmp);
     result
@@ -189,7 +189,7 @@ fn write_export(
     tmp: &Path,
     names: &[&str],
     layers: &[&DSConv2d],
-    settings: &[(&str, Setting)],
+    (settings, label): (&[(&str, Setting)], &str),
     step: u64,
     epoch: usize,
 ) -> io::Result<Vec<String>> {
@@ -223,7 +223,8 @@ fn write_export(
         ));
     }
     let index = format!(
-        "{{\"step\": {step}, \"epoch\": {epoch}, {}, \"layers\": [{}]}}\n",
+        "{{\"step\": {step}, \"epoch\": {epoch}, \"label\": {}, {}, \"layers\": [{}]}}\n",
+        json_str(label),
         settings_member(settings),
         entries.join(", ")
     );

@@ -278,7 +278,13 @@ fn an_export_round_trips_through_the_npy_reader() {
     let dir = tmp("export");
     let _ = std::fs::remove_dir_all(&dir);
     let out = short()
-        .args(["--mode", "set", "--export-every-update"])
+        .args([
+            "--mode",
+            "set",
+            "--export-every-update",
+            "--label",
+            "set run",
+        ])
         .arg("--export")
         .arg(&dir)
         .output()
@@ -292,6 +298,7 @@ fn an_export_round_trips_through_the_npy_reader() {
     let index: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).unwrap()).unwrap();
     assert_eq!(index["settings"]["mode"], "set");
+    assert_eq!(index["label"], "set run");
     let mut densities = Vec::new();
     for layer in index["layers"].as_array().unwrap() {
         let shape: Vec<usize> = layer["shape"]
@@ -334,6 +341,11 @@ fn an_export_round_trips_through_the_npy_reader() {
         .count();
     assert_eq!(steps, 3);
     assert!(dir.join("step-000000005/conv2.mask.npy").exists());
+    let step: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("step-000000005/index.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(step["label"], "set run");
 }
 
 #[test]

@@ -102,11 +102,11 @@ fn a_heat_map_of_many_updates_puts_a_run_of_them_in_each_column() {
 }
 
 /// An export of one layer `conv` of shape [4, 4, 3, 3] whose mask is
-/// `active(o, c, tap)`, the index naming `mode` and `seed`.
+/// `active(o, c, tap)`, the index naming `mode`, `seed` and, if given, the
+/// run's label (by which the report names it).
 fn write_mask_export(
     dir: &Path,
-    mode: &str,
-    seed: u64,
+    (mode, seed, label): (&str, u64, Option<&str>),
     active: &dyn Fn(usize, usize, usize) -> bool,
 ) {
     use hebbsparse::tensor::npy::write_npy;
@@ -123,8 +123,9 @@ fn write_mask_export(
         )
         .unwrap();
     }
+    let label = label.map_or(String::new(), |l| format!(r#""label":"{l}","#));
     let index = format!(
-        r#"{{"step":10,"epoch":1,"settings":{{"mode":"{mode}","seed":"{seed}"}},"layers":[{{"name":"conv","shape":[4,4,3,3],"weight":"conv.weight.npy","mask":"conv.mask.npy"}}]}}"#
+        r#"{{"step":10,"epoch":1,{label}"settings":{{"mode":"{mode}","seed":"{seed}"}},"layers":[{{"name":"conv","shape":[4,4,3,3],"weight":"conv.weight.npy","mask":"conv.mask.npy"}}]}}"#
     );
     std::fs::write(dir.join("index.json"), index).unwrap();
 }
@@ -137,10 +138,16 @@ fn write_mask_export(
 #[test]
 fn markdown_says_where_the_exported_masks_taps_sit() {
     let dir = scratch("study-spread");
-    write_mask_export(&dir.join("even"), "set", 0, &|_, _, t| t == 0);
-    write_mask_export(&dir.join("gathered"), "hebbian-grow", 1, &|_, c, t| {
-        c == 0 && t == 4
-    });
+    write_mask_export(&dir.join("even"), ("set", 0, None), &|_, _, t| t == 0);
+    write_mask_export(
+        &dir.join("gathered"),
+        (
+            "hebbian-grow",
+            1,
+            Some("mode=hebbian-grow strength=correlation"),
+        ),
+        &|_, c, t| c == 0 && t == 4,
+    );
     let (even, gathered) = (dir.join("even"), dir.join("gathered"));
     let (even, gathered) = (even.to_str().unwrap(), gathered.to_str().unwrap());
     let (_, text) = page_with(
@@ -159,6 +166,6 @@ fn markdown_says_where_the_exported_masks_taps_sit() {
         "{text}"
     );
     assert!(
-        text.contains("| layer | density | uniform mask | set, seed 0 | hebbian-grow, seed 1 |")
+        text.contains("| layer | density | uniform mask | set, seed 0 | mode=hebbian-grow strength=correlation, seed 1 |")
     );
 }

@@ -252,6 +252,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
             metrics: &mut metrics,
             export_every,
             settings: &settings,
+            label: &label,
             error: None,
         };
         let outcome = trainer.run_epoch(&train, &|| stop.load(Ordering::SeqCst), &mut |e| {
@@ -376,6 +377,8 @@ struct EventSink<'a> {
     metrics: &'a mut Metrics,
     export_every: Option<&'a Path>,
     settings: &'a [(&'static str, Setting)],
+    /// The run's label (`--label`, else the mode), for the exports.
+    label: &'a str,
     error: Option<String>,
 }
 
@@ -438,8 +441,15 @@ impl EventSink<'_> {
                 if let Some(dir) = self.export_every {
                     let dir = step_dir(dir, step);
                     let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
-                    export_layers(&dir, &names, layers, self.settings, step, epoch)
-                        .map_err(|e| format!("cannot export to {}: {e}", dir.display()))?;
+                    export_layers(
+                        &dir,
+                        &names,
+                        layers,
+                        (self.settings, self.label),
+                        step,
+                        epoch,
+                    )
+                    .map_err(|e| format!("cannot export to {}: {e}", dir.display()))?;
                 }
                 Ok(())
             }
@@ -551,7 +561,7 @@ fn finish(
             dir,
             &names,
             &layers,
-            settings,
+            (settings, label),
             trainer.global_step,
             trainer.epoch,
         )

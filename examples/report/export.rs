@@ -185,8 +185,10 @@ pub fn read_export(dir: &Path) -> Result<Export, String> {
         dir: dir.to_path_buf(),
         step: index.get("step").and_then(Value::as_u64),
         epoch: index.get("epoch").and_then(Value::as_u64),
-        mode: settings
-            .and_then(|s| s.get("label").or_else(|| s.get("mode")))
+        // The run's label (older exports: none), else its mode.
+        mode: index
+            .get("label")
+            .or_else(|| settings.and_then(|s| s.get("label").or_else(|| s.get("mode"))))
             .and_then(Value::as_str)
             .map(str::to_string),
         // Settings may hold numbers as numbers or as their CLI text.
