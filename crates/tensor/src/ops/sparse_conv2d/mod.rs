@@ -76,6 +76,9 @@
 //!   wide loops).
 //! * `row_dots.rs`: the weight gradient's dots on such rows,
 //!   `multi_dot_rows`, over the rows' values only.
+//! * `planes.rs`: the padded and phase-split planes the wide loops read,
+//!   and the row copies in and out of the wide layouts (portable, AVX2
+//!   and AVX-512).
 //! * `forward.rs`: [`sparse_conv2d_forward`].
 //! * `backward.rs`: [`sparse_conv2d_backward_input`] and
 //!   [`sparse_conv2d_backward_weight`], both at once for the autograd op
@@ -83,8 +86,7 @@
 //! * `fused.rs`: the fused conv → relu → max-pool op
 //!   ([`conv2d_sparse_relu_max_pool2d`]) and its slice kernels.
 //! * this file: the crossover rule, work splitting and scratch shared by
-//!   all of them, the row copies of the wide layouts, and the autograd op
-//!   [`conv2d_sparse`].
+//!   all of them, and the autograd op [`conv2d_sparse`].
 //!
 //! Shapes come from `ops/geometry.rs`, scratch from `ops/scratch.rs`, and
 //! the oracle from `ops/conv_naive.rs`; nothing here depends on the dense
@@ -107,6 +109,7 @@ mod forward;
 mod fused;
 mod layout;
 mod loops;
+mod planes;
 mod row_dots;
 mod rows;
 
@@ -123,6 +126,7 @@ use backward::{backward_both_wide, backward_input_wide, backward_weight_wide, Dy
 use dots::multi_dot;
 use layout::Plan;
 use loops::gather_fma;
+use planes::{copy_rows, needs_planes, pad_planes, prepare_planes, unprepare_plane};
 use row_dots::{dot_row_vectors, multi_dot_rows};
 use rows::{gather_fma_rows, row_vectors};
 
@@ -249,241 +253,6 @@ thread_local! {
     /// gradients at once), separate so the kernels it calls can still
     /// take `SCRATCH`.
     static DY_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Copies the (C', H, W) planes of `x` into the middle of the zeroed
-/// (C', H + 2·py, W + 2·px) planes of `xp`.
-fn pad_planes(x: &[f32], h: usize, w: usize, (py, px): (usize, usize), xp: &mut [f32], k: Isa) {
-    let (hp, wp) = (h + 2 * py, w + 2 * px);
-    for (src, dst) in x.chunks_exact(h * w).zip(xp.chunks_exact_mut(hp * wp)) {
-        copy_rows(&mut dst[py * wp + px..], wp, src, w, h, w, k);
-        // Zeros only where no value went: the rows above and below, and
-        // between rows the right border of one and the left of the next
-        // (adjacent in memory), each value written once.
-        dst[..py * wp + px].fill(0.0);
-        for r in py..py + h {
-            let gap = (r * wp + px + w)..((r + 1) * wp + px).min(hp * wp);
-            for v in &mut dst[gap] {
-                *v = 0.0;
-            }
-        }
-        dst[(py + h) * wp..].fill(0.0);
-    }
-}
-
-/// Whether the kernels read `x` itself (stride 1, no padding) or planes
-/// prepared from it by [`prepare_planes`].
-fn needs_planes(s: &Conv2dShape, plan: &Plan) -> bool {
-    s.opts.padding != (0, 0) || plan.phases > 1
-}
-
-/// The planes the wide kernels read (see [`Plan`]): each (H, W) plane of
-/// `x` zero-padded and, for a stride s > 1, split into its s·s phases,
-/// (C', phases, Hp, Wp) in all. For stride 1 this is [`pad_planes`].
-/// OVERWRITES xp.
-fn prepare_planes(s: &Conv2dShape, plan: &Plan, x: &[f32], xp: &mut [f32], k: Isa) {
-    let (h, w, (py, px), (sy, sx)) = (s.in_h, s.in_w, s.opts.padding, s.opts.stride);
-    if plan.phases == 1 {
-        return pad_planes(x, h, w, (py, px), xp, k);
-    }
-    let (hp, wp) = (plan.hp, plan.wp);
-    xp.fill(0.0);
-    for (src, dst) in x.chunks_exact(h * w).zip(xp.chunks_exact_mut(plan.plane())) {
-        for (iy, row) in src.chunks_exact(w).enumerate() {
-            let (a, i) = ((iy + py) % sy, (iy + py) / sy);
-            for b in 0..sx {
-                // The columns ix with (ix + px) mod sx = b, from the first.
-                let ix0 = (b + sx - px % sx) % sx;
-                if ix0 >= w {
-                    continue;
-                }
-                let dst_row = &mut dst[((a * sx + b) * hp + i) * wp..][..wp];
-                let j0 = (ix0 + px) / sx;
-                for (d, &v) in dst_row[j0..].iter_mut().zip(row[ix0..].iter().step_by(sx)) {
-                    *d = v;
-                }
-            }
-        }
-    }
-}
-
-/// The inverse of [`prepare_planes`] for one channel: the (H, W) plane
-/// `dst` read back out of its prepared planes `src` (phases·Hp·Wp),
-/// dropping the padding. OVERWRITES dst.
-fn unprepare_plane(s: &Conv2dShape, plan: &Plan, src: &[f32], dst: &mut [f32], k: Isa) {
-    let (h, w, (py, px), (sy, sx)) = (s.in_h, s.in_w, s.opts.padding, s.opts.stride);
-    let (hp, wp) = (plan.hp, plan.wp);
-    if plan.phases == 1 {
-        return copy_rows(dst, w, &src[py * wp + px..], wp, h, w, k);
-    }
-    for (iy, row) in dst.chunks_exact_mut(w).enumerate() {
-        let (a, i) = ((iy + py) % sy, (iy + py) / sy);
-        for b in 0..sx {
-            let ix0 = (b + sx - px % sx) % sx;
-            if ix0 >= w {
-                continue;
-            }
-            let src_row = &src[((a * sx + b) * hp + i) * wp..][..wp];
-            let j0 = (ix0 + px) / sx;
-            for (d, &v) in row[ix0..].iter_mut().step_by(sx).zip(&src_row[j0..]) {
-                *d = v;
-            }
-        }
-    }
-}
-
-/// Copies `rows` rows of `len` floats from `src`, whose rows start
-/// `src_stride` floats apart, to `dst`, whose rows start `dst_stride` apart:
-/// the short rows in and out of the wide layouts (10 to 32 floats in the
-/// LeNet). Row by row, `copy_from_slice` would call `memmove` for each.
-fn copy_rows(
-    dst: &mut [f32],
-    dst_stride: usize,
-    src: &[f32],
-    src_stride: usize,
-    rows: usize,
-    len: usize,
-    k: Isa,
-) {
-    if rows == 0 || len == 0 {
-        return;
-    }
-    let ends_inside = |stride: usize, n: usize| {
-        (rows - 1)
-            .checked_mul(stride)
-            .and_then(|e| e.checked_add(len))
-            .is_some_and(|e| e <= n)
-    };
-    assert!(
-        len <= src_stride.min(dst_stride)
-            && ends_inside(src_stride, src.len())
-            && ends_inside(dst_stride, dst.len()),
-        "copy_rows: {rows} rows of {len} out of bounds"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if k.avx512() {
-        // SAFETY: AVX-512F is present (checked by `avx512`); the bounds the
-        // function relies on were asserted above.
-        unsafe { copy_rows_avx512(dst, dst_stride, src, src_stride, rows, len) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if k.avx2() {
-        // SAFETY: AVX2 is present (checked by `avx2`); the bounds the
-        // function relies on were asserted above.
-        unsafe { copy_rows_avx2(dst, dst_stride, src, src_stride, rows, len) };
-        return;
-    }
-    let _ = k; // (unused off x86-64)
-    for r in 0..rows {
-        let (d, s) = (
-            &mut dst[r * dst_stride..][..len],
-            &src[r * src_stride..][..len],
-        );
-        let mut d8 = d.chunks_exact_mut(8);
-        let mut s8 = s.chunks_exact(8);
-        for (d, s) in (&mut d8).zip(&mut s8) {
-            d.copy_from_slice(s);
-        }
-        for (d, s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
-            *d = *s;
-        }
-    }
-}
-
-/// AVX2 `copy_rows`: 8 floats per load and store; the last 1 to 7 of each
-/// row as the row's last 8 again (rows shorter than 8: a masked load and
-/// store). The loop over rows is the inner
-/// one: a row-by-row copy loop is a pattern the compiler replaces with a
-/// call to `memcpy`, which costs more than the copy for rows this short.
-///
-/// # Safety
-/// The CPU must support AVX2; `len` ≤ both strides, and the last row ends
-/// inside both slices: `(rows − 1)·stride + len ≤ len()` for each.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn copy_rows_avx2(
-    dst: &mut [f32],
-    dst_stride: usize,
-    src: &[f32],
-    src_stride: usize,
-    rows: usize,
-    len: usize,
-) {
-    use std::arch::x86_64::*;
-    let (full, rem) = (len - len % 8, len % 8);
-    let (dp, sp) = (dst.as_mut_ptr(), src.as_ptr());
-    // SAFETY (both loops): every access lies in the first `len` floats of
-    // a row r < rows, which the caller guarantees are inside both slices;
-    // masked-off lanes are not accessed.
-    for i in (0..full).step_by(8) {
-        for r in 0..rows {
-            unsafe {
-                let v = _mm256_loadu_ps(sp.add(r * src_stride + i));
-                _mm256_storeu_ps(dp.add(r * dst_stride + i), v);
-            }
-        }
-    }
-    if rem > 0 && len >= 8 {
-        // The last 8 of each row again, overlapping the copied ones with the
-        // same values: a masked store is exact too, but on some CPUs (AMD's)
-        // it costs ten times more.
-        for r in 0..rows {
-            unsafe {
-                let v = _mm256_loadu_ps(sp.add(r * src_stride + len - 8));
-                _mm256_storeu_ps(dp.add(r * dst_stride + len - 8), v);
-            }
-        }
-    } else if rem > 0 {
-        // Lane i is copied iff i < rem (mask lanes have their sign bit set).
-        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem as i32), lane);
-        for r in 0..rows {
-            unsafe {
-                let v = _mm256_maskload_ps(sp.add(r * src_stride + full), mask);
-                _mm256_maskstore_ps(dp.add(r * dst_stride + full), mask, v);
-            }
-        }
-    }
-}
-
-/// AVX-512 `copy_rows`: as the AVX2 loop with 16 floats per load and
-/// store; the masked ones cost no more than plain ones here (28 floats, a
-/// row of the LeNet's first conv, are one plain and one masked copy).
-///
-/// # Safety
-/// As `copy_rows_avx2`, with AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn copy_rows_avx512(
-    dst: &mut [f32],
-    dst_stride: usize,
-    src: &[f32],
-    src_stride: usize,
-    rows: usize,
-    len: usize,
-) {
-    use std::arch::x86_64::*;
-    let (full, rem) = (len - len % 16, len % 16);
-    let (dp, sp) = (dst.as_mut_ptr(), src.as_ptr());
-    // SAFETY (both loops): as in the AVX2 loop.
-    for i in (0..full).step_by(16) {
-        for r in 0..rows {
-            unsafe {
-                let v = _mm512_loadu_ps(sp.add(r * src_stride + i));
-                _mm512_storeu_ps(dp.add(r * dst_stride + i), v);
-            }
-        }
-    }
-    if rem > 0 {
-        let mask: __mmask16 = (1 << rem) - 1; // lanes 0..rem
-        for r in 0..rows {
-            unsafe {
-                let v = _mm512_maskz_loadu_ps(mask, sp.add(r * src_stride + full));
-                _mm512_mask_storeu_ps(dp.add(r * dst_stride + full), mask, v);
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
