@@ -167,42 +167,44 @@ pub(super) fn backward_input_wide(
     let og = s.group_out();
     let ipc = images_per_chunk(s, l);
     let (q_plane, start, rows) = (plan.q_plane, plan.data_start(), s.out_h() * plan.wp);
-    for_each_chunk(dx, ipc * c * hw, run_parallel(s, l), |chunk, dx_chunk| {
-        with_scratch(&DY_SCRATCH, og * q_plane, |dyq_bg| {
-            // (O/g, q_plane). The borders stay zero: each image writes only
-            // the data rows.
-            if !matches!(dy, Dy::Wide(_)) {
-                dyq_bg.fill(0.0);
-            }
-            for (i, dx_b) in dx_chunk.chunks_mut(c * hw).enumerate() {
-                let b = chunk * ipc + i;
-                for g in 0..s.opts.groups {
-                    // The planes this group's inputs read.
-                    let dyq_bg: &[f32] = match dy {
-                        Dy::Wide(all) => &all[(b * o + g * og) * q_plane..][..og * q_plane],
-                        _ => {
-                            for (j, plane) in dyq_bg.chunks_exact_mut(q_plane).enumerate() {
-                                let plane = &mut plane[start..][..rows];
-                                dy.plane_into(s, plan, b, g * og + j, plane, false, k);
-                            }
-                            &*dyq_bg
-                        }
-                    };
-                    input_group(s, l, plan, w, dyq_bg, g, dx_b, k);
+    let wis = plan.bwd_taps.iter().map(|&i| l.by_input[i].wi);
+    with_active_weights(w, wis, |wb| {
+        for_each_chunk(dx, ipc * c * hw, run_parallel(s, l), |chunk, dx_chunk| {
+            with_scratch(&DY_SCRATCH, og * q_plane, |dyq_bg| {
+                // (O/g, q_plane). The borders stay zero: each image writes only
+                // the data rows.
+                if !matches!(dy, Dy::Wide(_)) {
+                    dyq_bg.fill(0.0);
                 }
-            }
+                for (i, dx_b) in dx_chunk.chunks_mut(c * hw).enumerate() {
+                    let b = chunk * ipc + i;
+                    for g in 0..s.opts.groups {
+                        // The planes this group's inputs read.
+                        let dyq_bg: &[f32] = match dy {
+                            Dy::Wide(all) => &all[(b * o + g * og) * q_plane..][..og * q_plane],
+                            _ => {
+                                for (j, plane) in dyq_bg.chunks_exact_mut(q_plane).enumerate() {
+                                    let plane = &mut plane[start..][..rows];
+                                    dy.plane_into(s, plan, b, g * og + j, plane, false, k);
+                                }
+                                &*dyq_bg
+                            }
+                        };
+                        input_group(s, plan, wb, dyq_bg, g, dx_b, k);
+                    }
+                }
+            });
         });
     });
 }
 
 /// Group g's input planes of one image, `dx_b` (C, H, W), from `dyq_bg`,
-/// the group's O/g dY planes of that image laid out wide.
-#[allow(clippy::too_many_arguments)] // the operands and the group
+/// the group's O/g dY planes of that image laid out wide; `wb` holds the
+/// active weights in the order of `plan.bwd_taps`.
 fn input_group(
     s: &Conv2dShape,
-    l: &SparseLayout,
     plan: &Plan,
-    w: &[f32],
+    wb: &[f32],
     dyq_bg: &[f32],
     g: usize,
     dx_b: &mut [f32],
@@ -211,9 +213,10 @@ fn input_group(
     let (hw, cg) = (s.in_h * s.in_w, s.group_in());
     let padded = needs_planes(s, plan);
     let pplane = plan.hp * plan.wp; // one phase plane, [iy·Wp + ix]
-                                    // Padded stride-1 planes whose rows are whole vectors go straight into
-                                    // dx, without their border: dx[iy, ix] is the padded plane at
-                                    // (iy + py)·Wp + ix + px.
+
+    // Padded stride-1 planes whose rows are whole vectors go straight into
+    // dx, without their border: dx[iy, ix] is the padded plane at
+    // (iy + py)·Wp + ix + px.
     let (py, px) = s.opts.padding;
     let rv = (padded && plan.phases == 1)
         .then(|| row_vectors(s.in_w, k))
@@ -223,19 +226,14 @@ fn input_group(
     } else {
         0
     };
-    with_scratch(&SCRATCH, dxw_len + l.max_taps(), |buf| {
-        let (dxw, ws) = buf.split_at_mut(dxw_len);
+    with_scratch(&SCRATCH, dxw_len, |dxw| {
         for ci in g * cg..(g + 1) * cg {
-            let dx_c = &mut dx_b[ci * hw..(ci + 1) * hw]; // (H, W)
-                                                          // One phase plane at a time; without padding or stride the one
-                                                          // plane is dx_c itself.
+            // (H, W). One phase plane at a time; without padding or
+            // stride the one plane is dx_c itself.
+            let dx_c = &mut dx_b[ci * hw..(ci + 1) * hw];
             for ph in 0..plan.phases {
                 let r = plan.bwd_range(ci * plan.phases + ph);
-                let ws = &mut ws[..r.len()];
-                for (wv, &i) in ws.iter_mut().zip(&plan.bwd_taps[r.clone()]) {
-                    *wv = w[l.by_input[i].wi];
-                }
-                let offs = &plan.bwd_offs[r];
+                let (offs, ws) = (&plan.bwd_offs[r.clone()], &wb[r]);
                 if let Some(rv) = rv {
                     let src = &dyq_bg[py * plan.wp + px..];
                     gather_fma_rows(src, plan.wp, offs, ws, 0.0, dx_c, s.in_w, rv);
@@ -280,22 +278,25 @@ pub(super) fn backward_both_wide(
         plan.data_start(),
         s.out_h() * plan.wp,
     );
-    let image = |b: usize, x_b: &[f32], dots: &mut [f32], dx_b: &mut [f32]| {
-        with_scratch(&DY_SCRATCH, o * q, |dyq| {
-            dyq.fill(0.0);
-            for (oc, plane) in dyq.chunks_exact_mut(q).enumerate() {
-                let plane = &mut plane[start..][..rows];
-                Dy::Plain(dy).plane_into(s, plan, b, oc, plane, false, k);
-            }
-            for g in 0..s.opts.groups {
-                let og = s.group_out();
-                input_group(s, l, plan, w, &dyq[g * og * q..][..og * q], g, dx_b, k);
-            }
-            // The laid-out planes are image 0 of a one-image wide dY.
-            weight_image(s, l, plan, &Dy::Wide(dyq), x_b, 0, dots, k);
-        });
-    };
-    by_images(s, l, x, dw, None, Some((dx, dx_image)), &image);
+    let wis = plan.bwd_taps.iter().map(|&i| l.by_input[i].wi);
+    with_active_weights(w, wis, |wb| {
+        let image = |b: usize, x_b: &[f32], dots: &mut [f32], dx_b: &mut [f32]| {
+            with_scratch(&DY_SCRATCH, o * q, |dyq| {
+                dyq.fill(0.0);
+                for (oc, plane) in dyq.chunks_exact_mut(q).enumerate() {
+                    let plane = &mut plane[start..][..rows];
+                    Dy::Plain(dy).plane_into(s, plan, b, oc, plane, false, k);
+                }
+                for g in 0..s.opts.groups {
+                    let og = s.group_out();
+                    input_group(s, plan, wb, &dyq[g * og * q..][..og * q], g, dx_b, k);
+                }
+                // The laid-out planes are image 0 of a one-image wide dY.
+                weight_image(s, l, plan, &Dy::Wide(dyq), x_b, 0, dots, k);
+            });
+        };
+        by_images(s, l, x, dw, None, Some((dx, dx_image)), &image);
+    });
 }
 
 // ---------------------------------------------------------------------------

@@ -45,38 +45,34 @@ pub fn sparse_conv2d_forward(
     } else {
         (oh - 1) * plan.wp + ow
     }; // yw[oy·Wp + ox]
-    let max_taps = l.max_taps();
-    for_each_chunk(y, ipc * o * p, parallel, |chunk, y_chunk| {
-        with_scratch(&SCRATCH, pad_len + wide + max_taps, |buf| {
-            let (xpad, rest) = buf.split_at_mut(pad_len); // (Cg, Hp, Wp)
-            let (yw, ws) = rest.split_at_mut(wide);
-            for (i, y_b) in y_chunk.chunks_mut(o * p).enumerate() {
-                let b = chunk * ipc + i;
-                for g in 0..s.opts.groups {
-                    let x_bg = &x[(b * c + g * cg) * hw..][..cg * hw]; // (Cg, H, W)
-                    let src = if padded {
-                        prepare_planes(s, &plan, x_bg, xpad, k);
-                        &*xpad
-                    } else {
-                        x_bg
-                    };
-                    for oc in g * og..(g + 1) * og {
-                        let r = l.out_range(oc);
-                        let ws = &mut ws[..r.len()];
-                        for (wv, t) in ws.iter_mut().zip(&l.by_output[r.clone()]) {
-                            *wv = w[t.wi];
-                        }
-                        let (offs, init) = (&plan.fwd_offs[r], bias_of(oc));
-                        let y_o = &mut y_b[oc * p..(oc + 1) * p]; // (OH, OW)
-                        if let Some(rv) = rv {
-                            gather_fma_rows(src, plan.wp, offs, ws, init, y_o, ow, rv);
+    with_active_weights(w, l.by_output.iter().map(|t| t.wi), |wv| {
+        for_each_chunk(y, ipc * o * p, parallel, |chunk, y_chunk| {
+            with_scratch(&SCRATCH, pad_len + wide, |buf| {
+                let (xpad, yw) = buf.split_at_mut(pad_len); // (Cg, Hp, Wp)
+                for (i, y_b) in y_chunk.chunks_mut(o * p).enumerate() {
+                    let b = chunk * ipc + i;
+                    for g in 0..s.opts.groups {
+                        let x_bg = &x[(b * c + g * cg) * hw..][..cg * hw]; // (Cg, H, W)
+                        let src = if padded {
+                            prepare_planes(s, &plan, x_bg, xpad, k);
+                            &*xpad
                         } else {
-                            gather_fma(src, offs, ws, init, yw, k);
-                            copy_rows(y_o, ow, yw, plan.wp, oh, ow, k);
+                            x_bg
+                        };
+                        for oc in g * og..(g + 1) * og {
+                            let r = l.out_range(oc);
+                            let (offs, ws, init) = (&plan.fwd_offs[r.clone()], &wv[r], bias_of(oc));
+                            let y_o = &mut y_b[oc * p..(oc + 1) * p]; // (OH, OW)
+                            if let Some(rv) = rv {
+                                gather_fma_rows(src, plan.wp, offs, ws, init, y_o, ow, rv);
+                            } else {
+                                gather_fma(src, offs, ws, init, yw, k);
+                                copy_rows(y_o, ow, yw, plan.wp, oh, ow, k);
+                            }
                         }
                     }
                 }
-            }
+            });
         });
     });
 }

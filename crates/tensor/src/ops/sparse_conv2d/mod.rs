@@ -253,6 +253,26 @@ thread_local! {
     /// gradients at once), separate so the kernels it calls can still
     /// take `SCRATCH`.
     static DY_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's copy of a call's active weights
+    /// ([`with_active_weights`]).
+    static WEIGHTS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on the active weights `w[wi]`, in the order of `wis` (a tap
+/// list's): read once per call, so that the gathers of every image and
+/// channel find a channel's weights side by side. Read once per image and
+/// channel instead, they took 6% of sparse evaluation.
+fn with_active_weights<R>(
+    w: &[f32],
+    wis: impl ExactSizeIterator<Item = usize>,
+    f: impl FnOnce(&[f32]) -> R,
+) -> R {
+    with_scratch(&WEIGHTS, wis.len(), |buf| {
+        for (v, wi) in buf.iter_mut().zip(wis) {
+            *v = w[wi];
+        }
+        f(buf)
+    })
 }
 
 // ---------------------------------------------------------------------------
