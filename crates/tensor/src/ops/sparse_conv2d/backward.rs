@@ -492,7 +492,7 @@ fn weight_image(
         let (xpad, dyw) = buf.split_at_mut(pad);
         let xs: &[f32] = if padded {
             let one = Conv2dShape { batch: 1, ..*s };
-            prepare_planes(&one, plan, x_b, xpad, k);
+            prepare_planes(&one, plan, x_b, xpad, true, k);
             xpad
         } else {
             x_b

@@ -37,7 +37,6 @@ pub fn sparse_conv2d_forward(
     // The wide trick, on the padded (and for stride > 1 phase-split) planes.
     let plan = l.plan(s);
     let padded = needs_planes(s, &plan);
-    let pad_len = if padded { cg * plan.plane() } else { 0 };
     // Rows of whole vectors go straight into y; others through wide rows.
     let rv = row_vectors(ow, k);
     let wide = if rv.is_some() {
@@ -46,29 +45,31 @@ pub fn sparse_conv2d_forward(
         (oh - 1) * plan.wp + ow
     }; // yw[oy·Wp + ox]
     with_active_weights(w, l.by_output.iter().map(|t| t.wi), |wv| {
+        // Group g of one image: its output planes y_g (O/g, OH, OW) from
+        // its input planes `src` (prepared, if the conv pads or strides).
+        let group = |src: &[f32], g: usize, y_g: &mut [f32], yw: &mut [f32]| {
+            for (j, y_o) in y_g.chunks_exact_mut(p).enumerate() {
+                let oc = g * og + j; // y_o: (OH, OW)
+                let r = l.out_range(oc);
+                let (offs, ws, init) = (&plan.fwd_offs[r.clone()], &wv[r], bias_of(oc));
+                if let Some(rv) = rv {
+                    gather_fma_rows(src, plan.wp, offs, ws, init, y_o, ow, rv);
+                } else {
+                    gather_fma(src, offs, ws, init, yw, k);
+                    copy_rows(y_o, ow, yw, plan.wp, oh, ow, k);
+                }
+            }
+        };
         for_each_chunk(y, ipc * o * p, parallel, |chunk, y_chunk| {
-            with_scratch(&SCRATCH, pad_len + wide, |buf| {
-                let (xpad, yw) = buf.split_at_mut(pad_len); // (Cg, Hp, Wp)
+            with_scratch(&SCRATCH, wide, |yw| {
                 for (i, y_b) in y_chunk.chunks_mut(o * p).enumerate() {
                     let b = chunk * ipc + i;
-                    for g in 0..s.opts.groups {
+                    for (g, y_g) in y_b.chunks_mut(og * p).enumerate() {
                         let x_bg = &x[(b * c + g * cg) * hw..][..cg * hw]; // (Cg, H, W)
-                        let src = if padded {
-                            prepare_planes(s, &plan, x_bg, xpad, k);
-                            &*xpad
+                        if padded {
+                            with_prepared_planes(s, &plan, x_bg, k, |src| group(src, g, y_g, yw));
                         } else {
-                            x_bg
-                        };
-                        for oc in g * og..(g + 1) * og {
-                            let r = l.out_range(oc);
-                            let (offs, ws, init) = (&plan.fwd_offs[r.clone()], &wv[r], bias_of(oc));
-                            let y_o = &mut y_b[oc * p..(oc + 1) * p]; // (OH, OW)
-                            if let Some(rv) = rv {
-                                gather_fma_rows(src, plan.wp, offs, ws, init, y_o, ow, rv);
-                            } else {
-                                gather_fma(src, offs, ws, init, yw, k);
-                                copy_rows(y_o, ow, yw, plan.wp, oh, ow, k);
-                            }
+                            group(x_bg, g, y_g, yw);
                         }
                     }
                 }

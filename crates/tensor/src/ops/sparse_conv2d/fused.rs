@@ -161,7 +161,8 @@ pub(super) fn relu_pool_forward_wide(
             for g in 0..s.opts.groups {
                 let x_bg = &x_c[(b * c + g * cg) * hw..][..cg * hw]; // (Cg, H, W)
                 let src = if padded {
-                    pad_planes(x_bg, s.in_h, s.in_w, s.opts.padding, xpad, k);
+                    let first = b == 0 && g == 0; // writes the zero borders
+                    pad_planes(x_bg, s.in_h, s.in_w, s.opts.padding, xpad, first, k);
                     &*xpad
                 } else {
                     x_bg

@@ -126,7 +126,9 @@ use backward::{backward_both_wide, backward_input_wide, backward_weight_wide, Dy
 use dots::multi_dot;
 use layout::Plan;
 use loops::gather_fma;
-use planes::{copy_rows, needs_planes, pad_planes, prepare_planes, unprepare_plane};
+use planes::{
+    copy_rows, needs_planes, pad_planes, prepare_planes, unprepare_plane, with_prepared_planes,
+};
 use row_dots::{dot_row_vectors, multi_dot_rows};
 use rows::{gather_fma_rows, row_vectors};
 
