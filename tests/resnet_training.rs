@@ -15,7 +15,7 @@ use hebbsparse::sparse_conv::model::{Arch, ModelSpec};
 use hebbsparse::sparse_conv::{Model, ResNet, ResNetConfig, Shortcut};
 use hebbsparse::state::{read_state, write_state};
 use hebbsparse::tensor::optim::{Sgd, SgdConfig};
-use hebbsparse::tensor::Rng;
+use hebbsparse::tensor::{tape, Rng, Tensor};
 use hebbsparse::train::{EpochEnd, Event, Trainer};
 
 fn sample() -> (Split, Split) {
@@ -278,5 +278,48 @@ fn resnet_logits_do_not_depend_on_the_evaluation_batch() {
         for b in [eval, 48] {
             assert!(bits(&mut t, b) == whole, "{mode:?}: batches of {b} differ");
         }
+    }
+}
+
+/// Evaluation applies each batch norm, shortcut and ReLU inside the
+/// convolution before it. Its logits must be bitwise those of the separate
+/// ops, which a forward pass with the tape recording still runs: dense and
+/// sparse kernels, option A and B shortcuts, running statistics and
+/// affine parameters away from their initial values.
+#[test]
+fn evaluation_with_the_batch_norm_in_the_convolution_gives_the_same_bits() {
+    let x = Tensor::uniform(&[5, 3, 32, 32], -2.0, 2.0, &mut Rng::seed(9));
+    let mut nets: Vec<(String, Box<dyn Model>)> =
+        vec![("dense, option B".into(), Box::new(resnet(Shortcut::B, 10)))];
+    for mode in [Mode::Dense, Mode::Static] {
+        nets.push((
+            format!("{mode:?}"),
+            Trainer::new(config(8, mode)).unwrap().net,
+        ));
+    }
+    for (what, mut net) in nets {
+        let mut r = Rng::seed(3);
+        let tensors = net
+            .named_parameters()
+            .into_iter()
+            .chain(net.named_buffers());
+        for (name, t) in tensors.filter(|(n, _)| n.contains("bn") || n.contains("shortcut.1")) {
+            for v in t.data_mut().iter_mut() {
+                *v = match name.rsplit('.').next().unwrap() {
+                    "running_var" => r.uniform(0.2, 2.2),
+                    "num_batches_tracked" => *v,
+                    _ => r.uniform(-1.0, 1.0),
+                };
+            }
+        }
+        net.set_training(false);
+        let separate: Vec<u32> = net.forward(&x).data().iter().map(|v| v.to_bits()).collect();
+        tape::clear();
+        let fused: Vec<u32> = tape::no_grad(|| net.forward(&x))
+            .data()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        assert!(fused == separate, "{what}: the logits differ");
     }
 }

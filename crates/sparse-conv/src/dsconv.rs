@@ -25,8 +25,10 @@ use std::rc::Rc;
 
 use tensor::nn::{Conv2d, Init, MaxPool2d};
 use tensor::ops::conv2d::PoolOptions;
+use tensor::ops::epilogue::BatchNormEval;
 use tensor::ops::sparse_conv2d::{
-    conv2d_sparse, conv2d_sparse_relu_max_pool2d_with, sparse_pays, BiasSum, SparseLayout,
+    conv2d_sparse, conv2d_sparse_relu_max_pool2d_with, conv2d_sparse_then, sparse_pays, BiasSum,
+    SparseLayout,
 };
 use tensor::optim::Sgd;
 use tensor::{Conv2dOptions, Conv2dShape, Rng, Tensor};
@@ -316,6 +318,27 @@ impl DSConv2d {
             self.passes += 1;
         }
         y
+    }
+
+    /// Evaluation's forward with the batch norm, shortcut and ReLU that
+    /// follow, applied by the kernels to their own output
+    /// ([`tensor::ops::epilogue`]): the same path as [`forward`](Self::forward),
+    /// bitwise its output followed by those ops. Samples nothing; panics in
+    /// training mode.
+    pub fn forward_then(
+        &mut self,
+        x: &Tensor,
+        bn: &BatchNormEval,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Tensor {
+        assert!(!self.training, "DSConv2d::forward_then: evaluation only");
+        let layout = self.uses_sparse_path().then(|| self.layout());
+        let (w, b) = (&self.conv.weight, self.conv.bias.as_ref());
+        match layout {
+            Some(layout) => conv2d_sparse_then(x, w, b, &layout, bn, residual, relu),
+            None => x.conv2d_then(w, b, self.conv.opts, bn, residual, relu),
+        }
     }
 
     /// The conv on the masked weight, on the path this layer uses.

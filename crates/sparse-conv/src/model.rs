@@ -15,6 +15,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use tensor::nn::{Conv2d, Init};
+use tensor::ops::epilogue::BatchNormEval;
 use tensor::optim::Sgd;
 use tensor::{Conv2dOptions, Rng, Tensor};
 
@@ -158,6 +159,23 @@ impl ConvLayer {
         match self {
             ConvLayer::Dense(c) => c.forward(x),
             ConvLayer::Sparse(c) => c.forward(x),
+        }
+    }
+
+    /// Evaluation's forward followed by a batch norm (→ + residual) (→
+    /// relu), in one pass over the output ([`DSConv2d::forward_then`]).
+    pub fn forward_then(
+        &mut self,
+        x: &Tensor,
+        bn: &BatchNormEval,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Tensor {
+        match self {
+            ConvLayer::Dense(c) => {
+                x.conv2d_then(&c.weight, c.bias.as_ref(), c.opts, bn, residual, relu)
+            }
+            ConvLayer::Sparse(c) => c.forward_then(x, bn, residual, relu),
         }
     }
 

@@ -31,7 +31,7 @@
 use std::str::FromStr;
 
 use tensor::nn::{BatchNorm2d, Init, Linear};
-use tensor::{Conv2dOptions, Rng, Tensor};
+use tensor::{tape, Conv2dOptions, Rng, Tensor};
 
 use crate::dsconv::{DSConfig, DSConfigError, DSConv2d};
 use crate::model::{join, ConvLayer, ConvSpec, Model, Sparsity};
@@ -232,6 +232,25 @@ impl BasicBlock {
         h.add_relu(&s)
     }
 
+    /// Evaluation's [`forward`](Self::forward): each convolution applies
+    /// the batch norm, shortcut and ReLU that follow it to its own output
+    /// while it is in cache ([`ConvLayer::forward_then`]), bitwise the same
+    /// output in fewer passes over memory.
+    fn forward_eval(&mut self, x: &Tensor) -> Tensor {
+        let h = self
+            .conv1
+            .forward_then(x, &self.bn1.eval_affine(), None, true);
+        let s = match &mut self.shortcut {
+            BlockShortcut::Identity => x.clone(),
+            BlockShortcut::Pad { stride, pad } => x.shortcut_pad(*stride, *pad),
+            BlockShortcut::Projection { conv, bn } => {
+                conv.forward_then(x, &bn.eval_affine(), None, false)
+            }
+        };
+        self.conv2
+            .forward_then(&h, &self.bn2.eval_affine(), Some(&s), true)
+    }
+
     /// (name, conv, batch norm) of each conv + bn pair, in order.
     fn pairs(&self) -> Vec<(&'static str, &'static str, &ConvLayer, &BatchNorm2d)> {
         let mut v = vec![
@@ -360,6 +379,31 @@ impl ResNet {
         })
     }
 
+    /// Evaluation's forward pass: every convolution applies the batch norm,
+    /// shortcut and ReLU after it ([`BasicBlock::forward_eval`]).
+    fn forward_eval(&mut self, x: &Tensor) -> Tensor {
+        let mut h = self
+            .conv1
+            .forward_then(x, &self.bn1.eval_affine(), None, true); // (B, 16, 32, 32)
+        for block in self.stages.iter_mut().flatten() {
+            h = block.forward_eval(&h); // … (B, 64, 8, 8)
+        }
+        self.classify(&h)
+    }
+
+    /// Global average pooling and the classifier: (B, 64, 8, 8) → (B, classes).
+    fn classify(&mut self, h: &Tensor) -> Tensor {
+        let h = h.global_avg_pool2d(); // (B, 64)
+        match &mut self.fc {
+            Classifier::Dense(fc) => fc.forward(&h), // (B, classes)
+            Classifier::Sparse(fc) => {
+                let b = h.shape()[0];
+                let y = fc.forward(&h.reshape(&[b, 64, 1, 1]));
+                y.reshape(&[b, self.config.num_classes])
+            }
+        }
+    }
+
     fn blocks(&self) -> impl Iterator<Item = (String, &BasicBlock)> {
         self.stages.iter().enumerate().flat_map(|(s, blocks)| {
             blocks
@@ -384,19 +428,16 @@ impl Model for ResNet {
     }
 
     fn forward(&mut self, x: &Tensor) -> Tensor {
+        // Evaluation applies each batch norm, shortcut and ReLU in the
+        // convolution before it (the same bits, fewer passes over memory).
+        if !self.bn1.training && !tape::is_recording() {
+            return self.forward_eval(x);
+        }
         let mut h = self.bn1.forward_relu(&self.conv1.forward(x)); // (B, 16, 32, 32)
         for block in self.stages.iter_mut().flatten() {
             h = block.forward(&h); // … (B, 64, 8, 8)
         }
-        let h = h.global_avg_pool2d(); // (B, 64)
-        match &mut self.fc {
-            Classifier::Dense(fc) => fc.forward(&h), // (B, classes)
-            Classifier::Sparse(fc) => {
-                let b = h.shape()[0];
-                let y = fc.forward(&h.reshape(&[b, 64, 1, 1]));
-                y.reshape(&[b, self.config.num_classes])
-            }
-        }
+        self.classify(&h)
     }
 
     /// An activation of the first stage is 64 KiB an image: at 32 images

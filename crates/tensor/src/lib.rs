@@ -24,13 +24,14 @@
 //!   active taps of a masked weight, for sparse layers, and its fused
 //!   block), `batch_norm` (BatchNorm2d's op, on the per-plane loops of
 //!   `batch_norm_loops`, compiled for each instruction set), `residual` (the residual add +
-//!   ReLU and the padding shortcut), `reduce` (sum, mean, and the fixed-order
+//!   ReLU and the padding shortcut), `epilogue` (evaluation's batch norm,
+//!   shortcut add and ReLU, applied by a convolution to its own output), `reduce` (sum, mean, and the fixed-order
 //!   slice sums the others share), `shape` (reshape, flatten), `loss`
 //!   (log_softmax, cross_entropy), and `test_values` (the unit tests'
 //!   inputs). Each of `conv2d/` and `sparse_conv2d/`
 //!   opens its `mod.rs` with a map of its files. The dependencies run one way: `conv2d/` uses
-//!   `sparse_conv2d/`, both use `geometry`, `scratch`, `reduce` and
-//!   `conv_naive`.
+//!   `sparse_conv2d/`, both use `geometry`, `scratch`, `reduce`,
+//!   `conv_naive` and `epilogue`.
 //! * [`isa`]: the one place that decides which instruction set (portable,
 //!   AVX2 + FMA, AVX-512) the SIMD loops use: the CPU's, capped by
 //!   `HEBB_ISA`.

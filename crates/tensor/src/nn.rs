@@ -7,6 +7,7 @@
 
 use crate::ops::batch_norm::BatchNormMode;
 use crate::ops::conv2d::{Conv2dOptions, PoolOptions};
+use crate::ops::epilogue::BatchNormEval;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
@@ -248,6 +249,19 @@ impl BatchNorm2d {
             &self.running_var,
         );
         x.batch_norm2d_relu(w, b, m, v, mode, self.eps)
+    }
+
+    /// Evaluation's batch norm as a per-channel scale and shift, for a
+    /// convolution to apply to its own output
+    /// ([`Tensor::conv2d_then`]): the running statistics, whatever the mode.
+    pub fn eval_affine(&self) -> BatchNormEval {
+        let (w, b, m, v) = (
+            &self.weight,
+            &self.bias,
+            &self.running_mean,
+            &self.running_var,
+        );
+        BatchNormEval::new(w, b, m, v, self.eps)
     }
 
     /// This pass's mode; a training pass counts itself.

@@ -159,20 +159,48 @@ pub fn batch_norm2d_forward<const RELU: bool>(
             false,
         ),
     };
-    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps as f64).sqrt()).collect();
-    // y = (x − mean)·invstd·γ + β = x·scale + shift.
-    let scale: Vec<f32> = (0..c)
-        .map(|i| (invstd[i] * weight[i] as f64) as f32)
-        .collect();
-    let shift: Vec<f32> = (0..c)
-        .map(|i| (bias[i] as f64 - mean[i] * invstd[i] * weight[i] as f64) as f32)
-        .collect();
+    let (invstd, scale, shift) = affine(&mean, &var, weight, bias, eps);
     scale_shift::<RELU>(x, hw, &scale, &shift, y);
     BatchNormSaved {
         mean,
         invstd,
         training,
     }
+}
+
+/// y = (x − mean)·invstd·γ + β as y = x·scale + shift per channel: returns
+/// (invstd, scale, shift).
+fn affine(
+    mean: &[f64],
+    var: &[f64],
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+) -> (Vec<f64>, Vec<f32>, Vec<f32>) {
+    let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps as f64).sqrt()).collect();
+    let scale = (0..mean.len())
+        .map(|i| (invstd[i] * weight[i] as f64) as f32)
+        .collect();
+    let shift = (0..mean.len())
+        .map(|i| (bias[i] as f64 - mean[i] * invstd[i] * weight[i] as f64) as f32)
+        .collect();
+    (invstd, scale, shift)
+}
+
+/// Evaluation's batch norm as y = x·scale + shift per channel: the
+/// (scale, shift) that [`batch_norm2d_forward`] applies in evaluation mode,
+/// for a convolution to apply to its own output ([`crate::ops::epilogue`]).
+pub fn batch_norm2d_eval_affine(
+    weight: &[f32],
+    bias: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let mean: Vec<f64> = running_mean.iter().map(|&v| v as f64).collect();
+    let var: Vec<f64> = running_var.iter().map(|&v| v as f64).collect();
+    let (_, scale, shift) = affine(&mean, &var, weight, bias, eps);
+    (scale, shift)
 }
 
 /// The backward pass on slices: returns (dx, dγ, dβ). With `relu_out`

@@ -153,6 +153,48 @@ pub(crate) fn scale_shift_plane(
     })
 }
 
+/// y = y·a + b, then + r (the plane of a shortcut) if there is one, then
+/// relu if `relu_after`, in place over a plane: the batch norm of
+/// [`scale_shift_plane`] and the add of [`crate::ops::residual`] on a plane
+/// a convolution just wrote, each value rounded as those ops round it.
+pub(crate) fn epilogue_plane(
+    y: &mut [f32],
+    a: f32,
+    b: f32,
+    r: Option<&[f32]>,
+    relu_after: bool,
+    k: Isa,
+) {
+    assert!(
+        r.is_none_or(|r| r.len() == y.len()),
+        "epilogue_plane: lengths"
+    );
+    on_isa!(k, fn(y: &mut [f32], a: f32, b: f32, r: Option<&[f32]>, relu_after: bool) -> () {
+        match (r, relu_after) {
+            (Some(r), true) => {
+                for (y, &r) in y.iter_mut().zip(r) {
+                    *y = relu((*y * a + b) + r);
+                }
+            }
+            (Some(r), false) => {
+                for (y, &r) in y.iter_mut().zip(r) {
+                    *y = (*y * a + b) + r;
+                }
+            }
+            (None, true) => {
+                for y in y.iter_mut() {
+                    *y = relu(*y * a + b);
+                }
+            }
+            (None, false) => {
+                for y in y.iter_mut() {
+                    *y = *y * a + b;
+                }
+            }
+        }
+    })
+}
+
 /// dx = a·g − c·x + b over a plane, g the gradient at the batch norm's
 /// output (`d`, or relu_grad(relu_out, d)). OVERWRITES dx.
 #[allow(clippy::too_many_arguments)] // the plane's four slices and three coefficients

@@ -5,6 +5,7 @@ mod batch_norm_loops;
 pub mod conv2d;
 pub mod conv_naive;
 pub mod elementwise;
+pub mod epilogue;
 pub mod geometry;
 pub mod linear_small;
 pub mod loss;

@@ -3,10 +3,24 @@
 
 use super::*;
 use crate::isa::Isa;
+use crate::ops::epilogue::Epilogue;
 
 /// y = conv(x, w) + bias (PyTorch conv2d: cross-correlation). Overwrites y.
 /// x is (B, C, H, W), w is (O, C/groups, KH, KW), bias is (O), y is (B, O, OH, OW).
 pub fn conv2d_forward(s: &Conv2dShape, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    conv2d_forward_then(s, x, w, bias, y, None);
+}
+
+/// [`conv2d_forward`], then the epilogue on each image's output as soon as
+/// it is written ([`crate::ops::epilogue`]). Overwrites y.
+pub fn conv2d_forward_then(
+    s: &Conv2dShape,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    epi: Option<&Epilogue>,
+) {
     let op = "conv2d_forward";
     check_len(op, "x", s.input_shape().iter().product(), x.len());
     check_len(op, "w", s.weight_shape().iter().product(), w.len());
@@ -20,15 +34,18 @@ pub fn conv2d_forward(s: &Conv2dShape, x: &[f32], w: &[f32], bias: Option<&[f32]
         s.out_channels,
         s.out_pixels(),
     );
+    if let Some(e) = epi {
+        e.check(op, o, y.len());
+    }
     let isa = Isa::best();
     if gathered_applies(s, isa) {
         // Stride 1, rows of whole vectors: the micro-kernel reading a
         // padded copy of the input (gathered.rs).
-        return forward_gathered(s, x, w, bias, y, isa);
+        return forward_gathered(s, x, w, bias, y, epi, isa);
     }
     if packed_applies(s) {
         // im2col into packed panels and our own micro-kernel (packed.rs).
-        return forward_packed(s, x, w, bias, y, isa);
+        return forward_packed(s, x, w, bias, y, epi, isa);
     }
     let ipc = images_per_chunk(s);
     for_each_chunk(y, ipc * o * p, run_parallel(s), |chunk, y_chunk| {
@@ -37,6 +54,9 @@ pub fn conv2d_forward(s: &Conv2dShape, x: &[f32], w: &[f32], bias: Option<&[f32]
             for (i, y_b) in y_chunk.chunks_mut(o * p).enumerate() {
                 let b = chunk * ipc + i;
                 forward_image(s, &x[b * c * hw..][..c * hw], w, bias, scratch, y_b);
+                if let Some(e) = epi {
+                    e.apply(b, y_b, isa);
+                }
             }
         });
     });

@@ -42,6 +42,7 @@ pub(super) fn forward_gathered(
     w: &[f32],
     bias: Option<&[f32]>,
     y: &mut [f32],
+    epi: Option<&Epilogue>,
     k: Isa,
 ) {
     let (mr, nr) = tile(k);
@@ -102,6 +103,9 @@ pub(super) fn forward_gathered(
                         }
                     }
                 }
+                if let Some(e) = epi {
+                    e.apply(img, y_b, k);
+                }
             }
         });
     });
@@ -149,8 +153,8 @@ mod tests {
                 for b in [Some(&bias[..]), None] {
                     let n = s.output_shape().iter().product();
                     let (mut want, mut got) = (vec![f32::NAN; n], vec![f32::NAN; n]);
-                    super::super::packed::forward_packed(&s, &x, &w, b, &mut want, k);
-                    forward_gathered(&s, &x, &w, b, &mut got, k);
+                    super::super::packed::forward_packed(&s, &x, &w, b, &mut want, None, k);
+                    forward_gathered(&s, &x, &w, b, &mut got, None, k);
                     let same = got
                         .iter()
                         .zip(&want)

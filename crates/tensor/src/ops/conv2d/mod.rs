@@ -46,7 +46,8 @@
 //!   this module calls for narrow layers (the dependency runs one way).
 //! * `im2col.rs`: [`im2col`] and [`col2im`].
 //! * `forward.rs`: [`conv2d_forward`], which picks the gathered product,
-//!   the direct kernel or the packed product.
+//!   the direct kernel or the packed product, and [`conv2d_forward_then`]
+//!   with evaluation's epilogue (`ops/epilogue.rs`).
 //! * `tile.rs`: the micro-kernel every product here runs on, an MR × NR
 //!   tile in registers with A read through strides (AVX-512, AVX2,
 //!   portable).
@@ -69,6 +70,7 @@ pub(crate) use crate::ops::scratch::{check_len, scratch_in};
 
 use crate::gemm::{gemm, Mat};
 use crate::isa::Isa;
+use crate::ops::epilogue::{eval_output, BatchNormEval, Epilogue};
 use crate::ops::relu_pool::{relu_max_pool_2x2_rows, WIDE_SLACK};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -91,7 +93,7 @@ pub use crate::ops::conv_naive::{
 };
 pub use backward::{conv2d_backward_input, conv2d_backward_weight, conv2d_coactivation};
 pub use direct::conv2d_forward_direct;
-pub use forward::conv2d_forward;
+pub use forward::{conv2d_forward, conv2d_forward_then};
 pub use fused::{conv2d_relu_pool_backward, conv2d_relu_pool_forward, narrow_direct_backward};
 pub use im2col::{col2im, im2col};
 
@@ -219,6 +221,34 @@ impl Tensor {
                 });
             }
         })
+    }
+
+    /// Evaluation's `conv2d` → batch norm (→ + residual) (→ relu) in one
+    /// pass over the output ([`crate::ops::epilogue`]): bitwise the
+    /// separate ops' output. Panics if the tape is recording.
+    pub fn conv2d_then(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        opts: Conv2dOptions,
+        bn: &BatchNormEval,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Tensor {
+        let s =
+            Conv2dShape::new(self.shape(), weight.shape(), opts).unwrap_or_else(|e| panic!("{e}"));
+        let (x, w, b) = (self.data(), weight.data(), bias.map(|b| b.data()));
+        let b = b.as_deref().map(|v| &v[..]);
+        eval_output(
+            "conv2d_then",
+            &s.output_shape(),
+            bn,
+            residual,
+            relu,
+            |y, e| {
+                conv2d_forward_then(&s, &x, &w, b, y, Some(e));
+            },
+        )
     }
 
     /// `max_pool2d(relu(conv2d(x, weight, bias)))` as one op (see

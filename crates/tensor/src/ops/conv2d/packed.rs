@@ -40,6 +40,7 @@ pub(super) fn forward_packed(
     w: &[f32],
     bias: Option<&[f32]>,
     y: &mut [f32],
+    epi: Option<&Epilogue>,
     k: Isa,
 ) {
     let (mr, nr) = tile(k);
@@ -63,6 +64,9 @@ pub(super) fn forward_packed(
                     let bias_g = bias.map(|bv| &bv[g * og..(g + 1) * og]);
                     let y_bg = &mut y_b[g * og * p..(g + 1) * og * p];
                     multiply(&a[g * a_len..][..a_len], b, bias_g, (og, kk, p), y_bg, k);
+                }
+                if let Some(e) = epi {
+                    e.apply(img, y_b, k);
                 }
             }
         });
@@ -341,7 +345,7 @@ mod tests {
                 conv2d_forward_naive(&s, &x, &w, b, &mut want);
                 for k in Isa::available() {
                     let mut y = vec![f32::NAN; want.len()];
-                    forward_packed(&s, &x, &w, b, &mut y, k);
+                    forward_packed(&s, &x, &w, b, &mut y, None, k);
                     for (j, (&g, &e)) in y.iter().zip(&want).enumerate() {
                         let tol = 1e-4 * (1.0 + e.abs());
                         assert!((g - e).abs() <= tol, "case {i} {k:?} y[{j}]: {g} vs {e}");

@@ -1,6 +1,7 @@
 //! The sparse forward pass.
 
 use super::*;
+use crate::ops::epilogue::Epilogue;
 
 /// y = conv(x, w ⊙ mask) + bias over the active taps only. OVERWRITES y.
 /// x is (B, C, H, W), w is (O, C/groups, KH, KW) (entries outside the mask
@@ -14,6 +15,22 @@ pub fn sparse_conv2d_forward(
     y: &mut [f32],
     k: Isa,
 ) {
+    sparse_conv2d_forward_then(s, l, x, w, bias, y, None, k);
+}
+
+/// [`sparse_conv2d_forward`], then the epilogue on each image's output as
+/// soon as it is written ([`crate::ops::epilogue`]). OVERWRITES y.
+#[allow(clippy::too_many_arguments)] // the operands and the epilogue
+pub fn sparse_conv2d_forward_then(
+    s: &Conv2dShape,
+    l: &SparseLayout,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    epi: Option<&Epilogue>,
+    k: Isa,
+) {
     let op = "sparse_conv2d_forward";
     l.check(op, s);
     check_len(op, "x", s.input_shape().iter().product(), x.len());
@@ -21,6 +38,9 @@ pub fn sparse_conv2d_forward(
     check_len(op, "y", s.output_shape().iter().product(), y.len());
     if let Some(b) = bias {
         check_len(op, "bias", s.out_channels, b.len());
+    }
+    if let Some(e) = epi {
+        e.check(op, s.out_channels, y.len());
     }
     let (c, hw, o, p) = (
         s.in_channels,
@@ -71,6 +91,9 @@ pub fn sparse_conv2d_forward(
                         } else {
                             group(x_bg, g, y_g, yw);
                         }
+                    }
+                    if let Some(e) = epi {
+                        e.apply(b, y_b, k);
                     }
                 }
             });

@@ -79,7 +79,8 @@
 //! * `planes.rs`: the padded and phase-split planes the wide loops read,
 //!   and the row copies in and out of the wide layouts (portable, AVX2
 //!   and AVX-512).
-//! * `forward.rs`: [`sparse_conv2d_forward`].
+//! * `forward.rs`: [`sparse_conv2d_forward`], and [`sparse_conv2d_forward_then`]
+//!   with evaluation's epilogue (`ops/epilogue.rs`).
 //! * `backward.rs`: [`sparse_conv2d_backward_input`] and
 //!   [`sparse_conv2d_backward_weight`], both at once for the autograd op
 //!   (image by image), and `Dy`, where their tasks find dY.
@@ -93,6 +94,7 @@
 //! `conv2d/`, which calls these kernels for narrow layers.
 
 use crate::isa::Isa;
+use crate::ops::epilogue::{eval_output, BatchNormEval};
 use crate::ops::geometry::{Conv2dOptions, Conv2dShape, PoolOptions};
 use crate::ops::reduce::{conv2d_backward_bias, sum_lanes};
 use crate::ops::relu_pool::{relu_max_pool_2x2_rows, relu_pool_grad_2x2_rows, WIDE_SLACK};
@@ -114,7 +116,7 @@ mod row_dots;
 mod rows;
 
 pub use backward::{sparse_conv2d_backward_input, sparse_conv2d_backward_weight};
-pub use forward::sparse_conv2d_forward;
+pub use forward::{sparse_conv2d_forward, sparse_conv2d_forward_then};
 pub use fused::{
     conv2d_sparse_relu_max_pool2d, conv2d_sparse_relu_max_pool2d_with,
     sparse_conv2d_relu_pool_backward, sparse_conv2d_relu_pool_backward_with,
@@ -280,6 +282,35 @@ fn with_active_weights<R>(
 // ---------------------------------------------------------------------------
 // The op on the tape
 // ---------------------------------------------------------------------------
+
+/// Evaluation's [`conv2d_sparse`] → batch norm (→ + residual) (→ relu) in
+/// one pass over the output ([`crate::ops::epilogue`]): bitwise the
+/// separate ops' output. Panics if the tape is recording.
+pub fn conv2d_sparse_then(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    layout: &SparseLayout,
+    bn: &BatchNormEval,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Tensor {
+    let s = Conv2dShape::new(x.shape(), w.shape(), layout.opts)
+        .unwrap_or_else(|e| panic!("conv2d_sparse_then: {e}"));
+    let (xd, wd, b) = (x.data(), w.data(), bias.map(|b| b.data()));
+    let b = b.as_deref().map(|v| &v[..]);
+    let out_shape = s.output_shape();
+    eval_output(
+        "conv2d_sparse_then",
+        &out_shape,
+        bn,
+        residual,
+        relu,
+        |y, e| {
+            sparse_conv2d_forward_then(&s, layout, &xd, &wd, b, y, Some(e), Isa::best());
+        },
+    )
+}
 
 /// y = conv2d(x, w ⊙ mask) + bias, computed only over active taps. Autograd op: backward gives dx (full) and
 /// dw ONLY at active positions (exactly 0.0 elsewhere), and dbias. Panics with a clear message on shape mismatch, like conv2d.
