@@ -79,13 +79,19 @@ impl Epilogue<'_> {
 
     /// Image b's output y_b (O, OH·OW), in place.
     pub(crate) fn apply(&self, b: usize, y_b: &mut [f32], k: Isa) {
-        let o = self.bn.scale.len();
-        let p = y_b.len() / o;
+        let p = y_b.len() / self.bn.scale.len();
         for (oc, plane) in y_b.chunks_exact_mut(p).enumerate() {
-            let r = self.residual.map(|r| &r[(b * o + oc) * p..][..p]);
-            let (a, s) = (self.bn.scale[oc], self.bn.shift[oc]);
-            epilogue_plane(plane, a, s, r, self.relu, k);
+            self.apply_plane(b, oc, plane, k);
         }
+    }
+
+    /// Channel oc of image b's output, y_bo (OH·OW), in place: for a kernel
+    /// that writes one output plane at a time, while it is in L1.
+    pub(crate) fn apply_plane(&self, b: usize, oc: usize, y_bo: &mut [f32], k: Isa) {
+        let (o, p) = (self.bn.scale.len(), y_bo.len());
+        let r = self.residual.map(|r| &r[(b * o + oc) * p..][..p]);
+        let (a, s) = (self.bn.scale[oc], self.bn.shift[oc]);
+        epilogue_plane(y_bo, a, s, r, self.relu, k);
     }
 }
 

@@ -65,9 +65,9 @@ pub fn sparse_conv2d_forward_then(
         (oh - 1) * plan.wp + ow
     }; // yw[oy·Wp + ox]
     with_active_weights(w, l.by_output.iter().map(|t| t.wi), |wv| {
-        // Group g of one image: its output planes y_g (O/g, OH, OW) from
+        // Group g of image b: its output planes y_g (O/g, OH, OW) from
         // its input planes `src` (prepared, if the conv pads or strides).
-        let group = |src: &[f32], g: usize, y_g: &mut [f32], yw: &mut [f32]| {
+        let group = |src: &[f32], b: usize, g: usize, y_g: &mut [f32], yw: &mut [f32]| {
             for (j, y_o) in y_g.chunks_exact_mut(p).enumerate() {
                 let oc = g * og + j; // y_o: (OH, OW)
                 let r = l.out_range(oc);
@@ -78,6 +78,9 @@ pub fn sparse_conv2d_forward_then(
                     gather_fma(src, offs, ws, init, yw, k);
                     copy_rows(y_o, ow, yw, plan.wp, oh, ow, k);
                 }
+                if let Some(e) = epi {
+                    e.apply_plane(b, oc, y_o, k); // while the plane is in L1
+                }
             }
         };
         for_each_chunk(y, ipc * o * p, parallel, |chunk, y_chunk| {
@@ -87,13 +90,12 @@ pub fn sparse_conv2d_forward_then(
                     for (g, y_g) in y_b.chunks_mut(og * p).enumerate() {
                         let x_bg = &x[(b * c + g * cg) * hw..][..cg * hw]; // (Cg, H, W)
                         if padded {
-                            with_prepared_planes(s, &plan, x_bg, k, |src| group(src, g, y_g, yw));
+                            with_prepared_planes(s, &plan, x_bg, k, |src| {
+                                group(src, b, g, y_g, yw)
+                            });
                         } else {
-                            group(x_bg, g, y_g, yw);
+                            group(x_bg, b, g, y_g, yw);
                         }
-                    }
-                    if let Some(e) = epi {
-                        e.apply(b, y_b, k);
                     }
                 }
             });
