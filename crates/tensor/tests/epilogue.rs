@@ -95,32 +95,26 @@ fn the_epilogue_gives_the_separate_ops_bits_on_every_path() {
     }
 }
 
-#[test]
-#[should_panic(expected = "evaluation only")]
-fn the_epilogue_refuses_to_run_while_the_tape_records() {
+/// A 2-channel 4×4 input, a 3×3 weight and a batch norm.
+fn small() -> (Tensor, Tensor, Bn) {
     let mut r = Rng::seed(1);
     let x = Tensor::uniform(&[1, 2, 4, 4], -1.0, 1.0, &mut r);
     let w = Tensor::uniform(&[2, 2, 3, 3], -1.0, 1.0, &mut r);
-    let bn = Bn::new(2, &mut r);
+    (x, w, Bn::new(2, &mut r))
+}
+
+#[test]
+#[should_panic(expected = "evaluation only")]
+fn the_epilogue_refuses_to_run_while_the_tape_records() {
+    let (x, w, bn) = small();
     x.conv2d_then(&w, None, Conv2dOptions::default(), &bn.eval(), None, true);
 }
 
 #[test]
 #[should_panic(expected = "the residual")]
 fn the_epilogue_refuses_a_residual_of_another_shape() {
-    let mut r = Rng::seed(1);
-    let x = Tensor::uniform(&[1, 2, 4, 4], -1.0, 1.0, &mut r);
-    let w = Tensor::uniform(&[2, 2, 3, 3], -1.0, 1.0, &mut r);
-    let bn = Bn::new(2, &mut r);
-    let wrong = Tensor::zeros(&[1, 2, 4, 4]);
-    tape::no_grad(|| {
-        x.conv2d_then(
-            &w,
-            None,
-            Conv2dOptions::default(),
-            &bn.eval(),
-            Some(&wrong),
-            true,
-        )
-    });
+    let (x, w, bn) = small();
+    let wrong = Tensor::zeros(&[1, 2, 4, 4]); // the output is (1, 2, 2, 2)
+    let opts = Conv2dOptions::default();
+    tape::no_grad(|| x.conv2d_then(&w, None, opts, &bn.eval(), Some(&wrong), true));
 }
