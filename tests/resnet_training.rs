@@ -12,7 +12,10 @@ use hebbsparse::cifar::{load_cifar10, Split};
 use hebbsparse::config::{LrSchedule, Mode, Normalization, TrainConfig};
 use hebbsparse::recipe::model_defaults;
 use hebbsparse::sparse_conv::model::{Arch, ModelSpec};
-use hebbsparse::sparse_conv::{Model, ResNet, ResNetConfig, Shortcut};
+use hebbsparse::sparse_conv::rules::Allocation;
+use hebbsparse::sparse_conv::{
+    ConvPath, DSConfig, Model, PruneDims, ResNet, ResNetConfig, Rule, Shortcut, Sparsity,
+};
 use hebbsparse::state::{read_state, write_state};
 use hebbsparse::tensor::optim::{Sgd, SgdConfig};
 use hebbsparse::tensor::{tape, Rng, Tensor};
@@ -282,20 +285,42 @@ fn resnet_logits_do_not_depend_on_the_evaluation_batch() {
 }
 
 /// Evaluation applies each batch norm, shortcut and ReLU inside the
-/// convolution before it. Its logits must be bitwise those of the separate
-/// ops, which a forward pass with the tape recording still runs: dense and
-/// sparse kernels, option A and B shortcuts, running statistics and
+/// convolution before it (`ResNet::forward_eval`, which `forward` takes
+/// under `no_grad` in evaluation mode). Its logits must be bitwise those
+/// of the separate ops, which the forward pass with the tape recording
+/// runs: dense, and sparse on each kernel path with the stem, the option B
+/// projection and the classifier sparse too; running statistics and
 /// affine parameters away from their initial values.
 #[test]
 fn evaluation_with_the_batch_norm_in_the_convolution_gives_the_same_bits() {
     let x = Tensor::uniform(&[5, 3, 32, 32], -2.0, 2.0, &mut Rng::seed(9));
-    let mut nets: Vec<(String, Box<dyn Model>)> =
-        vec![("dense, option B".into(), Box::new(resnet(Shortcut::B, 10)))];
-    for mode in [Mode::Dense, Mode::Static] {
-        nets.push((
-            format!("{mode:?}"),
-            Trainer::new(config(8, mode)).unwrap().net,
-        ));
+    let mut nets = vec![
+        ("dense, option A".to_string(), resnet(Shortcut::A, 10)),
+        ("dense, option B".to_string(), resnet(Shortcut::B, 10)),
+    ];
+    for path in [ConvPath::Sparse, ConvPath::Dense, ConvPath::Auto] {
+        let cfg = ResNetConfig {
+            depth: 8,
+            num_classes: 10,
+            shortcut: Shortcut::B,
+            sparse_stem: true,
+            sparse_projection: true,
+            sparse_classifier: true,
+        };
+        let config = DSConfig {
+            total_fraction: 0.3,
+            keep_fraction: 0.2,
+            prune_dims: PruneDims::Layer,
+            rule: Rule::static_mask(),
+            path,
+            ..DSConfig::default()
+        };
+        let sparsity = Sparsity {
+            config,
+            allocation: Allocation::Uniform,
+        };
+        let net = ResNet::new(&cfg, Some(sparsity), &mut Rng::seed(2)).unwrap();
+        nets.push((format!("sparse, {} path", path.name()), net));
     }
     for (what, mut net) in nets {
         let mut r = Rng::seed(3);
@@ -313,13 +338,15 @@ fn evaluation_with_the_batch_norm_in_the_convolution_gives_the_same_bits() {
             }
         }
         net.set_training(false);
-        let separate: Vec<u32> = net.forward(&x).data().iter().map(|v| v.to_bits()).collect();
+        let bits = |t: Tensor| -> Vec<u32> { t.data().iter().map(|v| v.to_bits()).collect() };
+        let separate = bits(net.forward(&x));
         tape::clear();
-        let fused: Vec<u32> = tape::no_grad(|| net.forward(&x))
-            .data()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect();
+        let fused = bits(tape::no_grad(|| net.forward_eval(&x)));
         assert!(fused == separate, "{what}: the logits differ");
+        // `forward` takes the same path when nothing records.
+        assert!(
+            bits(tape::no_grad(|| net.forward(&x))) == fused,
+            "{what}: forward"
+        );
     }
 }

@@ -320,11 +320,9 @@ impl DSConv2d {
         y
     }
 
-    /// Evaluation's forward with the batch norm, shortcut and ReLU that
-    /// follow, applied by the kernels to their own output
-    /// ([`tensor::ops::epilogue`]): the same path as [`forward`](Self::forward),
-    /// bitwise its output followed by those ops. Samples nothing; panics in
-    /// training mode.
+    /// Evaluation's [`forward`](Self::forward) followed by the batch norm,
+    /// shortcut and ReLU, which the kernels apply to their own output
+    /// ([`tensor::ops::epilogue`]). Panics in training mode.
     pub fn forward_then(
         &mut self,
         x: &Tensor,

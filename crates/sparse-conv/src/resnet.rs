@@ -237,6 +237,8 @@ impl BasicBlock {
     /// while it is in cache ([`ConvLayer::forward_then`]), bitwise the same
     /// output in fewer passes over memory.
     fn forward_eval(&mut self, x: &Tensor) -> Tensor {
+        // Every layer's mode is set together (`set_training`).
+        debug_assert!(!self.bn1.training && !self.bn2.training);
         let h = self
             .conv1
             .forward_then(x, &self.bn1.eval_affine(), None, true);
@@ -379,9 +381,16 @@ impl ResNet {
         })
     }
 
-    /// Evaluation's forward pass: every convolution applies the batch norm,
-    /// shortcut and ReLU after it ([`BasicBlock::forward_eval`]).
-    fn forward_eval(&mut self, x: &Tensor) -> Tensor {
+    /// Evaluation's forward pass, which [`Model::forward`] takes when the
+    /// network is not training and the tape is not recording: every
+    /// convolution applies the batch norm, shortcut and ReLU after it
+    /// (`BasicBlock::forward_eval`), bitwise the logits of the separate
+    /// ops. Panics in training mode or while the tape records.
+    pub fn forward_eval(&mut self, x: &Tensor) -> Tensor {
+        assert!(
+            !self.bn1.training,
+            "ResNet::forward_eval: evaluation mode only"
+        );
         let mut h = self
             .conv1
             .forward_then(x, &self.bn1.eval_affine(), None, true); // (B, 16, 32, 32)

@@ -18,13 +18,14 @@
 //!   padded copy; im2col and our own register-tile micro-kernel for the
 //!   other forwards and for backward (but for narrow layers, whose
 //!   gradients come from the sparse kernels with every tap active), and
-//!   the fused conv → ReLU → max-pool), `pool` (max_pool2d, global average pool), `relu_pool` (relu
-//!   and 2×2 max-pool straight from a conv kernel's wide rows, the tail of
-//!   both fused blocks), `sparse_conv2d/` (direct convolution over the
-//!   active taps of a masked weight, for sparse layers, and its fused
-//!   block), `batch_norm` (BatchNorm2d's op, on the per-plane loops of
-//!   `batch_norm_loops`, compiled for each instruction set), `residual` (the residual add +
-//!   ReLU and the padding shortcut), `epilogue` (evaluation's batch norm,
+//!   the fused conv → ReLU → max-pool), `pool` (max_pool2d, global average
+//!   pool), `relu_pool` (relu and 2×2 max-pool straight from a conv
+//!   kernel's wide rows, the tail of both fused blocks), `sparse_conv2d/`
+//!   (direct convolution over the active taps of a masked weight, for
+//!   sparse layers, and its fused block), `batch_norm` (BatchNorm2d's op,
+//!   on the per-plane loops of `batch_norm_loops`, compiled for each
+//!   instruction set), `residual` (the residual add + ReLU and the padding
+//!   shortcut), `epilogue` (evaluation's batch norm,
 //!   shortcut add and ReLU, applied by a convolution to its own output), `reduce` (sum, mean, and the fixed-order
 //!   slice sums the others share), `shape` (reshape, flatten), `loss`
 //!   (log_softmax, cross_entropy), and `test_values` (the unit tests'

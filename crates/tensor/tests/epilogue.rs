@@ -1,8 +1,8 @@
 //! Evaluation's convolution with its batch norm, shortcut and ReLU applied
 //! by the kernels (`ops/epilogue.rs`), against the separate ops it stands
-//! for: bitwise, on each path of the dense forward (the gathered product,
-//! the packed product, the direct kernel) and of the sparse one, with and
-//! without a residual and a ReLU.
+//! for: bitwise, on the paths of the dense forward these shapes take on
+//! this CPU (the gathered product, the packed product, the direct kernel)
+//! and on the sparse one, with and without a residual and a ReLU.
 
 use std::rc::Rc;
 use tensor::ops::batch_norm::BatchNormMode;
@@ -79,7 +79,12 @@ fn the_epilogue_gives_the_separate_ops_bits_on_every_path() {
             let dense = x.conv2d(&w, Some(&bias), opts);
             let sparse = conv2d_sparse(&x, &w, Some(&bias), &layout);
             let residual = Tensor::uniform(dense.shape(), -1.0, 1.0, &mut r);
-            for (res, relu) in [(None, true), (None, false), (Some(&residual), true)] {
+            for (res, relu) in [
+                (None, true),
+                (None, false),
+                (Some(&residual), true),
+                (Some(&residual), false),
+            ] {
                 let what = format!(
                     "{xs:?} * {ws:?} stride {stride}, residual {}, relu {relu}",
                     res.is_some()

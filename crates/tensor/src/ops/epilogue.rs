@@ -26,7 +26,9 @@ use crate::tensor::Tensor;
 
 /// A batch norm in evaluation mode as y = x·scale + shift per channel.
 pub struct BatchNormEval {
+    /// γ/√(running_var + eps), per channel.
     pub scale: Vec<f32>,
+    /// β − running_mean·scale, per channel.
     pub shift: Vec<f32>,
 }
 

@@ -38,8 +38,9 @@
 //!
 //! # Files
 //!
-//! * this file: work splitting, and the autograd op (`Tensor::conv2d`,
-//!   `Tensor::conv2d_relu_max_pool2d`). The geometry ([`Conv2dOptions`],
+//! * this file: work splitting, the autograd op (`Tensor::conv2d`,
+//!   `Tensor::conv2d_relu_max_pool2d`), and evaluation's
+//!   `Tensor::conv2d_then`. The geometry ([`Conv2dOptions`],
 //!   [`Conv2dShape`], [`PoolOptions`]) lives in `ops/geometry.rs`, the
 //!   scratch in `ops/scratch.rs`, the naive oracles in `ops/conv_naive.rs`
 //!   (all re-exported here), shared with `sparse_conv2d/`, whose kernels

@@ -79,6 +79,8 @@
 //! * `planes.rs`: the padded and phase-split planes the wide loops read,
 //!   and the row copies in and out of the wide layouts (portable, AVX2
 //!   and AVX-512).
+//! * `columns.rs`: a stride-2 row split into its even and odd columns and
+//!   merged back, for `planes.rs` (portable, AVX2 and AVX-512).
 //! * `forward.rs`: [`sparse_conv2d_forward`], and [`sparse_conv2d_forward_then`]
 //!   with evaluation's epilogue (`ops/epilogue.rs`).
 //! * `backward.rs`: [`sparse_conv2d_backward_input`] and
@@ -87,7 +89,9 @@
 //! * `fused.rs`: the fused conv → relu → max-pool op
 //!   ([`conv2d_sparse_relu_max_pool2d`]) and its slice kernels.
 //! * this file: the crossover rule, work splitting and scratch shared by
-//!   all of them, and the autograd op [`conv2d_sparse`].
+//!   all of them (with the active weights of a call,
+//!   `with_active_weights`), the autograd op [`conv2d_sparse`], and
+//!   evaluation's [`conv2d_sparse_then`].
 //!
 //! Shapes come from `ops/geometry.rs`, scratch from `ops/scratch.rs`, and
 //! the oracle from `ops/conv_naive.rs`; nothing here depends on the dense
@@ -106,6 +110,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 mod backward;
+mod columns;
 mod dots;
 mod forward;
 mod fused;
@@ -290,7 +295,7 @@ pub fn conv2d_sparse_then(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
-    layout: &SparseLayout,
+    layout: &Rc<SparseLayout>,
     bn: &BatchNormEval,
     residual: Option<&Tensor>,
     relu: bool,
